@@ -1,0 +1,350 @@
+"""``DGConv2d``: a drop-in ``nn.Conv2d`` that learns its number of groups (paper §3.1-3.2)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import grouping
+from ._compat import autocast_dtype
+from .functional import _pair, binarize_gates, dgconv2d_reference
+
+__all__ = ["DGConv2d", "GATE_INIT"]
+
+#: Magnitude of the initial continuous gates (§4: "We initialize them as small values 1e-8 or -1e-8 randomly").
+GATE_INIT = 1e-8
+
+_IMPLS = ("auto", "fast", "reference")
+
+
+def _positive_int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return v
+
+
+def _positive_pair(v: Any, name: str) -> tuple[int, int]:
+    try:
+        pair = _pair(v, name)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {v!r}") from None
+    if any(isinstance(i, bool) or i < 1 for i in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {v!r}")
+    return pair
+
+
+class DGConv2d(nn.Module):
+    r"""Dynamic grouping convolution: a 2-D convolution whose channel grouping is learned.
+
+    The layer holds a dense weight :math:`\omega` of shape ``(out, in, kh, kw)`` and one continuous gate
+    :math:`\tilde g_k` per prime factor of ``gcd(in, out)``. It computes (eq. 3)
+
+    .. math:: y = \mathrm{conv2d}(x, \omega \odot U(g)) + b, \qquad g = \mathbb{1}[\tilde g \ge 0],
+
+    where ``U`` is the Kronecker product of the gate matrices described in :mod:`dgconv.grouping`. The
+    gates receive gradients through the identity straight-through estimator (``dL/dg~ = dL/dg``), so
+    ordinary SGD learns the number of groups, which is any divisor of ``gcd(in, out)``. Once trained, the
+    layer *is* a group convolution with :attr:`groups` groups (see :func:`dgconv.deploy`).
+
+    Args:
+        in_channels, out_channels: channel counts (any positive integers).
+        kernel_size, stride, dilation: as in :class:`torch.nn.Conv2d`.
+        padding: an int, a pair, ``"valid"`` or ``"same"`` (as in :class:`torch.nn.Conv2d`).
+        bias: add a learnable bias (default ``False``, as in ResNe(X)t).
+        padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        groups: start from this contiguous grouping (:meth:`set_groups`) instead of random gates.
+        impl: ``"auto"`` (default; the fast grouped path), ``"fast"`` or ``"reference"`` (masked dense
+            convolution of eq. 3 with the explicit backward of Appendix B; slow, for testing).
+
+    Attributes:
+        weight: the dense weight ``(out, in, kh, kw)``; entries outside the current groups are kept (a gate
+            may flip) but receive zero gradient.
+        bias: ``(out,)`` or ``None``.
+        gate: the continuous gates ``g~`` (an ``nn.Parameter`` of shape ``(K,)``), initialised to
+            ``±1e-8`` at random from torch's RNG.
+
+    Example::
+
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> conv = DGConv2d(64, 64, 3, padding=1)
+        >>> conv.gate.shape, conv.groups in (1, 2, 4, 8, 16, 32, 64)
+        (torch.Size([6]), True)
+        >>> conv.set_groups(8); conv.groups
+        8
+        >>> conv(torch.randn(2, 64, 8, 8)).shape
+        torch.Size([2, 64, 8, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        bias: bool = False,
+        *,
+        padding_mode: str = "zeros",
+        groups: int | None = None,
+        impl: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.kernel_size = _positive_pair(kernel_size, "kernel_size")
+        self.stride = _positive_pair(stride, "stride")
+        self.dilation = _positive_pair(dilation, "dilation")
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(
+                f"padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', got {padding_mode!r}"
+            )
+        self.padding_mode = padding_mode
+        self.padding = self._check_padding(padding)
+        self.impl = impl
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, *self.kernel_size, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self._factors = grouping.default_factors(self.in_channels, self.out_channels)
+        self.gate = nn.Parameter(torch.empty(len(self._factors), **factory))
+        self._plan_cache: dict[tuple[tuple[int, ...], tuple[bool, ...]], grouping.Grouping] = {}
+        self.reset_parameters()
+        if groups is not None:
+            self.set_groups(groups)
+
+    # ------------------------------------------------------------------ construction and state
+    def _check_padding(self, padding: int | Sequence[int] | str) -> tuple[int, int] | str:
+        if isinstance(padding, str):
+            if padding not in ("valid", "same"):
+                raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions (as in nn.Conv2d)")
+            return padding
+        try:
+            pair = _pair(padding, "padding")
+        except (TypeError, ValueError):
+            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}") from None
+        if any(isinstance(i, bool) or i < 0 for i in pair):
+            raise ValueError(f"padding must be non-negative, got {padding!r}")
+        return pair
+
+    @property
+    def impl(self) -> str:
+        """Which forward/backward path runs: ``"auto"``, ``"fast"`` or ``"reference"``."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in _IMPLS:
+            raise ValueError(f"impl must be one of {_IMPLS}, got {value!r}")
+        self._impl = value
+
+    def reset_parameters(self) -> None:
+        """Initialise like ``nn.Conv2d`` (Kaiming-uniform weight, uniform bias) and draw random ``±1e-8`` gates."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.reset_gates()
+
+    @torch.no_grad()
+    def reset_gates(self) -> None:
+        """Draw the gates as ``±1e-8`` with equal probability from torch's global RNG (§4), default order."""
+        self._factors = grouping.default_factors(self.in_channels, self.out_channels)
+        signs = torch.randint(0, 2, (len(self._factors),)) * 2 - 1
+        self.gate.copy_(signs.to(self.gate) * GATE_INIT)
+
+    @property
+    def factors(self) -> tuple[int, ...]:
+        """Kronecker factor sizes in order: ``gate[k]`` drives factor ``factors[k]`` (see :mod:`dgconv.grouping`)."""
+        return self._factors
+
+    def get_extra_state(self) -> dict[str, list[int]]:
+        return {"factors": list(self._factors)}
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or "factors" not in state:
+            raise RuntimeError(f"DGConv2d: unrecognised extra state {state!r} (expected {{'factors': [...]}})")
+        self._factors = grouping.check_factors(state["factors"], self.in_channels, self.out_channels)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+        where = f"DGConv2d at '{prefix[:-1] or '<root>'}'"
+        gate = state_dict.get(prefix + "gate")
+        if gate is not None and tuple(gate.shape) != tuple(self.gate.shape):
+            error_msgs.append(
+                f"{where}: the checkpoint's gate has shape {tuple(gate.shape)}, but a layer with "
+                f"in_channels={self.in_channels}, out_channels={self.out_channels} has one gate per prime factor of "
+                f"gcd = {math.gcd(self.in_channels, self.out_channels)}, shape {tuple(self.gate.shape)}"
+            )
+            state_dict = {k: v for k, v in state_dict.items() if k != prefix + "gate"}
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            try:
+                grouping.check_factors(extra["factors"], self.in_channels, self.out_channels)
+            except (TypeError, KeyError, ValueError) as e:
+                error_msgs.append(f"{where}: bad factor order in the checkpoint: {e}")
+                state_dict = {**state_dict, prefix + "_extra_state": self.get_extra_state()}
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    # ------------------------------------------------------------------ the grouping
+    def binary_gates(self) -> tuple[bool, ...]:
+        """The current binary gates ``g`` as Python bools (reads the gate tensor; syncs on CUDA)."""
+        return tuple(bool(v) for v in (self.gate.detach() >= 0).tolist())
+
+    def grouping(self) -> grouping.Grouping:
+        """The current discrete grouping (groups, group of each channel, permutations); cached per gate state."""
+        key = (self._factors, self.binary_gates())
+        plan = self._plan_cache.get(key)
+        if plan is None:
+            if len(self._plan_cache) > 64:
+                self._plan_cache.clear()
+            plan = grouping.Grouping(self.in_channels, self.out_channels, *key)
+            self._plan_cache[key] = plan
+        return plan
+
+    @property
+    def groups(self) -> int:
+        """The current number of groups, ``prod(p_k for g_k == 0)``."""
+        return grouping.num_groups(self._factors, self.binary_gates())
+
+    def relationship(self) -> Tensor:
+        """The 0/1 relationship matrix ``U`` (float, shape ``(out, in)``), built by Kronecker products (eq. 4, 5, 7)."""
+        with torch.no_grad():
+            g = (self.gate >= 0).to(self.gate.dtype)
+            return grouping.relationship(g, self._factors, self.in_channels, self.out_channels)
+
+    def complexity(self) -> Tensor:
+        """``zeta_l = sum_ij U_ij`` (eq. 8) as a 0-d tensor carrying the straight-through gradient to the gates.
+
+        Equals ``in * out / groups``; for ``in = out = C`` it is ``C * prod_k (1 + g_k)`` (eq. 9).
+        """
+        return grouping.complexity(binarize_gates(self.gate), self._factors, self.in_channels, self.out_channels)
+
+    @torch.no_grad()
+    def set_groups(self, groups: int, magnitude: float = GATE_INIT) -> None:
+        """Set the gates so that ``U`` is the standard grouping into ``groups`` *contiguous* groups.
+
+        The factor order becomes ``primes(groups) + primes(gcd / groups)`` with zero gates
+        (``g~ = -magnitude``) on the first and one gates (``g~ = +magnitude``) on the rest, so the layer
+        computes exactly ``nn.Conv2d(..., groups=groups)`` with the block-diagonal part of :attr:`weight`.
+
+        Raises:
+            ValueError: if ``groups`` does not divide ``gcd(in_channels, out_channels)``.
+        """
+        if not magnitude > 0:
+            raise ValueError(f"magnitude must be positive, got {magnitude!r}")
+        factors, gates = grouping.factors_for_groups(groups, self.in_channels, self.out_channels)
+        self._factors = factors
+        values = torch.tensor([magnitude if g else -magnitude for g in gates], dtype=torch.float64)
+        self.gate.copy_(values.to(self.gate))
+
+    # ------------------------------------------------------------------ conversion
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, impl: str = "auto") -> DGConv2d:
+        """A ``DGConv2d`` computing exactly what ``conv`` computes (any ``groups``, bias and padding mode).
+
+        The weights of ``conv`` are placed in the block diagonal of the dense weight, zeros outside, and
+        the gates are set with :meth:`set_groups` to ``conv.groups``. Regular (``groups=1``), group and
+        depthwise convolutions are all special cases. Device and dtype follow ``conv``.
+        """
+        if not isinstance(conv, nn.Conv2d) or isinstance(conv, nn.ConvTranspose2d):
+            raise TypeError(f"from_conv needs an nn.Conv2d (not transposed), got {type(conv).__name__}")
+        w = conv.weight
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            groups=conv.groups,
+            impl=impl,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            g = conv.groups
+            ig, og = conv.in_channels // g, conv.out_channels // g
+            layer.weight.zero_()
+            for j in range(g):
+                layer.weight[j * og : (j + 1) * og, j * ig : (j + 1) * ig] = w[j * og : (j + 1) * og]
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    # ------------------------------------------------------------------ forward
+    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Apply padding that ``conv2d`` cannot express; return the input and the conv's own padding."""
+        if self.padding == "valid":
+            return x, (0, 0)
+        if self.padding == "same":
+            pads = []
+            for k, dil in zip(self.kernel_size, self.dilation):
+                total = dil * (k - 1)
+                pads.append((total // 2, total - total // 2))
+            (th, bh), (lw, rw) = pads
+            if th == bh and lw == rw and self.padding_mode == "zeros":
+                return x, (th, lw)
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            return F.pad(x, (lw, rw, th, bh), mode=mode), (0, 0)
+        ph, pw = self.padding  # type: ignore[misc]
+        if self.padding_mode == "zeros" or (ph == 0 and pw == 0):
+            return x, (ph, pw)
+        return F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode), (0, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() not in (3, 4):
+            raise ValueError(f"DGConv2d expects a 3-D or 4-D input, got shape {tuple(x.shape)}")
+        if x.shape[-3] != self.in_channels:
+            raise ValueError(f"DGConv2d expects {self.in_channels} input channels, got input of shape {tuple(x.shape)}")
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        weight, bias = self.weight, self.bias
+        cast = autocast_dtype(x.device.type)
+        if cast is not None:
+            x, weight = x.to(cast), weight.to(cast)
+            bias = bias.to(cast) if bias is not None else None
+        x, padding = self._pad(x)
+        with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
+            if self._impl == "reference":
+                y = dgconv2d_reference(
+                    x, weight, binarize_gates(self.gate), bias, self.stride, padding, self.dilation, self._factors
+                )
+            else:
+                from .fast import dgconv2d_grouped
+
+                y = dgconv2d_grouped(x, weight, self.gate, bias, self.stride, padding, self.dilation, self.grouping())
+        return y.squeeze(0) if unbatched else y
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        s += f", groups={self.groups} (learned, {len(self._factors)} gates)"
+        if self._impl != "auto":
+            s += f", impl={self._impl!r}"
+        return s
