@@ -1,0 +1,188 @@
+"""Registered builders: ImageNet ResNet / ResNeXt / G-ResNeXt, the CIFAR ResNeXt-29 family, and small
+members cheap enough for 2 CPU cores. ``docs/models.md`` lists their sizes and measured throughput."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .registry import register_model
+from .resnet import BasicBlock, Bottleneck, ResNet
+
+IMAGENET = (3, 224, 224)
+CIFAR = (3, 32, 32)
+DIGITS = (1, 8, 8)
+
+
+def _imagenet(block: Any, layers: list[int], **kwargs: Any) -> ResNet:
+    return ResNet(block, layers, **kwargs)
+
+
+def _cifar(layers: list[int], *, stage_planes: tuple[int, ...] = (64, 128, 256), **kwargs: Any) -> ResNet:
+    kwargs.setdefault("stem", "cifar")
+    return ResNet(Bottleneck, layers, stage_planes=stage_planes, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------- ImageNet
+@register_model(input_size=IMAGENET)
+def resnet18(**kwargs: Any) -> ResNet:
+    """ResNet-18 (basic blocks)."""
+    return _imagenet(BasicBlock, [2, 2, 2, 2], **kwargs)
+
+
+@register_model(input_size=IMAGENET)
+def resnet34(**kwargs: Any) -> ResNet:
+    """ResNet-34 (basic blocks)."""
+    return _imagenet(BasicBlock, [3, 4, 6, 3], **kwargs)
+
+
+@register_model(input_size=IMAGENET)
+def resnet50(**kwargs: Any) -> ResNet:
+    """ResNet-50 (25.6M parameters, as torchvision)."""
+    return _imagenet(Bottleneck, [3, 4, 6, 3], **kwargs)
+
+
+@register_model(input_size=IMAGENET)
+def resnet101(**kwargs: Any) -> ResNet:
+    """ResNet-101."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], **kwargs)
+
+
+@register_model(input_size=IMAGENET)
+def resnet152(**kwargs: Any) -> ResNet:
+    """ResNet-152."""
+    return _imagenet(Bottleneck, [3, 8, 36, 3], **kwargs)
+
+
+@register_model(input_size=IMAGENET)
+def resnet200(**kwargs: Any) -> ResNet:
+    """ResNet-200, the 'deeper' 2x ResNet-101 of Table 4."""
+    return _imagenet(Bottleneck, [3, 24, 36, 3], **kwargs)
+
+
+@register_model(input_size=IMAGENET)
+def resnext50_32x4d(**kwargs: Any) -> ResNet:
+    """ResNeXt-50 32x4d (the paper's baseline, Table 1)."""
+    return _imagenet(Bottleneck, [3, 4, 6, 3], cardinality=32, base_width=4, **kwargs)
+
+
+@register_model(input_size=IMAGENET)
+def resnext101_32x4d(**kwargs: Any) -> ResNet:
+    """ResNeXt-101 32x4d."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], cardinality=32, base_width=4, **kwargs)
+
+
+@register_model(input_size=IMAGENET)
+def resnext101_32x8d(**kwargs: Any) -> ResNet:
+    """ResNeXt-101 32x8d (88.8M parameters, as torchvision)."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], cardinality=32, base_width=8, **kwargs)
+
+
+@register_model(input_size=IMAGENET)
+def resnext101_64x4d(**kwargs: Any) -> ResNet:
+    """ResNeXt-101 64x4d, the 'cardinality' 2x ResNet-101 of Table 4."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], cardinality=64, base_width=4, **kwargs)
+
+
+@register_model(input_size=IMAGENET)
+def resnext101_2x64d(**kwargs: Any) -> ResNet:
+    """ResNeXt-101 2x64d of Table 4 (same widths as 32x4d, 2 groups)."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], cardinality=2, base_width=64, **kwargs)
+
+
+@register_model(input_size=IMAGENET, dgconv=True, budget=32)
+def g_resnext50(**kwargs: Any) -> ResNet:
+    """G-ResNeXt-50: ResNeXt-50 32x4d with every 3x3 group conv a DGConv2d (Table 1)."""
+    return _imagenet(Bottleneck, [3, 4, 6, 3], cardinality=32, base_width=4, dgconv=True, **kwargs)
+
+
+@register_model(input_size=IMAGENET, dgconv=True, budget=32)
+def g_resnext101(**kwargs: Any) -> ResNet:
+    """G-ResNeXt-101 with the widths of ResNeXt-101 32x4d."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], cardinality=32, base_width=4, dgconv=True, **kwargs)
+
+
+@register_model(input_size=IMAGENET, dgconv=True, budget=2)
+def g_resnext101_2x64d(**kwargs: Any) -> ResNet:
+    """G-ResNeXt-101 of Table 4: 2x64d widths (equal to 32x4d's), trained with b = 2 (2x ResNet-101)."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], cardinality=2, base_width=64, dgconv=True, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------- CIFAR
+# ResNeXt-29 (Xie et al. 2017, §5.3): 3x3 stem of 64, three stages of three bottlenecks with outputs
+# 256/512/1024, bottleneck width cardinality * base_width * 2**stage.
+@register_model(input_size=CIFAR)
+def resnext29_8x64d(**kwargs: Any) -> ResNet:
+    """ResNeXt-29 8x64d for CIFAR (34.4M parameters)."""
+    return _cifar([3, 3, 3], cardinality=8, base_width=64, **kwargs)
+
+
+@register_model(input_size=CIFAR)
+def resnext29_16x64d(**kwargs: Any) -> ResNet:
+    """ResNeXt-29 16x64d for CIFAR (68.2M parameters)."""
+    return _cifar([3, 3, 3], cardinality=16, base_width=64, **kwargs)
+
+
+@register_model(input_size=CIFAR)
+def resnext29_32x4d(**kwargs: Any) -> ResNet:
+    """ResNeXt-29 32x4d for CIFAR (widths 128/256/512)."""
+    return _cifar([3, 3, 3], cardinality=32, base_width=4, **kwargs)
+
+
+@register_model(input_size=CIFAR, dgconv=True, budget=8)
+def g_resnext29_8x64d(**kwargs: Any) -> ResNet:
+    """G-ResNeXt-29 with the widths of ResNeXt-29 8x64d."""
+    return _cifar([3, 3, 3], cardinality=8, base_width=64, dgconv=True, **kwargs)
+
+
+@register_model(input_size=CIFAR, dgconv=True, budget=16)
+def g_resnext29_16x64d(**kwargs: Any) -> ResNet:
+    """G-ResNeXt-29 with the widths of ResNeXt-29 16x64d."""
+    return _cifar([3, 3, 3], cardinality=16, base_width=64, dgconv=True, **kwargs)
+
+
+@register_model(input_size=CIFAR, dgconv=True, budget=32)
+def g_resnext29_32x4d(**kwargs: Any) -> ResNet:
+    """G-ResNeXt-29 with the widths of ResNeXt-29 32x4d."""
+    return _cifar([3, 3, 3], cardinality=32, base_width=4, dgconv=True, **kwargs)
+
+
+# Small members for 2 CPU cores: the same topology, fewer blocks and narrower stages.
+_TINY = dict(stage_planes=(16, 32, 64), stem_width=32, cardinality=16, base_width=16)  # widths 64/128/256
+_SMALL = dict(stage_planes=(32, 64, 128), stem_width=64, cardinality=32, base_width=8)  # widths 128/256/512
+_DIGITS = dict(stage_planes=(8, 16, 32), stem_width=16, cardinality=8, base_width=32, in_chans=1)  # widths 32/64/128
+
+
+@register_model(input_size=CIFAR)
+def resnext_cifar_tiny(**kwargs: Any) -> ResNet:
+    """ResNeXt-11 for CIFAR: one bottleneck per stage, widths 64/128/256 at 16 groups (CPU-sized)."""
+    return _cifar([1, 1, 1], **{**_TINY, **kwargs})
+
+
+@register_model(input_size=CIFAR, dgconv=True, budget=16)
+def g_resnext_cifar_tiny(**kwargs: Any) -> ResNet:
+    """G-ResNeXt-11 for CIFAR with the widths of resnext_cifar_tiny (CPU-sized)."""
+    return _cifar([1, 1, 1], dgconv=True, **{**_TINY, **kwargs})
+
+
+@register_model(input_size=CIFAR)
+def resnext_cifar_small(**kwargs: Any) -> ResNet:
+    """ResNeXt-20 for CIFAR: two bottlenecks per stage, widths 128/256/512 at 32 groups."""
+    return _cifar([2, 2, 2], **{**_SMALL, **kwargs})
+
+
+@register_model(input_size=CIFAR, dgconv=True, budget=32)
+def g_resnext_cifar_small(**kwargs: Any) -> ResNet:
+    """G-ResNeXt-20 for CIFAR with the widths of resnext_cifar_small."""
+    return _cifar([2, 2, 2], dgconv=True, **{**_SMALL, **kwargs})
+
+
+@register_model(input_size=DIGITS)
+def resnext_digits(**kwargs: Any) -> ResNet:
+    """ResNeXt-11 for 8x8 grayscale digits: widths 32/64/128 at 8 groups."""
+    return _cifar([1, 1, 1], **{**_DIGITS, **kwargs})
+
+
+@register_model(input_size=DIGITS, dgconv=True, budget=8)
+def g_resnext_digits(**kwargs: Any) -> ResNet:
+    """G-ResNeXt-11 for 8x8 grayscale digits (the default of `dgconv train`)."""
+    return _cifar([1, 1, 1], dgconv=True, **{**_DIGITS, **kwargs})
