@@ -40,16 +40,30 @@ __all__ = ["dgconv2d_grouped"]
 _Pair = tuple[int, int]
 
 
+#: Widest super-group (input channels) the merged weight gradient may use, by device type and by whether the
+#: output has at least ``MERGE_POSITIONS`` positions (N * H' * W'). Merging a zero gate's digit doubles (for
+#: p = 2) the width of one grouped weight gradient and yields that gate's cross term with it, instead of a
+#: separate pass over a permuted input. On 2 CPU cores that pays up to 128 channels on large activations and
+#: up to 32 on small ones (docs/performance.md has the measurements).
+MERGE_WIDTH = {"cpu": (32, 128), "cuda": (64, 256)}
+MERGE_POSITIONS = 4096
+
+
+def _merge_limit(device: torch.device, positions: int) -> int:
+    small, large = MERGE_WIDTH.get(device.type, (32, 128))
+    return large if positions >= MERGE_POSITIONS else small
+
+
 @dataclass
-class _CrossTerm:
-    gate: int  # index of the zero gate this term belongs to
-    in_index: Tensor  # (in,) input channels so that slot γ*ig+j holds partner group's channel j
-    w_index: Tensor  # (out*ig,) flat indices into W.view(out*in, -1) of the partner weights
+class _PartnerTerm:
+    gate: int  # the zero gate this cross term belongs to
+    group_index: Tensor  # (G,) partner group of each group: whole ig-channel blocks of the sorted input move
+    w_index: Tensor  # (out*ig,) flat indices into W.view(out*in, -1) of the matching partner weights
 
 
 @dataclass
 class _Plan:
-    """Device-resident index tensors for one grouping."""
+    """Device-resident index tensors for one grouping (see the module docstring)."""
 
     groups: int
     contiguous: bool
@@ -58,9 +72,12 @@ class _Plan:
     in_inv: Tensor
     out_inv: Tensor
     w_index: Tensor  # (out*ig,) flat indices of the in-group weights, rows in sorted output order
-    one_gates: list[int]
-    one_masks: Tensor  # (len(one_gates), out, ig): 1 where the in-group pair differs in that gate's digit
-    cross: list[_CrossTerm]
+    merge: int  # M: super-groups merge M consecutive groups (1 = no merging)
+    wm_index: Tensor  # (out*ig*M,) flat indices of the super-group weights
+    within: Tensor  # (out*ig,) rows of dW_merged.view(out*ig*M, -1) that are in-group, ordered like w_index
+    block_gates: Tensor  # (n,) gates whose gradient lies inside the super-group block: all one gates, merged zeros
+    block_masks: Tensor  # (n, out*ig*M) float: the pairs of the block in dU/dg_k for each of those gates
+    partners: list[_PartnerTerm]
 
 
 def _digits(channels: int, factors: tuple[int, ...]) -> Tensor:
@@ -77,42 +94,65 @@ def _digits(channels: int, factors: tuple[int, ...]) -> Tensor:
     return torch.stack(out) if out else torch.zeros(0, channels, dtype=torch.long)
 
 
-def _build_plan(g: Grouping, device: torch.device) -> _Plan:
+def _build_plan(g: Grouping, device: torch.device, limit: int) -> _Plan:
     cin, cout, G = g.in_channels, g.out_channels, g.groups
-    ig = cin // G
+    ig, og = cin // G, cout // G
     in_perm, out_perm = g.in_perm, g.out_perm
-    # Sorted slot r (output) pairs with sorted input slots (r // og) * ig + j, j < ig.
-    og = cout // G
-    slot_group = torch.arange(cout) // og
-    in_slots = slot_group[:, None] * ig + torch.arange(ig)[None, :]  # (out, ig)
-    in_chan = in_perm[in_slots]  # (out, ig) original input channel
+    din, dout = _digits(cin, g.factors), _digits(cout, g.factors)
+    zero = [k for k, gk in enumerate(g.gates) if not gk]  # group-id digits, most significant first
+    one = [k for k, gk in enumerate(g.gates) if gk]
+
+    # Merge the least significant zero digits while the super-group stays within `limit` inputs.
+    merged: list[int] = []
+    M = 1
+    for k in reversed(zero):
+        if ig * M * g.factors[k] > limit:
+            break
+        merged.insert(0, k)
+        M *= g.factors[k]
+
+    slot_group = torch.arange(cout) // og  # group of each sorted output row
+    in_slots = slot_group[:, None] * ig + torch.arange(ig)[None, :]  # (out, ig) sorted input slots
+    in_chan = in_perm[in_slots]
     w_index = (out_perm[:, None] * cin + in_chan).reshape(-1)
 
-    din, dout = _digits(cin, g.factors), _digits(cout, g.factors)
-    one_gates = [k for k, gk in enumerate(g.gates) if gk]
-    if one_gates:
-        masks = torch.stack([dout[k][out_perm][:, None] != din[k][in_chan] for k in one_gates])
-    else:
-        masks = torch.zeros(0, cout, ig, dtype=torch.bool)
+    sup_slots = (slot_group // M)[:, None] * (ig * M) + torch.arange(ig * M)[None, :]  # (out, ig*M)
+    sup_chan = in_perm[sup_slots]
+    wm_index = (out_perm[:, None] * cin + sup_chan).reshape(-1)
+    # in-group columns of a super-group row: sub-group (row group % M)
+    within_cols = (slot_group % M)[:, None] * ig + torch.arange(ig)[None, :]
+    within = (torch.arange(cout)[:, None] * (ig * M) + within_cols).reshape(-1)
 
-    # Cross terms: partner group of group γ for zero gate k and shift s: digit k of γ advanced by s mod p_k.
-    # Group ids are mixed-radix numbers over the zero-gate digits (most significant first).
-    zero = [k for k, gk in enumerate(g.gates) if not gk]
+    # dU/dg_k is supported on pairs whose digit k differs and whose other zero-gate digits agree. Inside a
+    # super-group block the unmerged zero digits agree, so the block holds the whole support of every one
+    # gate and every merged zero gate.
+    o_dig = dout[:, out_perm]  # (K, out) digits of sorted output rows
+    block_gates = one + merged
+    masks = []
+    for k in block_gates:
+        support = o_dig[k][:, None] != din[k][sup_chan]
+        for m in zero:
+            if m != k:
+                support &= o_dig[m][:, None] == din[m][sup_chan]
+        masks.append(support.reshape(-1))
+    block_masks = torch.stack(masks).float() if masks else torch.zeros(0, cout * ig * M)
+
+    # Unmerged zero gates: for each digit shift s the partner groups form another group convolution.
     radices = [g.factors[k] for k in zero]
-    cross: list[_CrossTerm] = []
+    partners: list[_PartnerTerm] = []
     gamma = torch.arange(G)
     for pos, k in enumerate(zero):
+        if k in merged:
+            continue
         p = radices[pos]
         place = 1
         for r in radices[pos + 1 :]:
             place *= r
         digit = (gamma // place) % p
         for s in range(1, p):
-            partner = gamma + (((digit + s) % p) - digit) * place  # (G,)
-            src_slots = partner[slot_group][:, None] * ig + torch.arange(ig)[None, :]  # (out, ig) sorted input slots
-            cross_chan = in_perm[src_slots]
-            cross_in = in_perm.view(G, ig)[partner].reshape(-1)
-            cross.append(_CrossTerm(k, cross_in.to(device), (out_perm[:, None] * cin + cross_chan).reshape(-1).to(device)))
+            partner = gamma + (((digit + s) % p) - digit) * place
+            src = in_perm[partner[slot_group][:, None] * ig + torch.arange(ig)[None, :]]
+            partners.append(_PartnerTerm(k, partner.to(device), (out_perm[:, None] * cin + src).reshape(-1).to(device)))
 
     return _Plan(
         groups=G,
@@ -122,21 +162,24 @@ def _build_plan(g: Grouping, device: torch.device) -> _Plan:
         in_inv=torch.argsort(in_perm).to(device),
         out_inv=torch.argsort(out_perm).to(device),
         w_index=w_index.to(device),
-        one_gates=one_gates,
-        one_masks=masks.to(device),
-        cross=cross,
+        merge=M,
+        wm_index=wm_index.to(device),
+        within=within.to(device),
+        block_gates=torch.tensor(block_gates, dtype=torch.long, device=device),
+        block_masks=block_masks.to(device),
+        partners=partners,
     )
 
 
-_PLANS: OrderedDict[tuple[Grouping, torch.device], _Plan] = OrderedDict()
+_PLANS: OrderedDict[tuple[Grouping, torch.device, int], _Plan] = OrderedDict()
 _MAX_PLANS = 256
 
 
-def _plan(g: Grouping, device: torch.device) -> _Plan:
-    key = (g, device)
+def _plan(g: Grouping, device: torch.device, limit: int) -> _Plan:
+    key = (g, device, limit)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _build_plan(g, device)
+        plan = _build_plan(g, device, limit)
         _PLANS[key] = plan
         if len(_PLANS) > _MAX_PLANS:
             _PLANS.popitem(last=False)
@@ -149,6 +192,13 @@ def _gather(weight: Tensor, index: Tensor, rows: int) -> Tensor:
     """Rows ``index`` of ``weight`` viewed as ``(out*in, kh*kw)``, reshaped to ``(rows, -1, kh, kw)``."""
     o, i, kh, kw = weight.shape
     return weight.reshape(o * i, kh * kw).index_select(0, index).reshape(rows, -1, kh, kw)
+
+
+def _conv_backward(gy: Tensor, x: Tensor, w: Tensor, conf: tuple, groups: int, mask: list[bool], bias: bool = False):  # type: ignore[no-untyped-def]
+    stride, padding, dilation = conf
+    return torch.ops.aten.convolution_backward(
+        gy, x, w, [w.shape[0]] if bias else None, list(stride), list(padding), list(dilation), False, [0, 0], groups, mask
+    )
 
 
 class _GroupedDGConv(torch.autograd.Function):
@@ -167,40 +217,36 @@ class _GroupedDGConv(torch.autograd.Function):
         out = weight.shape[0]
         xp = x if plan.contiguous else x.index_select(1, plan.in_perm)
         wg = _gather(weight, plan.w_index, out)
-        bp = None if bias is None or plan.contiguous else bias.index_select(0, plan.out_perm)
-        yp = F.conv2d(xp, wg, bias if plan.contiguous else bp, stride, padding, dilation, plan.groups)
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (plan, stride, padding, dilation, bias is not None, gates.shape[0])
+        bp = bias if bias is None or plan.contiguous else bias.index_select(0, plan.out_perm)
+        yp = F.conv2d(xp, wg, bp, stride, padding, dilation, plan.groups)
+        # Save the sorted input (not x): re-sorting in backward would cost a second pass over the activation.
+        ctx.save_for_backward(xp, weight, wg)
+        ctx.conf = (plan, (stride, padding, dilation), bias is not None, gates.shape[0])
         return yp if plan.contiguous else yp.index_select(1, plan.out_inv)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_y: Tensor):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        plan, stride, padding, dilation, has_bias, gate_count = ctx.conf
+        xp, weight, wg = ctx.saved_tensors
+        plan, conf, has_bias, gate_count = ctx.conf
         need_x, need_w, need_b, need_g = ctx.needs_input_grad[:4]
+        need_b = need_b and has_bias
         out, cin, kh, kw = weight.shape
-        G = plan.groups
-        xp = x if plan.contiguous else x.index_select(1, plan.in_perm)
+        G, M = plan.groups, plan.merge
         gyp = grad_y if plan.contiguous else grad_y.index_select(1, plan.out_perm)
-        wg = _gather(weight, plan.w_index, out)
-        gxp, gwg, gbp = torch.ops.aten.convolution_backward(
-            gyp,
-            xp,
-            wg,
-            [out] if has_bias else None,
-            list(stride),
-            list(padding),
-            list(dilation),
-            False,
-            [0, 0],
-            G,
-            [need_x, need_w or need_g, need_b and has_bias],
-        )
         grad_x = grad_w = grad_b = grad_g = None
+        gwg = dwm = None
+        if M == 1:  # one call: input, in-group weight and bias gradients
+            gxp, gwg, gbp = _conv_backward(gyp, xp, wg, conf, G, [need_x, need_w or need_g, need_b], has_bias)
+        else:
+            gxp, _, gbp = _conv_backward(gyp, xp, wg, conf, G, [need_x, False, need_b], has_bias)
+            if need_w or need_g:  # super-group weight gradient: in-group part and merged gates' cross terms
+                shape = weight.new_empty(()).expand(out, (cin // G) * M, kh, kw)  # only its shape is read
+                dwm = _conv_backward(gyp, xp, shape, conf, G // M, [False, True, False])[1]
+                gwg = dwm.reshape(-1, kh * kw).index_select(0, plan.within).reshape(out, -1, kh, kw)
         if need_x:
             grad_x = gxp if plan.contiguous else gxp.index_select(1, plan.in_inv)
-        if need_b and has_bias:
+        if need_b:
             grad_b = gbp if plan.contiguous else gbp.index_select(0, plan.out_inv)
         if need_w:
             grad_w = torch.zeros_like(weight).reshape(out * cin, kh * kw)
@@ -209,18 +255,22 @@ class _GroupedDGConv(torch.autograd.Function):
         if need_g:
             acc = torch.promote_types(weight.dtype, torch.float32)
             grad_g = torch.zeros(gate_count, dtype=acc, device=weight.device)
-            if plan.one_gates:
-                m = (gwg.to(acc) * wg.to(acc)).sum(dim=(2, 3))  # dL/dU on in-group pairs, (out, ig)
-                vals = (plan.one_masks.to(acc) * m).sum(dim=(1, 2))
-                grad_g.index_add_(0, torch.tensor(plan.one_gates, device=weight.device), vals)
-            for term in plan.cross:
-                xc = x.index_select(1, term.in_index)
+            if len(plan.block_gates):
+                dblock, wblock = (gwg, wg) if M == 1 else (dwm, _gather(weight, plan.wm_index, out))
+                m = (dblock.to(acc) * wblock.to(acc)).sum(dim=(2, 3)).reshape(-1)  # dL/dU on the block's pairs
+                grad_g.index_add_(0, plan.block_gates, plan.block_masks.to(acc) @ m)
+            n = xp.shape[0]
+            for term in plan.partners:
+                # partner groups' channels in each group's slot: a permutation of whole blocks of the sorted input
+                xc = xp.reshape(n, G, -1).index_select(1, term.group_index).reshape(xp.shape)
                 wc = _gather(weight, term.w_index, out)
-                gwc = torch.ops.aten.convolution_backward(
-                    gyp, xc, wc, None, list(stride), list(padding), list(dilation), False, [0, 0], G, [False, True, False]
-                )[1]
+                gwc = _conv_backward(gyp, xc, wc, conf, G, [False, True, False])[1]
                 grad_g[term.gate] += (gwc.to(acc) * wc.to(acc)).sum()
         return grad_x, grad_w, grad_b, grad_g, None, None, None, None
+
+
+def _out_size(n: int, k: int, s: int, p: int, d: int) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def dgconv2d_grouped(
@@ -238,6 +288,9 @@ def dgconv2d_grouped(
     ``gate`` is the continuous gate tensor; it receives the identity straight-through gradient. The
     result and all gradients equal :func:`dgconv.functional.dgconv2d_reference` to float tolerance.
     """
-    plan = _plan(grouping, x.device)
+    positions = x.shape[0] * _out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0]) * _out_size(
+        x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1]
+    )
+    plan = _plan(grouping, x.device, _merge_limit(x.device, positions))
     g = binarize_gates(gate)
     return _GroupedDGConv.apply(x, weight, bias, g, plan, stride, padding, dilation)

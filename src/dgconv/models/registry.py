@@ -70,7 +70,10 @@ def model_info(name: str) -> ModelInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
+        # names the request extends ("g_resnext50_32x4d" -> "g_resnext50") first, then similar spellings
+        prefixes = sorted((n for n in _REGISTRY if name.startswith(n)), key=len, reverse=True)
+        similar = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
+        close = list(dict.fromkeys(prefixes + similar))[:5]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}.{hint} dgconv.models.list_models() shows all {len(_REGISTRY)} names."

@@ -120,6 +120,8 @@ class ResNet(nn.Module):
         stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool, 224x224 inputs) or ``"cifar"`` (one 3x3 conv, no
             pooling, 32x32 inputs).
         stem_width: channels of the stem convolution.
+        stem_stride: stride of the ``"cifar"`` stem convolution (2 halves every feature map: the CPU-sized
+            members use it).
         stage_planes: the ``planes`` of each stage (outputs are ``planes * block.expansion``); stage 1 has
             stride 1, the others stride 2.
         cardinality, base_width: the ResNeXt template ``C x Bd``: bottleneck width
@@ -150,6 +152,7 @@ class ResNet(nn.Module):
         *,
         stem: str = "imagenet",
         stem_width: int = 64,
+        stem_stride: int = 1,
         stage_planes: Sequence[int] = (64, 128, 256, 512),
         cardinality: int = 1,
         base_width: int = 64,
@@ -173,6 +176,8 @@ class ResNet(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        if stem_stride not in (1, 2) or (stem == "imagenet" and stem_stride != 1):
+            raise ValueError(f"stem_stride must be 1 or 2 (cifar stem only), got {stem_stride!r}")
         grouped = dgconv or cardinality > 1 or groups is not None
         if grouped and block is not Bottleneck:
             raise ValueError("group convolutions (cardinality, groups, dgconv) need the Bottleneck block")
@@ -192,7 +197,7 @@ class ResNet(nn.Module):
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
         else:
-            self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=stem_stride, padding=1, bias=False)
         self.bn1 = self._norm_layer(stem_width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()

@@ -1,0 +1,72 @@
+"""Checkpoints: written atomically (temporary file, fsync, rename), read with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
+
+    {"format": "dgconv.checkpoint/1", "model_name": str, "num_classes": int, "model": state_dict,
+     "optimizer": state_dict, "epoch": completed epochs, "step": optimizer steps, "best_acc": float,
+     "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}, "config": {...}}
+
+so it loads with ``torch.load(path, weights_only=True)`` without our code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT"]
+
+FORMAT = "dgconv.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable (corrupt or truncated), or not a dgconv checkpoint."""
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
+    """Write ``obj`` to ``path`` atomically: a crash at any moment leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - platforms without directory fsync
+        pass
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a dgconv checkpoint (on the CPU) with ``weights_only=True`` and check that it is one.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or lacks the dgconv format marker and keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dgconv checkpoint (expected format {FORMAT!r}; a foreign file?)")
+    missing = [k for k in ("model_name", "num_classes", "model", "epoch", "config") if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete dgconv checkpoint: missing {missing}")
+    return obj

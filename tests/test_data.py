@@ -1,0 +1,113 @@
+"""Datasets: digits split, CIFAR pickles (shared copy; skipped where absent), the restricted unpickler,
+and on-device augmentation against a per-image reference."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dgconv.data import DataError, TensorLoader, augment_crop_flip, find_cifar_dir, load_cifar, load_digits
+
+SHARED = Path(os.environ.get("DGCONV_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+HAS_CIFAR = (SHARED / "cifar-10-batches-py" / "data_batch_1").is_file()
+
+
+def test_digits_split_is_stratified_and_fixed():
+    a, b = load_digits(), load_digits()
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert a.train_x.shape[1:] == (1, 8, 8) and a.train_x.dtype == torch.uint8
+    assert len(a.train_x) + len(a.test_x) == 1797 and a.num_classes == 10
+    counts = torch.bincount(a.test_y, minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 37
+    assert int(a.train_x.max()) == 16
+
+
+@pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 copy not present (set DGCONV_SHARED_DATA)")
+def test_cifar10_from_the_shared_folder():
+    ds = load_cifar("cifar10", SHARED)  # the parent folder works
+    assert find_cifar_dir("cifar10", SHARED / "cifar-10-batches-py") == SHARED / "cifar-10-batches-py"
+    assert ds.train_x.shape == (50000, 3, 32, 32) and ds.test_x.shape == (10000, 3, 32, 32)
+    assert ds.train_x.dtype == torch.uint8 and ds.num_classes == 10
+    assert ds.classes[0] == "airplane" and ds.classes[-1] == "truck"
+    assert torch.equal(torch.bincount(ds.train_y), torch.full((10,), 5000))
+    # the first image equals the raw bytes of the first row of data_batch_1 (channel-major 32x32 planes)
+    with open(SHARED / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")  # trusted shared test data
+    np.testing.assert_array_equal(ds.train_x[0].numpy().reshape(-1), raw[b"data"][0])
+    assert 0.4 < ds.mean[0] < 0.55 and 0.2 < ds.std[0] < 0.3
+
+
+def test_missing_or_malformed_folder_says_what_was_expected(tmp_path):
+    with pytest.raises(DataError, match="data_batch_1.*test_batch.*batches.meta"):
+        load_cifar("cifar10", tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="not a CIFAR python pickle batch"):
+        load_cifar("cifar10", tmp_path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    good = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(good, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"], b"x": _Evil()}, protocol=2))
+    with pytest.raises(DataError, match="refusing to load posix.system|refusing to load os.system|refusing to load nt.system"):
+        load_cifar("cifar10", tmp_path)
+    assert not (tmp_path / "pwned").exists()
+    # and the well-formed files load
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
+    ds = load_cifar("cifar10", tmp_path)
+    assert ds.classes == ["a", "b"] and len(ds.train_x) == 10
+
+
+def test_non_uint8_data_is_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    bad = {b"data": np.zeros((2, 3072), np.float64), b"labels": [0, 1]}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(bad, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
+    with pytest.raises(DataError, match="uint8"):
+        load_cifar("cifar10", tmp_path)
+
+
+def test_crop_flip_equals_per_image_reference():
+    x = torch.randint(0, 255, (6, 3, 8, 8), dtype=torch.uint8)
+    out = augment_crop_flip(x, torch.Generator().manual_seed(3), pad=2)
+    gen = torch.Generator().manual_seed(3)  # same draws, in the same order
+    dy = torch.randint(0, 5, (6,), generator=gen)
+    dx = torch.randint(0, 5, (6,), generator=gen)
+    flip = torch.rand(6, generator=gen) < 0.5
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(6):
+        crop = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
+        expected = crop.flip(-1) if flip[i] else crop
+        assert torch.equal(out[i], expected)
+
+
+def test_loader_is_deterministic_and_shards_cover_the_data():
+    ds = load_digits().subset(train=100, test=37)
+    dev = torch.device("cpu")
+    a = [y for _, y in TensorLoader(ds, True, 8, dev, seed=1).epoch(2)]
+    b = [y for _, y in TensorLoader(ds, True, 8, dev, seed=1).epoch(2)]
+    c = [y for _, y in TensorLoader(ds, True, 8, dev, seed=1).epoch(3)]
+    assert all(torch.equal(u, v) for u, v in zip(a, b)) and not all(torch.equal(u, v) for u, v in zip(a, c))
+    seen = torch.cat([y for r in range(3) for _, y in TensorLoader(ds, False, 5, dev, rank=r, world_size=3).epoch(0)])
+    assert len(seen) == 37 and torch.equal(seen.sort().values, ds.test_y.sort().values)
+    x, _ = next(TensorLoader(ds, True, 8, dev).epoch(0))
+    assert x.dtype == torch.float32 and abs(x.mean().item()) < 1.0
