@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
 
-    {"format": "dgconv.checkpoint/1", "model_name": str, "num_classes": int, "model": state_dict,
+    {"format": "dgconv.checkpoint/1", "model_name": str, "num_classes": int, "model_kwargs": {...},
+     "model": state_dict,
      "optimizer": state_dict, "epoch": completed epochs, "step": optimizer steps, "best_acc": float,
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}, "config": {...}}
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "FORMAT"]
 
 FORMAT = "dgconv.checkpoint/1"
 
@@ -70,3 +71,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path} is an incomplete dgconv checkpoint: missing {missing}")
     return obj
+
+
+def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> torch.nn.Module:
+    """Rebuild the model a checkpoint holds (a path or a dict from :func:`load_checkpoint`), weights loaded."""
+    from .models import create_model
+
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"the checkpoint's weights do not fit {ckpt['model_name']}: {e}") from None
+    return model

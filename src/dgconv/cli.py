@@ -1,4 +1,4 @@
-"""The ``dgconv`` command line: ``dgconv train | models | profile`` (and ``python -m dgconv ...``)."""
+"""The ``dgconv`` command line: ``dgconv train | models | profile | deploy`` (and ``python -m dgconv ...``)."""
 
 from __future__ import annotations
 
@@ -140,12 +140,67 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_deploy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "deploy",
+        help="turn a trained G-ResNeXt into a plain ResNeXt with its learned groups",
+        description="Load a run's checkpoint, replace every DGConv2d by nn.Conv2d(groups=G) at its learned G (channel "
+        "permutations folded into neighbours), and write FILE (state_dict) plus FILE.json (architecture spec for "
+        "dgconv.load_deployed / create_model).",
+    )
+    p.add_argument("source", help="run directory (uses last.pt, or best.pt with --best) or a checkpoint file")
+    p.add_argument("--out", required=True, help="output state_dict path; the spec goes to OUT.json")
+    p.add_argument("--best", action="store_true", help="deploy best.pt of a run directory instead of last.pt")
+    p.add_argument("--torchscript", help="also save a TorchScript module here")
+    p.set_defaults(func=_cmd_deploy)
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .convert import deploy, save_deployed
+    from .models import model_info
+    from .profile import profile
+
+    src = Path(args.source)
+    if src.is_dir():
+        src = src / ("best.pt" if args.best else "last.pt")
+    ckpt = load_checkpoint(src)
+    model = model_from_checkpoint(ckpt).eval()
+    size = tuple(ckpt.get("input_size") or model_info(ckpt["model_name"]).input_size)
+    deployed, summary = deploy(model, summary=True)
+    before, after = profile(model, size), profile(deployed, size)
+    macs_after = {lp.name: lp.macs for lp in after.layers}
+    print(f"{ckpt['model_name']} ({src}) at input {'x'.join(map(str, size))}; MACs = multiply-accumulates")
+    head = f"{'layer':<20} {'in':>5} {'out':>5} {'groups':>6} {'params: stored -> deployed':>28} {'MACs: dense masked -> grouped':>32}"
+    print(head + "\n" + "-" * len(head))
+    for lp, prof in zip(summary.layers, [p for p in before.layers if p.kind == "DGConv2d"]):
+        dense = prof.macs * lp.groups
+        after_macs = macs_after.get(lp.name, macs_after.get(lp.name + ".1", macs_after.get(lp.name + ".0", 0)))
+        print(f"{lp.name:<20} {lp.in_channels:>5} {lp.out_channels:>5} {lp.groups:>6} {lp.params_before:>13,} -> {lp.params_after:<11,}"
+              f" {dense:>15,} -> {after_macs:<13,}")
+    dense_total = before.macs + sum(p.macs * (p.groups - 1) for p in before.layers if p.kind == "DGConv2d")
+    print(f"{'model total':<39} {before.params:>13,} -> {after.params:<11,} {dense_total:>15,} -> {after.macs:<13,}")
+    if summary.inserted:
+        print(f"note: channel permutations could not be folded for {', '.join(summary.inserted)}; ChannelPermutation inserted")
+    weights, spec = save_deployed(deployed, args.out)
+    print(f"wrote {weights} and {spec}")
+    if args.torchscript:
+        import torch
+
+        torch.jit.script(deployed).save(args.torchscript)
+        print(f"wrote {args.torchscript} (TorchScript)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgconv", description="Dynamic Grouping Convolution: train, inspect and deploy G-ResNeXt.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_models(sub)
     _add_profile(sub)
+    _add_deploy(sub)
     return parser
 
 

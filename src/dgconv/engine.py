@@ -8,7 +8,8 @@ groups". Everything a run writes goes to its output directory:
   groups and gate values per layer, learning rate, time;
 * ``groups.json`` -- the learned group number and channels of every DGConv layer (``"groups"`` is exactly
   :func:`dgconv.learned_groups`; ``create_model(name, groups=...)`` and ``--groups-from`` read it);
-* ``last.pt`` / ``best.pt`` -- checkpoints (atomic writes; ``best`` by test accuracy).
+* ``last.pt`` / ``best.pt`` -- checkpoints (atomic writes; ``best`` by test accuracy); the model is
+  ``create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])``.
 
 A run killed at any moment resumes with ``--resume RUN_DIR`` from its last completed epoch; batch order and
 augmentation are functions of ``(seed, epoch, rank)``, so on the CPU the resumed run ends bit-identical to
@@ -351,9 +352,8 @@ def _train(cfg: TrainConfig, env: DistEnv, out: Path, ckpt: dict[str, Any] | Non
             spec = read_groups(cfg.groups_from)
         except ValueError as e:
             raise TrainingError(f"--groups-from: {e}") from None
-    model = create_model(
-        cfg.model, num_classes=num_classes, in_chans=input_size[0], groups=spec, zero_init_residual=cfg.zero_init_residual
-    )
+    model_kwargs: dict[str, Any] = {"in_chans": input_size[0], **({"groups": spec} if spec else {})}
+    model = create_model(cfg.model, num_classes=num_classes, zero_init_residual=cfg.zero_init_residual, **model_kwargs)
     if ckpt is not None:
         if ckpt["num_classes"] != num_classes:
             raise TrainingError(
@@ -461,7 +461,9 @@ def _train(cfg: TrainConfig, env: DistEnv, out: Path, ckpt: dict[str, Any] | Non
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             ckpt_doc = {
-                "format": FORMAT, "model_name": cfg.model, "num_classes": num_classes, "model": model.state_dict(),
+                "format": FORMAT, "model_name": cfg.model, "num_classes": num_classes, "model_kwargs": model_kwargs,
+                "input_size": list(input_size),
+                "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "epoch": epoch + 1, "step": step, "best_acc": best_acc,
                 "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if env.device.type == "cuda" else []},
                 "config": dataclasses.asdict(cfg),

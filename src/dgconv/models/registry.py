@@ -26,6 +26,8 @@ class ModelInfo:
         dgconv: whether it has DGConv layers (a G-ResNeXt).
         budget: the complexity scale ``b`` it is usually trained with (``None``: unconstrained / no gates).
         doc: first line of the builder's docstring.
+        plain: for a G-ResNeXt, the registered ResNeXt with the same topology, which ``dgconv.deploy``'s spec
+            rebuilds with per-layer ``groups``; for other models their own name.
     """
 
     name: str
@@ -34,6 +36,7 @@ class ModelInfo:
     dgconv: bool
     budget: float | None
     doc: str
+    plain: str
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -44,16 +47,16 @@ class UnknownModelError(ValueError):
 
 
 def register_model(
-    *, input_size: tuple[int, int, int], dgconv: bool = False, budget: float | None = None
+    *, input_size: tuple[int, int, int], dgconv: bool = False, budget: float | None = None, plain: str | None = None
 ) -> Callable[[F], F]:
-    """Decorator: register a builder under its function name."""
+    """Decorator: register a builder under its function name (``plain``: see :class:`ModelInfo`)."""
 
     def deco(fn: F) -> F:
         name = fn.__name__
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = ModelInfo(name, fn, input_size, dgconv, budget, doc)
+        _REGISTRY[name] = ModelInfo(name, fn, input_size, dgconv, budget, doc, plain or name)
         return fn
 
     return deco
@@ -97,4 +100,7 @@ def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module
         >>> m.layer1[0].conv2.groups, m.layer1[1].conv2.groups
         (8, 32)
     """
-    return model_info(name).builder(num_classes=num_classes, **kwargs)
+    model = model_info(name).builder(num_classes=num_classes, **kwargs)
+    # How it was built, so that deploy/export can name the plain architecture and its arguments.
+    model.dgconv_cfg = {"name": name, "num_classes": num_classes, "kwargs": dict(kwargs)}
+    return model

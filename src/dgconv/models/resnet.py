@@ -142,7 +142,7 @@ class ResNet(nn.Module):
     """
 
     # Metadata for profile/deploy, never used in forward: keep it out of TorchScript's type inference.
-    __jit_ignored_attributes__ = ["group_conv_names"]
+    __jit_ignored_attributes__ = ["group_conv_names", "dgconv_cfg"]
 
     def __init__(
         self,
@@ -191,6 +191,7 @@ class ResNet(nn.Module):
         self._dgconv = dgconv
         self._dgconv_impl = dgconv_impl
         self.group_conv_names = list[str]()  # typed without an annotation statement, which TorchScript warns on
+        self.dgconv_cfg = None  # set by dgconv.create_model: how the model was built
         self.num_classes = num_classes
 
         self.inplanes = stem_width

@@ -89,19 +89,19 @@ def resnext101_2x64d(**kwargs: Any) -> ResNet:
     return _imagenet(Bottleneck, [3, 4, 23, 3], cardinality=2, base_width=64, **kwargs)
 
 
-@register_model(input_size=IMAGENET, dgconv=True, budget=32)
+@register_model(input_size=IMAGENET, dgconv=True, budget=32, plain="resnext50_32x4d")
 def g_resnext50(**kwargs: Any) -> ResNet:
     """G-ResNeXt-50: ResNeXt-50 32x4d with every 3x3 group conv a DGConv2d (Table 1)."""
     return _imagenet(Bottleneck, [3, 4, 6, 3], cardinality=32, base_width=4, dgconv=True, **kwargs)
 
 
-@register_model(input_size=IMAGENET, dgconv=True, budget=32)
+@register_model(input_size=IMAGENET, dgconv=True, budget=32, plain="resnext101_32x4d")
 def g_resnext101(**kwargs: Any) -> ResNet:
     """G-ResNeXt-101 with the widths of ResNeXt-101 32x4d."""
     return _imagenet(Bottleneck, [3, 4, 23, 3], cardinality=32, base_width=4, dgconv=True, **kwargs)
 
 
-@register_model(input_size=IMAGENET, dgconv=True, budget=2)
+@register_model(input_size=IMAGENET, dgconv=True, budget=2, plain="resnext101_2x64d")
 def g_resnext101_2x64d(**kwargs: Any) -> ResNet:
     """G-ResNeXt-101 of Table 4: 2x64d widths (equal to 32x4d's), trained with b = 2 (2x ResNet-101)."""
     return _imagenet(Bottleneck, [3, 4, 23, 3], cardinality=2, base_width=64, dgconv=True, **kwargs)
@@ -128,19 +128,19 @@ def resnext29_32x4d(**kwargs: Any) -> ResNet:
     return _cifar([3, 3, 3], cardinality=32, base_width=4, **kwargs)
 
 
-@register_model(input_size=CIFAR, dgconv=True, budget=8)
+@register_model(input_size=CIFAR, dgconv=True, budget=8, plain="resnext29_8x64d")
 def g_resnext29_8x64d(**kwargs: Any) -> ResNet:
     """G-ResNeXt-29 with the widths of ResNeXt-29 8x64d."""
     return _cifar([3, 3, 3], cardinality=8, base_width=64, dgconv=True, **kwargs)
 
 
-@register_model(input_size=CIFAR, dgconv=True, budget=16)
+@register_model(input_size=CIFAR, dgconv=True, budget=16, plain="resnext29_16x64d")
 def g_resnext29_16x64d(**kwargs: Any) -> ResNet:
     """G-ResNeXt-29 with the widths of ResNeXt-29 16x64d."""
     return _cifar([3, 3, 3], cardinality=16, base_width=64, dgconv=True, **kwargs)
 
 
-@register_model(input_size=CIFAR, dgconv=True, budget=32)
+@register_model(input_size=CIFAR, dgconv=True, budget=32, plain="resnext29_32x4d")
 def g_resnext29_32x4d(**kwargs: Any) -> ResNet:
     """G-ResNeXt-29 with the widths of ResNeXt-29 32x4d."""
     return _cifar([3, 3, 3], cardinality=32, base_width=4, dgconv=True, **kwargs)
@@ -159,7 +159,7 @@ def resnext_cifar_tiny(**kwargs: Any) -> ResNet:
     return _cifar([1, 1, 1], **{**_TINY, **kwargs})
 
 
-@register_model(input_size=CIFAR, dgconv=True, budget=16)
+@register_model(input_size=CIFAR, dgconv=True, budget=16, plain="resnext_cifar_tiny")
 def g_resnext_cifar_tiny(**kwargs: Any) -> ResNet:
     """G-ResNeXt-11 for CIFAR with the widths of resnext_cifar_tiny (CPU-sized)."""
     return _cifar([1, 1, 1], dgconv=True, **{**_TINY, **kwargs})
@@ -171,7 +171,7 @@ def resnext_cifar_small(**kwargs: Any) -> ResNet:
     return _cifar([2, 2, 2], **{**_SMALL, **kwargs})
 
 
-@register_model(input_size=CIFAR, dgconv=True, budget=32)
+@register_model(input_size=CIFAR, dgconv=True, budget=32, plain="resnext_cifar_small")
 def g_resnext_cifar_small(**kwargs: Any) -> ResNet:
     """G-ResNeXt-20 for CIFAR with the widths of resnext_cifar_small."""
     return _cifar([2, 2, 2], dgconv=True, **{**_SMALL, **kwargs})
@@ -183,7 +183,7 @@ def resnext_digits(**kwargs: Any) -> ResNet:
     return _cifar([1, 1, 1], **{**_DIGITS, **kwargs})
 
 
-@register_model(input_size=DIGITS, dgconv=True, budget=8)
+@register_model(input_size=DIGITS, dgconv=True, budget=8, plain="resnext_digits")
 def g_resnext_digits(**kwargs: Any) -> ResNet:
     """G-ResNeXt-11 for 8x8 grayscale digits (the default of `dgconv train`)."""
     return _cifar([1, 1, 1], dgconv=True, **{**_DIGITS, **kwargs})
