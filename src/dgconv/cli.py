@@ -1,4 +1,5 @@
-"""The ``dgconv`` command line: ``dgconv train | models | profile | deploy`` (and ``python -m dgconv ...``)."""
+"""The ``dgconv`` command line: ``dgconv train | models | profile | deploy | report | sweep | results``
+(and ``python -m dgconv ...``)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     a("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
     a("--resume", help="continue the run in this directory (or from this checkpoint)")
+    a("--groups", type=_positive_int, help="uniform group number of every group convolution (a ResNeXt baseline)")
     a("--groups-from", help="groups.json (or run directory) of learned groups: build ResNeXt* from them")
     a("--zero-init-residual", action="store_true")
     a("--limit-train", type=_positive_int, help="use only the first N training images")
@@ -194,6 +196,74 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="figures and a markdown summary from run directories")
+    p.add_argument("runs", nargs="+", help="run directories (config.json, metrics.jsonl, groups.json)")
+    p.add_argument("--out", default="report", help="output directory (default: report)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    for path in write_report(args.runs, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run the paper's CIFAR experiments (Tables 3, 5, 6 analogues) as a named protocol",
+        description="Protocols: 'cpu' (g_resnext_cifar_tiny, about an hour on 2 CPU cores; a smoke test) and 'gpu' "
+        "(g_resnext29_32x4d, about ten minutes on one H200). Resumable: finished runs are skipped.",
+    )
+    p.add_argument("--protocol", choices=["cpu", "gpu"], required=True)
+    p.add_argument("--data-dir", required=True, help="folder holding (or being) cifar-10-batches-py")
+    p.add_argument("--out", required=True, help="sweep directory: one run directory per run, plus results.md")
+    p.add_argument("--results", help="also write the rendered results here (e.g. docs/results.md)")
+    p.add_argument("--data-note", help="a sentence about the data, recorded in the results")
+    p.add_argument("--epochs", type=_positive_int, help="override the protocol's epochs")
+    p.add_argument("--parallel", type=_positive_int, help="override how many runs train at once")
+    p.add_argument("--limit-train", type=_positive_int, help="override: first N training images only")
+    p.add_argument("--limit-test", type=_positive_int, help="override: first N test images only")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    path = run_sweep(args.protocol, args.out, args.data_dir, data_note=args.data_note, results=args.results,
+                     epochs=args.epochs, parallel=args.parallel, limit_train=args.limit_train, limit_test=args.limit_test)
+    print(f"wrote {path}" + (f" and {args.results}" if args.results else ""))
+    return 0
+
+
+def _add_results(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="render the results document from sweep directories")
+    p.add_argument("sweeps", nargs="+", help="sweep directories (with sweep.json)")
+    p.add_argument("--out", help="write here instead of printing")
+    p.set_defaults(func=_cmd_results)
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .results import render_results
+
+    for s in args.sweeps:
+        if not (Path(s) / "sweep.json").exists():
+            raise ValueError(f"{s} is not a sweep directory (no sweep.json)")
+    text = render_results(args.sweeps)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgconv", description="Dynamic Grouping Convolution: train, inspect and deploy G-ResNeXt.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -201,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_profile(sub)
     _add_deploy(sub)
+    _add_report(sub)
+    _add_sweep(sub)
+    _add_results(sub)
     return parser
 
 
@@ -217,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, DataError, CheckpointError, TrainingError) as e:
+    except (ValueError, RuntimeError, DataError, CheckpointError, TrainingError) as e:
         print(f"dgconv {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -263,6 +263,7 @@ class TensorLoader:
         self.mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1) * ds.scale
         self.std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1) * ds.scale
         n = len(self.x)
+        self.size = n  #: examples in the split (all processes together)
         self.per_rank = math.ceil(n / world_size) if train else len(range(rank, n, world_size))
 
     def __len__(self) -> int:

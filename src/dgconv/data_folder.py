@@ -43,6 +43,7 @@ class FolderLoader:
 
     def __init__(self, loader: DataLoader, sampler: DistributedSampler | _Shard, device: torch.device, channels_last: bool) -> None:
         self.loader, self.sampler, self.device, self.channels_last = loader, sampler, device, channels_last
+        self.size = len(loader.dataset)  #: examples in the split (all processes together)
 
     def __len__(self) -> int:
         return len(self.loader)

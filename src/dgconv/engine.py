@@ -86,6 +86,7 @@ class TrainConfig:
     device: str | None = None
     out: str | None = None
     resume: str | None = None
+    groups: int | None = None
     groups_from: str | None = None
     zero_init_residual: bool = False
     limit_train: int | None = None
@@ -124,7 +125,9 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {cfg.schedule!r}")
         if not 0 <= cfg.warmup_epochs < cfg.epochs:
             raise ValueError(f"warmup epochs must be in [0, epochs), got {cfg.warmup_epochs}")
-        for name in ("limit_train", "limit_test"):
+        if cfg.groups is not None and cfg.groups_from:
+            raise ValueError("give --groups or --groups-from, not both")
+        for name in ("limit_train", "limit_test", "groups"):
             v = getattr(cfg, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {v}")
@@ -265,13 +268,25 @@ def _gate_sync_ok(model: nn.Module, env: DistEnv) -> bool:
     return bool(torch.equal(total, g * env.world_size))
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _environment(env: DistEnv) -> dict[str, Any]:
     return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "dgconv": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(env.device),
-        "device_name": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else _cpu_name(),
+        "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "world_size": env.world_size,
         "argv": sys.argv,
@@ -346,7 +361,7 @@ def _train(cfg: TrainConfig, env: DistEnv, out: Path, ckpt: dict[str, Any] | Non
     torch.manual_seed(cfg.seed)
 
     train_loader, test_loader, num_classes, input_size = _loaders(cfg, env)
-    spec = None
+    spec: int | dict[str, int] | None = cfg.groups
     if cfg.groups_from:
         try:
             spec = read_groups(cfg.groups_from)
@@ -387,15 +402,17 @@ def _train(cfg: TrainConfig, env: DistEnv, out: Path, ckpt: dict[str, Any] | Non
         )
 
     main = env.is_main
+    steps_per_epoch = len(train_loader)
+    test_count = getattr(test_loader, "size", None)
     metrics_path = out / "metrics.jsonl"
     if main:
         out.mkdir(parents=True, exist_ok=True)
         config_doc = {"config": dataclasses.asdict(cfg), "environment": _environment(env), "num_classes": num_classes,
-                      "input_size": list(input_size), "o": constraint.target if cfg.budget else None}
+                      "input_size": list(input_size), "o": constraint.target if cfg.budget else None,
+                      "train_images_per_epoch": steps_per_epoch * cfg.batch_size, "test_images": test_count}
         _atomic_write_text(out / "config.json", json.dumps(config_doc, indent=2) + "\n")
         _truncate_metrics(metrics_path, start_epoch)
     writer = _tensorboard(cfg, out) if main else None
-    steps_per_epoch = len(train_loader)
     progress = _Progress(cfg.progress and main)
     if main:
         print(

@@ -1,0 +1,273 @@
+"""``dgconv report``: figures and a markdown summary from run directories (their files only).
+
+Reads ``config.json``, ``metrics.jsonl`` and ``groups.json`` of each run; never a checkpoint. Writes PNGs
+(matplotlib, an optional extra: ``pip install 'dgconv[report]'``) and ``summary.md``:
+
+* ``groups.png`` -- learned groups of every DGConv layer, input to output, against its channel count, with
+  ResNeXt's constant cardinality for comparison (the paper's Fig. 2 and Fig. 5); several runs overlaid;
+* ``dynamics.png`` -- per run: group number of every layer over training, and the gate values ``g~`` (Fig. 6);
+* ``training.png`` -- ``zeta/o``, loss and test accuracy over training;
+* ``summary.md`` -- per run: configuration, accuracy, ``zeta/o`` and a per-layer table (channels, groups, MACs
+  as a dense masked convolution and deployed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Run", "load_run", "write_report"]
+
+
+@dataclass
+class Run:
+    """The files of one run directory, parsed."""
+
+    path: Path
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    groups: dict[str, int]
+    channels: dict[str, list[int]]
+    input_size: tuple[int, ...]
+    num_classes: int
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        b = c.get("budget")
+        extra = f" b={b:g}" if isinstance(b, (int, float)) else ""
+        seed = f" seed {c.get('seed')}" if c.get("seed") else ""
+        return f"{self.path.name}: {c['model']}{extra}{seed}"
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+
+def load_run(path: str | Path) -> Run:
+    """Parse a run directory; raises ``ValueError`` naming the missing or malformed file."""
+    p = Path(path)
+    try:
+        cfg = json.loads((p / "config.json").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{p} is not a run directory: no config.json") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p / 'config.json'} is not JSON: {e}") from None
+    rows = []
+    mpath = p / "metrics.jsonl"
+    if mpath.exists():
+        for i, line in enumerate(mpath.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise ValueError(f"{mpath}:{i} is not a JSON line") from None
+    groups: dict[str, int] = {}
+    channels: dict[str, list[int]] = {}
+    gpath = p / "groups.json"
+    if gpath.exists():
+        doc = json.loads(gpath.read_text())
+        groups, channels = doc.get("groups", {}), doc.get("channels", {})
+    elif rows and rows[-1].get("groups"):
+        groups = rows[-1]["groups"]
+    return Run(p, cfg["config"], cfg.get("environment", {}), rows, groups, channels,
+               tuple(cfg.get("input_size") or ()), int(cfg.get("num_classes", 0)))
+
+
+def _cardinality(run: Run) -> int | None:
+    """The constant group number of the run's ResNeXt counterpart (e.g. 32 for 32x4d)."""
+    from .models import create_model, model_info
+
+    try:
+        plain = create_model(model_info(run.config["model"]).plain, num_classes=max(run.num_classes, 1),
+                             in_chans=run.input_size[0] if run.input_size else 3)
+    except Exception:  # noqa: BLE001 - an unregistered model: no reference line
+        return None
+    names = getattr(plain, "group_conv_names", [])
+    mods = dict(plain.named_modules())
+    gs = {mods[n].groups for n in names}
+    return gs.pop() if len(gs) == 1 else None
+
+
+def layer_table(run: Run) -> list[dict[str, Any]]:
+    """Per DGConv layer: channels, learned groups, MACs as a dense masked conv and deployed (batch 1)."""
+    from .models import create_model, model_info
+    from .profile import profile
+
+    if not run.groups:
+        return []
+    info = model_info(run.config["model"])
+    size = run.input_size or info.input_size
+    kwargs: dict[str, Any] = {"in_chans": size[0], "groups": run.groups}
+    model = create_model(info.plain, num_classes=max(run.num_classes, 1), **kwargs)
+    prof = profile(model, size)
+    rows = []
+    for lp in prof.layers:
+        if lp.name in run.groups:
+            rows.append({"name": lp.name, "in": lp.in_channels, "out": lp.out_channels, "groups": lp.groups,
+                         "macs_dense": lp.macs * lp.groups, "macs_deployed": lp.macs})
+    return rows
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuntimeError("dgconv report draws with matplotlib: pip install 'dgconv[report]'") from e
+    return plt
+
+
+def _groups_figure(runs: list[Run], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * max(len(r.groups) for r in runs) + 3), 4.2))
+    refs: dict[int, str] = {}
+    for run in runs:
+        g = [run.groups[n] for n in run.groups]
+        ax.plot(range(len(g)), g, marker="o", lw=1.6, ms=5, label=run.label, zorder=3)
+        card = _cardinality(run)
+        if card and card not in refs:
+            refs[card] = run.config["model"]
+    for i, (card, model) in enumerate(sorted(refs.items())):
+        ax.axhline(card, ls=(0, (4, 2 + i)), color="gray", lw=1.2, zorder=2,
+                   label=f"ResNeXt counterpart of {model} (constant {card})")
+    layouts = {tuple(tuple(r.channels.get(n, ["?"])) for n in r.groups) for r in runs}
+    names = list(runs[0].groups)
+    ax.set_xticks(range(len(names)))
+    if len(layouts) == 1:  # same architecture: label each layer with its channels
+        ax.set_xticklabels([str(runs[0].channels.get(n, ["?"])[0]) for n in names], fontsize=8)
+        ax.set_xlabel("DGConv layers, input to output (label: channels)")
+    else:
+        ax.set_xlabel("DGConv layer index, input to output (runs differ in channels)")
+    ax.set_ylabel("learned number of groups")
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_title("Learned groups per layer")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _integer_epochs(ax) -> None:  # type: ignore[no-untyped-def]
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _dynamics_figure(runs: list[Run], path: Path) -> None:
+    plt = _plt()
+    runs = [r for r in runs if r.metrics and r.metrics[0].get("groups")]
+    if not runs:
+        return
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.4 * len(runs)), squeeze=False)
+    for row, run in zip(axes, runs):
+        epochs = [m["epoch"] for m in run.metrics]
+        names = list(run.metrics[-1]["groups"])
+        cmap = plt.get_cmap("viridis")
+        for j, n in enumerate(names):
+            color = cmap(j / max(1, len(names) - 1))
+            row[0].plot(epochs, [m["groups"][n] for m in run.metrics], color=color, lw=1.4,
+                        label=f"{n} ({run.channels.get(n, ['?'])[0]} ch)")
+            gates = [m["gates"][n] for m in run.metrics]
+            for k in range(len(gates[0])):
+                row[1].plot(epochs, [g[k] for g in gates], color=color, lw=0.9, alpha=0.8)
+        row[0].set_yscale("log", base=2)
+        row[0].yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        row[0].set_xlabel("epoch")
+        row[0].set_ylabel("groups")
+        row[0].set_title(f"{run.label}: groups per layer", fontsize=9)
+        row[0].grid(True, alpha=0.3)
+        if len(names) <= 12:
+            row[0].legend(fontsize=6, ncol=2)
+        row[1].axhline(0, color="black", lw=0.8)
+        row[1].set_xlabel("epoch")
+        row[1].set_ylabel("gate value g~ (>= 0: connected)")
+        row[1].set_title("gate values (colour: layer depth)", fontsize=9)
+        row[1].grid(True, alpha=0.3)
+        _integer_epochs(row[0])
+        _integer_epochs(row[1])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _training_figure(runs: list[Run], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for run in runs:
+        ep = [m["epoch"] for m in run.metrics]
+        if any(m.get("zeta_over_o") is not None for m in run.metrics):
+            line = axes[0].plot(ep, [m.get("zeta_over_o") for m in run.metrics], marker=".", label=run.label)[0]
+            if any(m.get("gates_closed_by_projection") for m in run.metrics):
+                o = [m["o"] for m in run.metrics]
+                before = [m.get("zeta_before_projection", m["zeta"]) / oo for m, oo in zip(run.metrics, o)]
+                axes[0].plot(ep, before, ls=":", color=line.get_color(), alpha=0.7)
+        axes[1].plot(ep, [m["train_loss"] for m in run.metrics], label=run.label)
+        axes[2].plot(ep, [m["test_acc"] for m in run.metrics], marker=".", label=run.label)
+    axes[0].axhline(1.0, ls="--", color="gray", lw=1)
+    axes[0].set_title("zeta / o at epoch end (dotted: before the budget projection)", fontsize=9)
+    axes[1].set_title("training loss (task)", fontsize=9)
+    axes[2].set_title("test accuracy", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        _integer_epochs(ax)
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _summary(runs: list[Run]) -> str:
+    out = ["# dgconv report", ""]
+    for run in runs:
+        c, f = run.config, run.final
+        out += [f"## {run.path.name}", ""]
+        env = run.environment
+        out.append(
+            f"- model `{c['model']}` on `{c['dataset']}`, {len(run.metrics)}/{c['epochs']} epochs, batch {c['batch_size']}, "
+            f"lr {c['lr']}, budget b={c.get('budget')}, seed {c.get('seed')}"
+        )
+        out.append(f"- hardware: {env.get('device_name', '?')} ({env.get('device', '?')} x{env.get('world_size', 1)}), torch {env.get('torch', '?')}")
+        if f:
+            ratio = f" , zeta/o {f['zeta_over_o']:.3f}" if f.get("zeta_over_o") is not None else ""
+            out.append(f"- final test accuracy {f['test_acc']:.4f} (best {f['best_acc']:.4f}){ratio}")
+        rows = layer_table(run)
+        if rows:
+            out += ["", "| layer | in | out | groups | MACs dense masked | MACs deployed |", "|---|---:|---:|---:|---:|---:|"]
+            for r in rows:
+                out.append(f"| {r['name']} | {r['in']} | {r['out']} | {r['groups']} | {r['macs_dense']:,} | {r['macs_deployed']:,} |")
+            td, tp = sum(r["macs_dense"] for r in rows), sum(r["macs_deployed"] for r in rows)
+            out.append(f"| total | | | | {td:,} | {tp:,} ({tp / td:.3f}x) |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
+    """Write the figures and ``summary.md`` for ``run_dirs`` into ``out``; return the files written."""
+    runs = [load_run(p) for p in run_dirs]
+    if not runs:
+        raise ValueError("report needs at least one run directory")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with_groups = [r for r in runs if r.groups]
+    if with_groups:
+        _groups_figure(with_groups, out / "groups.png")
+        written.append(out / "groups.png")
+        _dynamics_figure(with_groups, out / "dynamics.png")
+        if (out / "dynamics.png").exists():
+            written.append(out / "dynamics.png")
+    if any(r.metrics for r in runs):
+        _training_figure([r for r in runs if r.metrics], out / "training.png")
+        written.append(out / "training.png")
+    (out / "summary.md").write_text(_summary(runs))
+    written.append(out / "summary.md")
+    return written

@@ -1,0 +1,84 @@
+"""`dgconv report`, `dgconv sweep` (a miniature cpu protocol) and `dgconv results`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dgconv.results import _spearman, render_results
+from dgconv.sweep import PROTOCOLS, planned_runs
+from tests.test_data import HAS_CIFAR, SHARED
+
+plt = pytest.importorskip("matplotlib")
+
+
+def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dgconv", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def png_pixels(path):
+    from matplotlib import image
+
+    return np.asarray(image.imread(str(path)))
+
+
+def test_report_of_two_runs(tmp_path):
+    for name, budget in (("a", "4"), ("b", "16")):
+        r = run_cli("train", "--epochs", "3", "--limit-train", "256", "--budget", budget, "--out", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+    r = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    for fig in ("groups.png", "dynamics.png", "training.png"):
+        px = png_pixels(tmp_path / "rep" / fig)
+        assert px.shape[0] > 300 and px.shape[1] > 600 and px.std() > 0.05, fig  # a real, non-blank picture
+    text = (tmp_path / "rep" / "summary.md").read_text()
+    groups = json.loads((tmp_path / "a" / "groups.json").read_text())["groups"]
+    for name, g in groups.items():
+        assert f"| {name} |" in text and f"| {g} |" in text
+    assert "MACs deployed" in text and "zeta/o" in text
+    r = run_cli("report", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "not a run directory" in r.stderr
+
+
+def test_protocols_plan_tables_3_5_6():
+    for p in PROTOCOLS.values():
+        names = [r.name for r in planned_runs(p)]
+        assert names == ["resnext-g32", "g-b32", "g-b64", "g-b96", "g-b128", "g-b32-s1", "g-b32-s2", "star-b32", "star-b96"]
+        star = planned_runs(p)[-1]
+        assert star.phase == 2 and "--groups-from" in star.args
+    assert PROTOCOLS["gpu"].amp and PROTOCOLS["gpu"].channels_last and PROTOCOLS["gpu"].device == "cuda"
+
+
+def test_spearman():
+    assert _spearman([0, 1, 2, 3], [1, 2, 4, 8]) == pytest.approx(1.0)
+    assert _spearman([0, 1, 2, 3], [8, 4, 2, 1]) == pytest.approx(-1.0)
+    assert _spearman([0, 1, 2], [1, 1, 1]) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 copy not present (set DGCONV_SHARED_DATA)")
+def test_miniature_cpu_sweep_and_results(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--protocol", "cpu", "--data-dir", str(SHARED), "--out", str(out), "--epochs", "1",
+            "--limit-train", "256", "--limit-test", "256", "--results", str(tmp_path / "results.md")]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("done") == 9 and "FAILED" not in r.stdout
+    text = (out / "results.md").read_text()
+    assert text == (tmp_path / "results.md").read_text() == render_results([out])  # regenerated from the run dirs
+    for heading in ("Table 3 analogue", "Table 5 analogue", "Table 6 analogue", "claims, measured here"):
+        assert heading in text
+    assert "256 test images" in text and "Verdict:" in text
+    acc = json.loads((out / "g-b64" / "metrics.jsonl").read_text().splitlines()[-1])["test_acc"]
+    assert f"{100 * acc:.2f}" in text
+    star = json.loads((out / "star-b32" / "config.json").read_text())["config"]
+    assert star["model"] == "resnext_cifar_tiny" and star["groups_from"].endswith("g-b32/groups.json")
+    r = run_cli("results", str(out))
+    assert r.returncode == 0 and r.stdout == text
+    # resumable: a second invocation finds every run finished and starts none
+    r = run_cli(*args)
+    assert r.returncode == 0 and "start" not in r.stdout
