@@ -71,3 +71,23 @@ def test_gradients_flow_only_where_asked():
     xg = x.clone().requires_grad_()
     layer(xg).sum().backward()
     assert xg.grad is not None
+
+
+@pytest.mark.parametrize("bits", [[0, 0, 0, 1, 1, 1], [1, 0, 1, 0, 0, 1]])
+def test_channels_last_inputs_keep_their_layout_and_values(bits):
+    torch.manual_seed(0)
+    layer = DGConv2d(64, 64, 3, padding=1, bias=True).double()
+    layer.gate.data = torch.tensor([0.2 if b else -0.2 for b in bits], dtype=torch.float64)
+    x = torch.randn(2, 64, 6, 6, dtype=torch.float64)
+    ref_y, grads = dense_reference(x, layer.weight, layer.bias, layer.gate, layer.factors, 1, 1, 1)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    layer = layer.to(memory_format=torch.channels_last)
+    y = layer(xc)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.detach(), ref_y)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    dx, dw, db, dg = grads(gy)
+    torch.testing.assert_close(xc.grad, dx)
+    torch.testing.assert_close(layer.weight.grad, dw)
+    torch.testing.assert_close(layer.gate.grad, dg)

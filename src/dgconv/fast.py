@@ -57,7 +57,7 @@ def _merge_limit(device: torch.device, positions: int) -> int:
 @dataclass
 class _PartnerTerm:
     gate: int  # the zero gate this cross term belongs to
-    group_index: Tensor  # (G,) partner group of each group: whole ig-channel blocks of the sorted input move
+    in_index: Tensor  # (in,) sorted-input channels that put each group's partner group in its slot
     w_index: Tensor  # (out*ig,) flat indices into W.view(out*in, -1) of the matching partner weights
 
 
@@ -152,7 +152,8 @@ def _build_plan(g: Grouping, device: torch.device, limit: int) -> _Plan:
         for s in range(1, p):
             partner = gamma + (((digit + s) % p) - digit) * place
             src = in_perm[partner[slot_group][:, None] * ig + torch.arange(ig)[None, :]]
-            partners.append(_PartnerTerm(k, partner.to(device), (out_perm[:, None] * cin + src).reshape(-1).to(device)))
+            blocks = (partner[:, None] * ig + torch.arange(ig)[None, :]).reshape(-1)  # whole groups move
+            partners.append(_PartnerTerm(k, blocks.to(device), (out_perm[:, None] * cin + src).reshape(-1).to(device)))
 
     return _Plan(
         groups=G,
@@ -188,6 +189,13 @@ def _plan(g: Grouping, device: torch.device, limit: int) -> _Plan:
     return plan
 
 
+def _channels(x: Tensor, index: Tensor) -> Tensor:
+    """``x[:, index]``, keeping ``x``'s memory format (channels_last tensors are gathered as NHWC)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
+    return x.index_select(1, index)
+
+
 def _gather(weight: Tensor, index: Tensor, rows: int) -> Tensor:
     """Rows ``index`` of ``weight`` viewed as ``(out*in, kh*kw)``, reshaped to ``(rows, -1, kh, kw)``."""
     o, i, kh, kw = weight.shape
@@ -215,14 +223,14 @@ class _GroupedDGConv(torch.autograd.Function):
         dilation: _Pair,
     ) -> Tensor:
         out = weight.shape[0]
-        xp = x if plan.contiguous else x.index_select(1, plan.in_perm)
+        xp = x if plan.contiguous else _channels(x, plan.in_perm)
         wg = _gather(weight, plan.w_index, out)
         bp = bias if bias is None or plan.contiguous else bias.index_select(0, plan.out_perm)
         yp = F.conv2d(xp, wg, bp, stride, padding, dilation, plan.groups)
         # Save the sorted input (not x): re-sorting in backward would cost a second pass over the activation.
         ctx.save_for_backward(xp, weight, wg)
         ctx.conf = (plan, (stride, padding, dilation), bias is not None, gates.shape[0])
-        return yp if plan.contiguous else yp.index_select(1, plan.out_inv)
+        return yp if plan.contiguous else _channels(yp, plan.out_inv)
 
     @staticmethod
     @once_differentiable
@@ -233,7 +241,7 @@ class _GroupedDGConv(torch.autograd.Function):
         need_b = need_b and has_bias
         out, cin, kh, kw = weight.shape
         G, M = plan.groups, plan.merge
-        gyp = grad_y if plan.contiguous else grad_y.index_select(1, plan.out_perm)
+        gyp = grad_y if plan.contiguous else _channels(grad_y, plan.out_perm)
         grad_x = grad_w = grad_b = grad_g = None
         gwg = dwm = None
         if M == 1:  # one call: input, in-group weight and bias gradients
@@ -241,11 +249,12 @@ class _GroupedDGConv(torch.autograd.Function):
         else:
             gxp, _, gbp = _conv_backward(gyp, xp, wg, conf, G, [need_x, False, need_b], has_bias)
             if need_w or need_g:  # super-group weight gradient: in-group part and merged gates' cross terms
-                shape = weight.new_empty(()).expand(out, (cin // G) * M, kh, kw)  # only its shape is read
-                dwm = _conv_backward(gyp, xp, shape, conf, G // M, [False, True, False])[1]
+                fmt = torch.channels_last if xp.is_contiguous(memory_format=torch.channels_last) and not xp.is_contiguous() else torch.contiguous_format
+                shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device, memory_format=fmt)
+                dwm = _conv_backward(gyp, xp, shape, conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
                 gwg = dwm.reshape(-1, kh * kw).index_select(0, plan.within).reshape(out, -1, kh, kw)
         if need_x:
-            grad_x = gxp if plan.contiguous else gxp.index_select(1, plan.in_inv)
+            grad_x = gxp if plan.contiguous else _channels(gxp, plan.in_inv)
         if need_b:
             grad_b = gbp if plan.contiguous else gbp.index_select(0, plan.out_inv)
         if need_w:
@@ -259,10 +268,8 @@ class _GroupedDGConv(torch.autograd.Function):
                 dblock, wblock = (gwg, wg) if M == 1 else (dwm, _gather(weight, plan.wm_index, out))
                 m = (dblock.to(acc) * wblock.to(acc)).sum(dim=(2, 3)).reshape(-1)  # dL/dU on the block's pairs
                 grad_g.index_add_(0, plan.block_gates, plan.block_masks.to(acc) @ m)
-            n = xp.shape[0]
             for term in plan.partners:
-                # partner groups' channels in each group's slot: a permutation of whole blocks of the sorted input
-                xc = xp.reshape(n, G, -1).index_select(1, term.group_index).reshape(xp.shape)
+                xc = _channels(xp, term.in_index)  # partner groups' channels in each group's slot
                 wc = _gather(weight, term.w_index, out)
                 gwc = _conv_backward(gyp, xc, wc, conf, G, [False, True, False])[1]
                 grad_g[term.gate] += (gwc.to(acc) * wc.to(acc)).sum()

@@ -1,0 +1,161 @@
+"""Network benchmark: G-ResNeXt against ResNeXt with the same groups, in one interleaved run.
+
+* ``train50``  -- one SGD step (forward, backward, momentum + weight decay) of G-ResNeXt-50 vs ResNeXt-50:
+  (a) every DGConv at 32 contiguous groups vs ``resnext50_32x4d``; (b) random non-adjacent learned groups vs
+  ResNeXt* with the same per-layer groups.
+* ``infer50``  -- inference of the deployed G-ResNeXt-50 (random learned groups, permutations folded) vs
+  ResNeXt* with the same groups built directly by ``create_model``.
+* ``cifar29``  -- training throughput (images/s) of G-ResNeXt-29 32x4d vs ResNeXt-29 32x4d at 32x32, at 32
+  groups and at random learned groups.
+
+    python benchmarks/bench_network.py                     # CPU: batch 8 at 112x112, inference batch 1 at 224
+    python benchmarks/bench_network.py --device cuda --amp --channels-last --batch 64 --size 224 --cifar-batch 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import environment, interleaved  # noqa: E402
+
+from dgconv import DGConv2d, create_model, deploy, learned_groups  # noqa: E402
+
+
+def random_groups(model: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, DGConv2d):
+            m.gate.data = torch.randn(len(m.factors), generator=gen).to(m.gate.device)
+
+
+def all_groups(model: torch.nn.Module, g: int) -> None:
+    for m in model.modules():
+        if isinstance(m, DGConv2d):
+            m.set_groups(g)
+
+
+def prep(model, args):  # type: ignore[no-untyped-def]
+    model = model.to(args.device)
+    return model.to(memory_format=torch.channels_last) if args.channels_last else model
+
+
+def train_step(model, x, y, args):  # type: ignore[no-untyped-def]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+
+    def f():
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.amp):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return f
+
+
+def infer(model, x, args):  # type: ignore[no-untyped-def]
+    model.eval()
+
+    def f():
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.amp):
+            model(x)
+    return f
+
+
+def batch(n, c, s, classes, args):  # type: ignore[no-untyped-def]
+    x = torch.randn(n, c, s, s, device=args.device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, classes, (n,), device=args.device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--infer-batch", type=int, default=1)
+    ap.add_argument("--cifar-batch", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--only", choices=["train50", "infer50", "cifar29"], action="append")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    results = {"environment": environment(), "args": vars(args)}
+    print(f"# {environment()}; device {args.device}, amp {args.amp}, channels_last {args.channels_last}, "
+          f"{args.reps} interleaved rounds, medians")
+    todo = args.only or ["train50", "infer50", "cifar29"]
+
+    if "train50" in todo:
+        x, y = batch(args.batch, 3, args.size, 1000, args)
+        g32 = create_model("g_resnext50")
+        all_groups(g32, 32)
+        grnd = create_model("g_resnext50")
+        random_groups(grnd, 1)
+        spec = learned_groups(grnd)
+        star = create_model("resnext50_32x4d", groups=spec)
+        c = {"resnext50_32x4d": train_step(prep(create_model("resnext50_32x4d"), args), x, y, args),
+             "g_resnext50 @32": train_step(prep(g32, args), x, y, args),
+             "resnext* (random groups)": train_step(prep(star, args), x, y, args),
+             "g_resnext50 (same random groups)": train_step(prep(grnd, args), x, y, args)}
+        t = interleaved(c, reps=args.reps, device=args.device)
+        results["train50"] = t
+        print(f"\n## G-ResNeXt-50 train step, batch {args.batch} at {args.size}x{args.size}\n")
+        print("| network | ms / step | ratio |\n|---|---:|---:|")
+        print(f"| ResNeXt-50 32x4d | {t['resnext50_32x4d'] * 1e3:.0f} | 1.00 |")
+        print(f"| G-ResNeXt-50, all DGConv at 32 groups | {t['g_resnext50 @32'] * 1e3:.0f} | "
+              f"{t['g_resnext50 @32'] / t['resnext50_32x4d']:.2f} |")
+        print(f"| ResNeXt-50* with random learned groups | {t['resnext* (random groups)'] * 1e3:.0f} | 1.00 |")
+        print(f"| G-ResNeXt-50 at those groups (non-adjacent) | {t['g_resnext50 (same random groups)'] * 1e3:.0f} | "
+              f"{t['g_resnext50 (same random groups)'] / t['resnext* (random groups)']:.2f} |", flush=True)
+        del g32, grnd, star, c
+
+    if "infer50" in todo:
+        x, _ = batch(args.infer_batch, 3, 224, 1000, args)
+        g = create_model("g_resnext50")
+        random_groups(g, 2)
+        d = prep(deploy(g.eval()), args)
+        star = prep(create_model("resnext50_32x4d", groups=learned_groups(g)), args)
+        t = interleaved({"resnext*": infer(star, x, args), "deployed": infer(d, x, args)}, reps=args.reps * 2, device=args.device)
+        results["infer50"] = t
+        print(f"\n## Deployed G-ResNeXt-50 inference, batch {args.infer_batch} at 224x224 (random learned groups)\n")
+        print("| network | ms | ratio |\n|---|---:|---:|")
+        print(f"| ResNeXt-50* built with the same groups | {t['resnext*'] * 1e3:.1f} | 1.00 |")
+        print(f"| deployed G-ResNeXt-50 (permutations folded) | {t['deployed'] * 1e3:.1f} | {t['deployed'] / t['resnext*']:.2f} |", flush=True)
+        del g, d, star
+
+    if "cifar29" in todo:
+        x, y = batch(args.cifar_batch, 3, 32, 10, args)
+        g32 = create_model("g_resnext29_32x4d", num_classes=10)
+        all_groups(g32, 32)
+        grnd = create_model("g_resnext29_32x4d", num_classes=10)
+        random_groups(grnd, 3)
+        star = create_model("resnext29_32x4d", num_classes=10, groups=learned_groups(grnd))
+        c = {"resnext29": train_step(prep(create_model("resnext29_32x4d", num_classes=10), args), x, y, args),
+             "g29 @32": train_step(prep(g32, args), x, y, args),
+             "star": train_step(prep(star, args), x, y, args),
+             "g29 random": train_step(prep(grnd, args), x, y, args)}
+        t = interleaved(c, reps=args.reps, device=args.device)
+        results["cifar29"] = t
+        n = args.cifar_batch
+        print(f"\n## CIFAR ResNeXt-29 32x4d training throughput, batch {n} at 32x32\n")
+        print("| network | images / s | ratio |\n|---|---:|---:|")
+        print(f"| ResNeXt-29 32x4d | {n / t['resnext29']:.0f} | 1.00 |")
+        print(f"| G-ResNeXt-29 at 32 groups | {n / t['g29 @32']:.0f} | {t['resnext29'] / t['g29 @32']:.2f} |")
+        print(f"| ResNeXt-29* with random learned groups | {n / t['star']:.0f} | 1.00 |")
+        print(f"| G-ResNeXt-29 at those groups | {n / t['g29 random']:.0f} | {t['star'] / t['g29 random']:.2f} |", flush=True)
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
