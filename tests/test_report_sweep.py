@@ -53,6 +53,20 @@ def test_protocols_plan_tables_3_5_6():
     assert PROTOCOLS["gpu"].amp and PROTOCOLS["gpu"].channels_last and PROTOCOLS["gpu"].device == "cuda"
 
 
+def test_short_schedules_keep_warmup_valid():
+    import dataclasses
+
+    p = dataclasses.replace(PROTOCOLS["gpu"], epochs=1)
+    args = planned_runs(p)[0].args
+    assert float(args[args.index("--warmup-epochs") + 1]) < 1
+
+
+def test_failed_runs_make_the_sweep_fail(tmp_path):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    r = run_cli("sweep", "--protocol", "cpu", "--data-dir", str(tmp_path), "--out", str(tmp_path / "s"))
+    assert r.returncode == 2 and "Expected a folder" in r.stderr  # refused before starting nine runs
+
+
 def test_spearman():
     assert _spearman([0, 1, 2, 3], [1, 2, 4, 8]) == pytest.approx(1.0)
     assert _spearman([0, 1, 2, 3], [8, 4, 2, 1]) == pytest.approx(-1.0)

@@ -30,7 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Protocol", "PROTOCOLS", "planned_runs", "run_sweep"]
+__all__ = ["Protocol", "PROTOCOLS", "planned_runs", "run_sweep", "SweepError"]
+
+
+class SweepError(RuntimeError):
+    """Some runs of a sweep failed."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,9 @@ class PlannedRun:
 
 def planned_runs(p: Protocol) -> list[PlannedRun]:
     """The runs of a protocol in order: phase 1 (baseline, budgets, seeds), phase 2 (ResNeXt* from phase 1)."""
+    warmup = min(p.warmup_epochs, p.epochs / 5)  # at most a fifth of the schedule (short smoke runs too)
     common = ["--dataset", "cifar10", "--epochs", str(p.epochs), "--batch-size", str(p.batch_size), "--lr", str(p.lr),
-              "--weight-decay", str(p.weight_decay), "--warmup-epochs", str(p.warmup_epochs), "--no-progress"]
+              "--weight-decay", str(p.weight_decay), "--warmup-epochs", f"{warmup:g}", "--no-progress"]
     if p.amp:
         common.append("--amp")
     if p.channels_last:
@@ -138,6 +143,8 @@ def run_sweep(
 ) -> Path:
     """Run (or finish) a protocol's runs under ``out`` and render ``out/results.md``; return its path.
 
+    Raises :class:`SweepError` after rendering if any run failed (its ``train.log`` says why).
+
     ``overrides`` replace protocol fields (``epochs=1, limit_train=512`` for a smoke run); they are recorded in
     ``sweep.json``.
     """
@@ -156,6 +163,7 @@ def run_sweep(
     runs = planned_runs(p)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // max(1, p.parallel))))
+    failed: list[str] = []
     for phase in (1, 2):
         pending = [r for r in runs if r.phase == phase and not _finished(out / r.name, p.epochs)]
         running: list[tuple[PlannedRun, subprocess.Popen, Any]] = []
@@ -178,6 +186,8 @@ def run_sweep(
                     logf.close()
                     running.remove(item)
                     status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {out / r.name / 'train.log'})"
+                    if proc.returncode:
+                        failed.append(r.name)
                     log(f"[sweep {p.name}] {r.name} {status}")
     from .results import render_results
 
@@ -186,4 +196,6 @@ def run_sweep(
     if results is not None:
         Path(results).parent.mkdir(parents=True, exist_ok=True)
         Path(results).write_text(text)
+    if failed:
+        raise SweepError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their train.log (results.md has the rest)")
     return out / "results.md"
