@@ -309,3 +309,21 @@ def test_cuda_matches_cpu(impl):
         torch.testing.assert_close(a, b.cpu())
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert layer.float()(xc.float()).dtype == torch.bfloat16
+
+
+def test_cached_gates_reads_once_and_matches():
+    from dgconv import cached_gates
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(DGConv2d(16, 16, 3, padding=1), DGConv2d(16, 32, 1))
+    model[0].gate.data = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    x = torch.randn(2, 16, 5, 5)
+    plain = model(x)
+    with cached_gates(model):
+        assert model[0].binary_gates() == (True, False, True, False)
+        model[0].gate.data[0] = -1.0  # a change inside the context is not seen (documented)
+        assert model[0].groups == 4
+        cached = model(x)
+    assert model[0].groups == 8 and model[0]._host_gates is None  # outside, gates are read again
+    model[0].gate.data[0] = 1.0
+    torch.testing.assert_close(cached, plain)

@@ -14,7 +14,7 @@ Public API:
 from . import models
 from .constraint import ResourceConstraint, learned_groups, parameter_groups
 from .convert import architecture_spec, deploy, groupify, load_deployed, save_deployed
-from .layers import DGConv2d
+from .layers import DGConv2d, cached_gates
 from .models import create_model, list_models
 from .profile import Profile, profile
 
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DGConv2d",
+    "cached_gates",
     "ResourceConstraint",
     "parameter_groups",
     "learned_groups",

@@ -38,6 +38,7 @@ from .checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoin
 from .constraint import ResourceConstraint, dgconv_layers, learned_groups, parameter_groups
 from .data import DataError, TensorDataset, TensorLoader, load_cifar, load_digits
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
+from .layers import cached_gates
 from .models import create_model, model_info
 
 __all__ = ["TrainConfig", "train", "evaluate", "DATASET_DEFAULTS", "TrainingError", "read_groups", "write_groups"]
@@ -246,7 +247,7 @@ def evaluate(model: nn.Module, loader: Any, amp: bool = False) -> tuple[float, f
     sums = torch.zeros(3, dtype=torch.float64, device=dev)
     try:
         for x, y in loader.epoch(0):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            with cached_gates(model), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(x)
             sums[0] += F.cross_entropy(out.float(), y, reduction="sum")
             sums[1] += (out.argmax(1) == y).sum()
@@ -433,8 +434,8 @@ def _train(cfg: TrainConfig, env: DistEnv, out: Path, ckpt: dict[str, Any] | Non
             lr = _lr_at(cfg, step, steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
-            with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                logits = net(x)
+            with cached_gates(model), torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = net(x)  # one host read of all gates, not one sync per DGConv layer
             task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             loss = constraint(task)
             opt.zero_grad(set_to_none=True)

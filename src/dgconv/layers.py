@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ from . import grouping
 from ._compat import autocast_dtype
 from .functional import _pair, binarize_gates, dgconv2d_reference
 
-__all__ = ["DGConv2d", "GATE_INIT"]
+__all__ = ["DGConv2d", "GATE_INIT", "cached_gates"]
 
 #: Magnitude of the initial continuous gates (§4: "We initialize them as small values 1e-8 or -1e-8 randomly").
 GATE_INIT = 1e-8
@@ -120,6 +120,7 @@ class DGConv2d(nn.Module):
         self._factors = grouping.default_factors(self.in_channels, self.out_channels)
         self.gate = nn.Parameter(torch.empty(len(self._factors), **factory))
         self._plan_cache: dict[tuple[tuple[int, ...], tuple[bool, ...]], grouping.Grouping] = {}
+        self._host_gates: tuple[bool, ...] | None = None  # set only inside dgconv.cached_gates
         self.reset_parameters()
         if groups is not None:
             self.set_groups(groups)
@@ -203,7 +204,10 @@ class DGConv2d(nn.Module):
 
     # ------------------------------------------------------------------ the grouping
     def binary_gates(self) -> tuple[bool, ...]:
-        """The current binary gates ``g`` as Python bools (reads the gate tensor; syncs on CUDA)."""
+        """The current binary gates ``g`` as Python bools (reads the gate tensor; syncs on CUDA, except inside
+        :func:`cached_gates`)."""
+        if self._host_gates is not None:
+            return self._host_gates
         return tuple(bool(v) for v in (self.gate.detach() >= 0).tolist())
 
     def grouping(self) -> grouping.Grouping:
@@ -348,3 +352,35 @@ class DGConv2d(nn.Module):
         if self._impl != "auto":
             s += f", impl={self._impl!r}"
         return s
+
+
+@contextlib.contextmanager
+def cached_gates(model: nn.Module) -> Iterator[None]:
+    """Read the gates of every DGConv layer of ``model`` once, and let the layers use that host copy inside.
+
+    The fast path needs each layer's grouping on the host, which costs a device-to-host sync per layer and
+    forward on CUDA. Inside this context there is one sync for the whole model. The gates must not change
+    inside the context (run the optimizer step outside it); ``dgconv train`` wraps each forward pass.
+
+    Example::
+
+        >>> model = torch.nn.Sequential(DGConv2d(8, 8, 3, padding=1), DGConv2d(8, 8, 1))
+        >>> with cached_gates(model):
+        ...     y = model(torch.randn(1, 8, 5, 5))
+    """
+    layers = [m for m in model.modules() if isinstance(m, DGConv2d)]
+    if not layers:
+        yield
+        return
+    bits = (torch.cat([m.gate.detach().reshape(-1) for m in layers]) >= 0).tolist()
+    i = 0
+    for m in layers:
+        k = m.gate.numel()
+        m._host_gates = tuple(bool(b) for b in bits[i : i + k])
+        i += k
+    try:
+        yield
+    finally:
+        for m in layers:
+            m._host_gates = None
+
