@@ -93,6 +93,19 @@ def _spearman(xs: list[float], ys: list[float]) -> float:
     return num / den if den else 0.0
 
 
+def _overrides(p: dict[str, Any]) -> str:
+    """The CLI overrides that turn the registered protocol into the one this sweep ran."""
+    from .sweep import PROTOCOLS
+
+    base = PROTOCOLS.get(p["name"])
+    flags = []
+    for key, flag in (("epochs", "--epochs"), ("parallel", "--parallel"), ("limit_train", "--limit-train"), ("limit_test", "--limit-test")):
+        if base is None or p.get(key) != getattr(base, key):
+            if p.get(key) is not None:
+                flags.append(f" {flag} {p[key]}")
+    return "".join(flags)
+
+
 def _test_images(run: Run) -> str:
     doc = json.loads((run.path / "config.json").read_text())
     n = doc.get("test_images")
@@ -122,6 +135,8 @@ def _sweep_section(sweep: Path) -> list[str]:
         return [f"## Protocol `{p['name']}`", "", f"No finished runs in `{sweep}`.", ""]
     any_run = next(iter(rows.values())).run
     env = any_run.environment
+    used = any_run.config  # what the runs used (the protocol's warm-up is capped on short schedules)
+    warm = f" after {used['warmup_epochs']:g} warm-up epochs" if used.get("warmup_epochs") else ""
     base_name = f"resnext-g{p['baseline_groups']}"
     base = rows.get(base_name)
     b0 = f"{p['budgets'][0]:g}"
@@ -130,15 +145,15 @@ def _sweep_section(sweep: Path) -> list[str]:
         "",
         f"- Hardware: {env.get('device_name', '?')} (`{env.get('device', '?')}`), torch {env.get('torch', '?')}, "
         f"{env.get('cpu_count', '?')} CPU cores; sweep started {meta.get('started', '?')}.",
-        f"- Schedule: {p['epochs']} epochs, batch {p['batch_size']}, SGD momentum 0.9, lr {p['lr']} cosine"
-        f"{' after ' + str(p['warmup_epochs']) + ' warm-up epochs' if p['warmup_epochs'] else ''}, weight decay "
+        f"- Schedule: {used['epochs']} epochs, batch {used['batch_size']}, SGD momentum 0.9, lr {used['lr']} cosine"
+        f"{warm}, weight decay "
         f"{p['weight_decay']} (not on gates), alpha -0.02, budget projection at epoch ends; "
         f"{'bf16 autocast, ' if p['amp'] else ''}{'channels_last, ' if p['channels_last'] else ''}"
         f"{p['parallel']} run(s) at a time.",
         f"- Models: `{p['model']}` (G-ResNeXt) and `{p['plain']}` (ResNeXt, {p['baseline_groups']} groups in every "
         f"group convolution). Accuracy is top-1 on {_test_images(any_run)} test images after the last epoch (best "
         f"epoch in brackets); {_train_images(any_run)} training images per epoch.",
-        f"- Reproduce: `dgconv sweep --protocol {p['name']} --data-dir DATA --out DIR`, then "
+        f"- Reproduce: `dgconv sweep --protocol {p['name']}{_overrides(p)} --data-dir DATA --out DIR`, then "
         f"`dgconv results DIR --out docs/results.md`.",
     ]
     if meta.get("data_note"):
@@ -239,9 +254,17 @@ def _sweep_section(sweep: Path) -> list[str]:
             out.append(f"4. ResNeXt* learned by b = {b:g}: {_pct(s.acc)} % vs G-ResNeXt {_pct(g.acc)} % "
                        f"({100 * d:+.2f} points{vs_base}). Verdict: **{verdict}**.")
     out.append("")
-    missing = [r for r in [base_name, *[f"g-b{b:g}" for b in p["budgets"]]] if r not in rows]
+    from .sweep import Protocol, planned_runs
+
+    fields = {f for f in Protocol.__dataclass_fields__}
+    planned = [r.name for r in planned_runs(Protocol(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in p.items() if k in fields}))]
+    missing = [n for n in planned if n not in rows]
+    short = [f"{n} ({len(rows[n].run.metrics)}/{rows[n].run.config['epochs']} epochs)" for n in planned
+             if n in rows and len(rows[n].run.metrics) < rows[n].run.config["epochs"]]
     if missing:
-        out += [f"Runs without results in this sweep: {', '.join(missing)}.", ""]
+        out += [f"Planned runs without a finished epoch (not in the tables): {', '.join(missing)}.", ""]
+    if short:
+        out += [f"Runs that stopped early (their last epoch is shown): {', '.join(short)}.", ""]
     return out
 
 
