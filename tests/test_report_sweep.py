@@ -93,6 +93,10 @@ def test_miniature_cpu_sweep_and_results(tmp_path):
     assert star["model"] == "resnext_cifar_tiny" and star["groups_from"].endswith("g-b32/groups.json")
     r = run_cli("results", str(out))
     assert r.returncode == 0 and r.stdout == text
-    # resumable: a second invocation finds every run finished and starts none
+    # resumable: a second invocation finds every run finished and starts none, and keeps the start date
+    started = json.loads((out / "sweep.json").read_text())["started"]
     r = run_cli(*args)
     assert r.returncode == 0 and "start" not in r.stdout
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["started"] == started and len(meta["resumed"]) == 1
+    assert f"sweep started {started}, resumed {meta['resumed'][0]}." in (out / "results.md").read_text()

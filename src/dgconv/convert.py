@@ -173,10 +173,8 @@ def _grouped_conv(layer: DGConv2d) -> tuple[nn.Conv2d, Tensor, Tensor]:
     G = plan.groups
     w = layer.weight.detach()
     out_perm, in_perm = plan.out_perm.to(w.device), plan.in_perm.to(w.device)
-    og, ig = layer.out_channels // G, layer.in_channels // G
-    rows = w.index_select(0, out_perm)
-    cols = in_perm.view(G, ig).repeat_interleave(og, dim=0)  # (out, ig): input channels of each sorted row's group
-    weight = rows.gather(1, cols[:, :, None, None].expand(-1, -1, *w.shape[2:]))
+    cols = plan.in_group_inputs.to(w.device)  # (out, in/G): input channels of each sorted row's group
+    weight = w.index_select(0, out_perm).gather(1, cols[:, :, None, None].expand(-1, -1, *w.shape[2:]))
     padding: Any = layer.padding
     conv = nn.Conv2d(
         layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, padding, layer.dilation,

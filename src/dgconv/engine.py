@@ -349,7 +349,28 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
         shutdown()
 
 
-def _train(cfg: TrainConfig, env: DistEnv, out: Path, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """The live objects of one training run (built by :func:`_setup`)."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    out: Path
+    model: nn.Module
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    constraint: ResourceConstraint
+    train_loader: Any
+    test_loader: Any
+    num_classes: int
+    input_size: tuple[int, ...]
+    model_kwargs: dict[str, Any]
+    start_epoch: int = 0
+    step: int = 0
+    best_acc: float = 0.0
+
+
+def _setup(cfg: TrainConfig, env: DistEnv, out: Path, ckpt: dict[str, Any] | None) -> _Run:
     if cfg.batch_size % env.world_size:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {env.world_size} processes")
     if ckpt is None and (out / "last.pt").exists():
@@ -389,125 +410,152 @@ def _train(cfg: TrainConfig, env: DistEnv, out: Path, ckpt: dict[str, Any] | Non
             f"zeta = {constraint.minimum_zeta()} > o = {constraint.target:.0f}; use a smaller b"
         )
     opt = torch.optim.SGD(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-    start_epoch, step, best_acc = 0, 0, 0.0
+    run = _Run(cfg, env, out, model, model, opt, constraint, train_loader, test_loader, num_classes, input_size, model_kwargs)
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
-        start_epoch, step, best_acc = int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt["best_acc"])
+        run.start_epoch, run.step, run.best_acc = int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt["best_acc"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if env.device.type == "cuda" and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    net: nn.Module = model
     if env.distributed:
-        net = nn.parallel.DistributedDataParallel(
+        run.net = nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=True
         )
+    return run
 
+
+def _train_epoch(run: _Run, epoch: int, progress: _Progress) -> tuple[float, torch.Tensor]:
+    """One pass over the training data; returns the last learning rate and the (unreduced) sums of task loss,
+    constrained loss, correct predictions and examples."""
+    cfg, env = run.cfg, run.env
+    steps = len(run.train_loader)
+    run.net.train()
+    sums = torch.zeros(4, dtype=torch.float64, device=env.device)
+    lr = cfg.lr
+    for i, (x, y) in enumerate(run.train_loader.epoch(epoch)):
+        lr = _lr_at(cfg, run.step, steps)
+        for group in run.opt.param_groups:
+            group["lr"] = lr
+        with cached_gates(run.model), torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            logits = run.net(x)  # one host read of all gates, not one sync per DGConv layer
+        task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        loss = run.constraint(task)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.step += 1
+        n = torch.tensor(len(y), device=env.device)
+        sums += torch.stack([task.detach() * len(y), loss.detach() * len(y), (logits.argmax(1) == y).sum(), n]).double()
+        if i % 25 == 0 or i == steps - 1:  # checked every few steps: each check is a device sync
+            if not torch.isfinite(task):
+                last = run.out / "last.pt"
+                kept = f"the last good checkpoint {last} (end of epoch {epoch})" if last.exists() else "no checkpoint (none was written yet)"
+                raise TrainingError(f"the loss became {task.item()} at epoch {epoch + 1}, step {run.step}; stopping. Kept {kept}.")
+            progress.update(f"epoch {epoch + 1}/{cfg.epochs} [{i + 1}/{steps}] loss {task.item():.4f} lr {lr:.4g}")
+    progress.close()
+    return lr, sums
+
+
+def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started: float) -> tuple[dict[str, Any], bool]:
+    """Evaluate, enforce the budget, check the gates across processes; returns the metrics record and whether
+    this epoch has the best test accuracy so far."""
+    all_reduce_sum(sums)
+    train_loss, train_closs, train_acc = (sums[:3] / sums[3]).tolist()
+    test_loss, test_acc = evaluate(run.net, run.test_loader, run.cfg.amp)
+    if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+        last = run.out / "last.pt"
+        kept = f"the last good checkpoint {last} (end of epoch {epoch})" if last.exists() else "no checkpoint (none was written yet)"
+        raise TrainingError(f"non-finite loss at the end of epoch {epoch + 1}; stopping. Kept {kept}.")
+    zeta_before = float(run.constraint.zeta().detach())
+    closed = run.constraint.project() if run.cfg.enforce_budget else []
+    layers = dict(dgconv_layers(run.model))
+    for name, k in closed:  # a reflected gate starts without the momentum that carried it open
+        buf = run.opt.state.get(layers[name].gate, {}).get("momentum_buffer")
+        if buf is not None:
+            buf[k] = 0
+    in_sync = _gate_sync_ok(run.model, run.env)
+    if not in_sync:
+        raise TrainingError("DGConv gates differ between processes; this is a bug, please report it")
+    state = run.constraint.summary()
+    best = test_acc > run.best_acc
+    run.best_acc = max(run.best_acc, test_acc)
+    record = {
+        "epoch": epoch + 1, "step": run.step, "lr": lr, "train_loss": train_loss, "train_loss_constrained": train_closs,
+        "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "best_acc": run.best_acc,
+        "zeta": state["zeta"], "o": state["o"], "zeta_over_o": state["zeta_over_o"], "zeta_before_projection": zeta_before,
+        "gates_closed_by_projection": [[n, k] for n, k in closed], "groups": state["groups"],
+        "gates": state["gates"], "gates_in_sync": in_sync, "time": time.time() - started,
+    }
+    return record, best
+
+
+def _write_epoch(run: _Run, record: dict[str, Any], best: bool, writer: Any) -> None:
+    """Rank 0: the metrics line first, then the checkpoints (so a resumed run can drop lines past its checkpoint),
+    groups.json, TensorBoard scalars and the console line."""
+    cfg, env, out = run.cfg, run.env, run.out
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    ckpt_doc = {
+        "format": FORMAT, "model_name": cfg.model, "num_classes": run.num_classes, "model_kwargs": run.model_kwargs,
+        "input_size": list(run.input_size), "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+        "epoch": record["epoch"], "step": run.step, "best_acc": run.best_acc,
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if env.device.type == "cuda" else []},
+        "config": dataclasses.asdict(cfg),
+    }
+    save_checkpoint(ckpt_doc, out / "last.pt")
+    if best:
+        save_checkpoint(ckpt_doc, out / "best.pt")
+    if dgconv_layers(run.model):
+        write_groups(run.model, out / "groups.json", cfg.model)
+    if writer is not None:
+        for k in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "zeta"):
+            writer.add_scalar(k, record[k], record["epoch"])
+        if record["zeta_over_o"] is not None:
+            writer.add_scalar("zeta_over_o", record["zeta_over_o"], record["epoch"])
+    ratio = f" zeta/o {record['zeta_over_o']:.3f}" if record["zeta_over_o"] is not None else ""
+    groups = f" groups {list(record['groups'].values())}" if record["groups"] else ""
+    print(
+        f"epoch {record['epoch']:>3}/{cfg.epochs} loss {record['train_loss']:.4f} train_acc {record['train_acc']:.4f} "
+        f"test_acc {record['test_acc']:.4f}{ratio}{groups} lr {record['lr']:.4g} {record['time']:.1f}s",
+        flush=True,
+    )
+
+
+def _train(cfg: TrainConfig, env: DistEnv, out: Path, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+    run = _setup(cfg, env, out, ckpt)
     main = env.is_main
-    steps_per_epoch = len(train_loader)
-    test_count = getattr(test_loader, "size", None)
-    metrics_path = out / "metrics.jsonl"
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        config_doc = {"config": dataclasses.asdict(cfg), "environment": _environment(env), "num_classes": num_classes,
-                      "input_size": list(input_size), "o": constraint.target if cfg.budget else None,
-                      "train_images_per_epoch": steps_per_epoch * cfg.batch_size, "test_images": test_count}
+        config_doc = {
+            "config": dataclasses.asdict(cfg), "environment": _environment(env), "num_classes": run.num_classes,
+            "input_size": list(run.input_size), "o": run.constraint.target if cfg.budget else None,
+            "train_images_per_epoch": len(run.train_loader) * cfg.batch_size,
+            "test_images": getattr(run.test_loader, "size", None),
+        }
         _atomic_write_text(out / "config.json", json.dumps(config_doc, indent=2) + "\n")
-        _truncate_metrics(metrics_path, start_epoch)
-    writer = _tensorboard(cfg, out) if main else None
-    progress = _Progress(cfg.progress and main)
-    if main:
+        _truncate_metrics(out / "metrics.jsonl", run.start_epoch)
         print(
-            f"dgconv train: {cfg.model} on {cfg.dataset} ({len(train_loader) * cfg.batch_size} train images/epoch), "
+            f"dgconv train: {cfg.model} on {cfg.dataset} ({len(run.train_loader) * cfg.batch_size} train images/epoch), "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, budget b={cfg.budget}, "
             f"device {env.device} x{env.world_size}, out {out}",
             flush=True,
         )
-        if start_epoch:
-            print(f"resumed from epoch {start_epoch} (step {step})", flush=True)
-
-    summary: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
-        net.train()
-        sums = torch.zeros(4, dtype=torch.float64, device=env.device)  # task loss, constrained loss, correct, n
-        for i, (x, y) in enumerate(train_loader.epoch(epoch)):
-            lr = _lr_at(cfg, step, steps_per_epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with cached_gates(model), torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                logits = net(x)  # one host read of all gates, not one sync per DGConv layer
-            task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            loss = constraint(task)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            sums += torch.stack([task.detach() * len(y), loss.detach() * len(y), (logits.argmax(1) == y).sum(), torch.tensor(len(y), device=env.device)]).double()
-            if i % 25 == 0 or i == steps_per_epoch - 1:
-                if not torch.isfinite(task):
-                    last = out / "last.pt"
-                    kept = f"the last good checkpoint {last} (end of epoch {epoch})" if last.exists() else "no checkpoint (none was written yet)"
-                    raise TrainingError(f"the loss became {task.item()} at epoch {epoch + 1}, step {step}; stopping. Kept {kept}.")
-                progress.update(f"epoch {epoch + 1}/{cfg.epochs} [{i + 1}/{steps_per_epoch}] loss {task.item():.4f} lr {lr:.4g}")
-        progress.close()
-        all_reduce_sum(sums)
-        train_loss, train_closs, train_acc = (sums[:3] / sums[3]).tolist()
-        test_loss, test_acc = evaluate(net, test_loader, cfg.amp)
-        if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-            raise TrainingError(f"non-finite loss at the end of epoch {epoch + 1}; stopping. Kept the checkpoint of the previous epoch in {out}.")
-        zeta_before = float(constraint.zeta().detach())
-        closed = constraint.project() if cfg.enforce_budget else []
-        for name, k in closed:  # a reflected gate starts without the momentum that carried it open
-            buf = opt.state.get(dict(dgconv_layers(model))[name].gate, {}).get("momentum_buffer")
-            if buf is not None:
-                buf[k] = 0
-        in_sync = _gate_sync_ok(model, env)
-        if not in_sync:
-            raise TrainingError("DGConv gates differ between processes; this is a bug, please report it")
-        state = constraint.summary()
-        best = test_acc > best_acc
-        best_acc = max(best_acc, test_acc)
-        record = {
-            "epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss, "train_loss_constrained": train_closs,
-            "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "best_acc": best_acc,
-            "zeta": state["zeta"], "o": state["o"], "zeta_over_o": state["zeta_over_o"], "zeta_before_projection": zeta_before,
-            "gates_closed_by_projection": [[n, k] for n, k in closed], "groups": state["groups"],
-            "gates": state["gates"], "gates_in_sync": in_sync, "time": time.time() - t0,
-        }
-        summary = record
+        if run.start_epoch:
+            print(f"resumed from epoch {run.start_epoch} (step {run.step})", flush=True)
+    writer = _tensorboard(cfg, out) if main else None
+    progress = _Progress(cfg.progress and main)
+    record: dict[str, Any] = {}
+    for epoch in range(run.start_epoch, cfg.epochs):
+        started = time.time()
+        lr, sums = _train_epoch(run, epoch, progress)
+        record, best = _finish_epoch(run, epoch, lr, sums, started)
         if main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            ckpt_doc = {
-                "format": FORMAT, "model_name": cfg.model, "num_classes": num_classes, "model_kwargs": model_kwargs,
-                "input_size": list(input_size),
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "epoch": epoch + 1, "step": step, "best_acc": best_acc,
-                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if env.device.type == "cuda" else []},
-                "config": dataclasses.asdict(cfg),
-            }
-            save_checkpoint(ckpt_doc, out / "last.pt")
-            if best:
-                save_checkpoint(ckpt_doc, out / "best.pt")
-            if dgconv_layers(model):
-                write_groups(model, out / "groups.json", cfg.model)
-            if writer is not None:
-                for k in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "zeta"):
-                    writer.add_scalar(k, record[k], epoch + 1)
-                if record["zeta_over_o"] is not None:
-                    writer.add_scalar("zeta_over_o", record["zeta_over_o"], epoch + 1)
-            ratio = f" zeta/o {record['zeta_over_o']:.3f}" if record["zeta_over_o"] is not None else ""
-            groups = f" groups {list(state['groups'].values())}" if state["groups"] else ""
-            print(
-                f"epoch {epoch + 1:>3}/{cfg.epochs} loss {train_loss:.4f} train_acc {train_acc:.4f} "
-                f"test_acc {test_acc:.4f}{ratio}{groups} lr {lr:.4g} {record['time']:.1f}s",
-                flush=True,
-            )
+            _write_epoch(run, record, best, writer)
     if writer is not None:
         writer.close()
-    if main and summary:
-        _print_groups(model, constraint, summary)
-    return summary
+    if main and record:
+        _print_groups(run.model, run.constraint, record)
+    return record
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .functional import binarize_gates
-from .grouping import Grouping
+from .functional import binarize_gates, conv_backward
+from .grouping import Grouping, digits
 
 __all__ = ["dgconv2d_grouped"]
 
@@ -80,25 +80,11 @@ class _Plan:
     partners: list[_PartnerTerm]
 
 
-def _digits(channels: int, factors: tuple[int, ...]) -> Tensor:
-    """Mixed-radix digits (K, channels) of each channel's Kronecker index."""
-    d = 1
-    for p in factors:
-        d *= p
-    idx = torch.arange(channels) // (channels // d)
-    out = []
-    stride = d
-    for p in factors:
-        stride //= p
-        out.append((idx // stride) % p)
-    return torch.stack(out) if out else torch.zeros(0, channels, dtype=torch.long)
-
-
 def _build_plan(g: Grouping, device: torch.device, limit: int) -> _Plan:
     cin, cout, G = g.in_channels, g.out_channels, g.groups
     ig, og = cin // G, cout // G
     in_perm, out_perm = g.in_perm, g.out_perm
-    din, dout = _digits(cin, g.factors), _digits(cout, g.factors)
+    din, dout = digits(g.factors, cin), digits(g.factors, cout)
     zero = [k for k, gk in enumerate(g.gates) if not gk]  # group-id digits, most significant first
     one = [k for k, gk in enumerate(g.gates) if gk]
 
@@ -112,9 +98,7 @@ def _build_plan(g: Grouping, device: torch.device, limit: int) -> _Plan:
         M *= g.factors[k]
 
     slot_group = torch.arange(cout) // og  # group of each sorted output row
-    in_slots = slot_group[:, None] * ig + torch.arange(ig)[None, :]  # (out, ig) sorted input slots
-    in_chan = in_perm[in_slots]
-    w_index = (out_perm[:, None] * cin + in_chan).reshape(-1)
+    w_index = (out_perm[:, None] * cin + g.in_group_inputs).reshape(-1)
 
     sup_slots = (slot_group // M)[:, None] * (ig * M) + torch.arange(ig * M)[None, :]  # (out, ig*M)
     sup_chan = in_perm[sup_slots]
@@ -202,13 +186,6 @@ def _gather(weight: Tensor, index: Tensor, rows: int) -> Tensor:
     return weight.reshape(o * i, kh * kw).index_select(0, index).reshape(rows, -1, kh, kw)
 
 
-def _conv_backward(gy: Tensor, x: Tensor, w: Tensor, conf: tuple, groups: int, mask: list[bool], bias: bool = False):  # type: ignore[no-untyped-def]
-    stride, padding, dilation = conf
-    return torch.ops.aten.convolution_backward(
-        gy, x, w, [w.shape[0]] if bias else None, list(stride), list(padding), list(dilation), False, [0, 0], groups, mask
-    )
-
-
 class _GroupedDGConv(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -245,13 +222,13 @@ class _GroupedDGConv(torch.autograd.Function):
         grad_x = grad_w = grad_b = grad_g = None
         gwg = dwm = None
         if M == 1:  # one call: input, in-group weight and bias gradients
-            gxp, gwg, gbp = _conv_backward(gyp, xp, wg, conf, G, [need_x, need_w or need_g, need_b], has_bias)
+            gxp, gwg, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, need_w or need_g, need_b], has_bias)
         else:
-            gxp, _, gbp = _conv_backward(gyp, xp, wg, conf, G, [need_x, False, need_b], has_bias)
+            gxp, _, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, False, need_b], has_bias)
             if need_w or need_g:  # super-group weight gradient: in-group part and merged gates' cross terms
                 fmt = torch.channels_last if xp.is_contiguous(memory_format=torch.channels_last) and not xp.is_contiguous() else torch.contiguous_format
                 shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device, memory_format=fmt)
-                dwm = _conv_backward(gyp, xp, shape, conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
+                dwm = conv_backward(gyp, xp, shape, *conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
                 gwg = dwm.reshape(-1, kh * kw).index_select(0, plan.within).reshape(out, -1, kh, kw)
         if need_x:
             grad_x = gxp if plan.contiguous else _channels(gxp, plan.in_inv)
@@ -271,7 +248,7 @@ class _GroupedDGConv(torch.autograd.Function):
             for term in plan.partners:
                 xc = _channels(xp, term.in_index)  # partner groups' channels in each group's slot
                 wc = _gather(weight, term.w_index, out)
-                gwc = _conv_backward(gyp, xc, wc, conf, G, [False, True, False])[1]
+                gwc = conv_backward(gyp, xc, wc, *conf, G, [False, True, False])[1]
                 grad_g[term.gate] += (gwc.to(acc) * wc.to(acc)).sum()
         return grad_x, grad_w, grad_b, grad_g, None, None, None, None
 

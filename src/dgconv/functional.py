@@ -59,6 +59,19 @@ def binarize_gates(gate: Tensor) -> Tensor:
     return _BinarizeSTE.apply(gate)
 
 
+def conv_backward(
+    grad_y: Tensor, x: Tensor, weight: Tensor, stride: _Pair, padding: _Pair, dilation: _Pair, groups: int,
+    mask: Sequence[bool], bias: bool = False,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(dL/dx, dL/dweight, dL/dbias)`` of ``conv2d(x, weight, bias, stride, padding, dilation, groups)`` for the
+    outputs ``mask`` asks for (``aten.convolution_backward``; only ``weight``'s shape matters for the weight
+    gradient)."""
+    return torch.ops.aten.convolution_backward(
+        grad_y, x, weight, [weight.shape[0]] if bias else None, list(stride), list(padding), list(dilation), False,
+        [0, 0], groups, list(mask),
+    )
+
+
 class _ReferenceDGConv(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -89,18 +102,8 @@ class _ReferenceDGConv(torch.autograd.Function):
         u = grouping.relationship(gates, factors, in_channels, out_channels)
         masked = weight * u.to(weight.dtype)[:, :, None, None]
         need_x, need_w, need_b, need_g = ctx.needs_input_grad[:4]
-        grad_x, grad_masked, grad_b = torch.ops.aten.convolution_backward(
-            grad_y,
-            x,
-            masked,
-            [out_channels] if ctx.has_bias else None,
-            list(stride),
-            list(padding),
-            list(dilation),
-            False,
-            [0, 0],
-            1,
-            [need_x, need_w or need_g, need_b and ctx.has_bias],
+        grad_x, grad_masked, grad_b = conv_backward(
+            grad_y, x, masked, stride, padding, dilation, 1, [need_x, need_w or need_g, need_b and ctx.has_bias], ctx.has_bias
         )
         grad_w = grad_masked * u.to(grad_masked.dtype)[:, :, None, None] if need_w else None
         grad_g = None

@@ -50,6 +50,7 @@ __all__ = [
     "relationship",
     "relationship_grad",
     "complexity",
+    "digits",
     "group_index",
     "Grouping",
 ]
@@ -226,24 +227,36 @@ def complexity(gates: Tensor, factors: Sequence[int], in_channels: int, out_chan
     return scale * torch.prod(1 + gates * (p - 1))
 
 
-def group_index(factors: Sequence[int], gates: Sequence[bool], channels: int) -> Tensor:
-    """Group of each of ``channels`` channels (a CPU ``LongTensor`` with values in ``[0, groups)``).
+def digits(factors: Sequence[int], channels: int) -> Tensor:
+    """Mixed-radix digits ``(K, channels)`` of every channel's Kronecker index ``c // (channels / d)``.
 
-    Channel ``c`` sits at index ``i = c // (channels / d)`` of the Kronecker space; its group is the
-    mixed-radix number formed by the digits of ``i`` at the zero gates, most significant first. Two channels
-    (one input, one output) are connected by ``U`` iff their groups are equal.
+    Row ``k`` holds digit ``k`` (``factors[0]`` most significant), a CPU ``LongTensor``.
     """
-    _check_same_length(factors, gates)
     d = math.prod(factors)
     if channels % d:
         raise ValueError(f"{channels} channels are not a multiple of the factor product {d}")
     idx = torch.arange(channels) // (channels // d)
-    gid = torch.zeros(channels, dtype=torch.long)
+    out = []
     stride = d
-    for p, g in zip(factors, gates):
+    for p in factors:
         stride //= p
+        out.append((idx // stride) % p)
+    return torch.stack(out) if out else torch.zeros(0, channels, dtype=torch.long)
+
+
+def group_index(factors: Sequence[int], gates: Sequence[bool], channels: int) -> Tensor:
+    """Group of each of ``channels`` channels (a CPU ``LongTensor`` with values in ``[0, groups)``).
+
+    The group of a channel is the mixed-radix number formed by its digits (:func:`digits`) at the zero gates,
+    most significant first. Two channels (one input, one output) are connected by ``U`` iff their groups are
+    equal.
+    """
+    _check_same_length(factors, gates)
+    dig = digits(factors, channels)
+    gid = torch.zeros(channels, dtype=torch.long)
+    for k, (p, g) in enumerate(zip(factors, gates)):
         if not g:
-            gid = gid * p + (idx // stride) % p
+            gid = gid * p + dig[k]
     return gid
 
 
@@ -289,6 +302,16 @@ class Grouping:
     def out_perm(self) -> Tensor:
         """Output channels sorted by group (stable): ``y[:, out_perm]`` has contiguous groups."""
         return torch.argsort(self.out_group, stable=True)
+
+    @cached_property
+    def in_group_inputs(self) -> Tensor:
+        """``(out, in/G)``: for output channel ``out_perm[r]``, the input channels of its group, in sorted order.
+
+        ``W[out_perm[:, None], in_group_inputs]`` are the in-group weights of the grouped convolution that
+        computes the layer on sorted channels (what the fast path runs and what ``deploy`` keeps).
+        """
+        og, ig = self.out_channels // self.groups, self.in_channels // self.groups
+        return self.in_perm.view(self.groups, ig).repeat_interleave(og, dim=0)
 
     @cached_property
     def is_contiguous(self) -> bool:
