@@ -7,6 +7,9 @@
   ResNeXt* with the same groups built directly by ``create_model``.
 * ``cifar29``  -- training throughput (images/s) of G-ResNeXt-29 32x4d vs ResNeXt-29 32x4d at 32x32, at 32
   groups and at random learned groups.
+* ``small``    -- training throughput (images/s, batch ``--small-batch``) of the CPU-sized members
+  (``*_cifar_tiny``, ``*_cifar_small``, ``*_digits``): the plain network vs its G-ResNeXt with every DGConv set
+  to the plain network's groups (what docs/models.md quotes).
 
     python benchmarks/bench_network.py                     # CPU: batch 8 at 112x112, inference batch 1 at 224
     python benchmarks/bench_network.py --device cuda --amp --channels-last --batch 64 --size 224 --cifar-batch 256
@@ -96,14 +99,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--only", choices=["train50", "infer50", "cifar29"], action="append")
+    ap.add_argument("--small-batch", type=int, default=128)
+    ap.add_argument("--only", choices=["train50", "infer50", "cifar29", "small"], action="append")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.manual_seed(0)
     results = {"environment": environment(), "args": vars(args)}
     print(f"# {environment()}; device {args.device}, amp {args.amp}, channels_last {args.channels_last}, "
           f"{args.reps} interleaved rounds, medians")
-    todo = args.only or ["train50", "infer50", "cifar29"]
+    todo = args.only or ["train50", "infer50", "cifar29", "small"]
 
     if "train50" in todo:
         x, y = batch(args.batch, 3, args.size, 1000, args)
@@ -166,6 +170,23 @@ def main() -> None:
         print(f"| G-ResNeXt-29 at those groups | {n / t['g29 random']:.0f} | {t['star'] / t['g29 random']:.2f} |")
         print(f"| the same, gates read once per step (dgconv.cached_gates, as dgconv train does) | "
               f"{n / t['g29 random cached']:.0f} | {t['star'] / t['g29 random cached']:.2f} |", flush=True)
+
+    if "small" in todo:
+        n = args.small_batch
+        print(f"\n## CPU-sized members: training throughput, batch {n}\n")
+        print("| plain network | groups | images / s | G-ResNeXt at those groups | images / s | ratio |\n|---|---:|---:|---|---:|---:|")
+        results["small"] = {}
+        for plain, gname, groups, (c, s_) in [("resnext_cifar_tiny", "g_resnext_cifar_tiny", 16, (3, 32)),
+                                              ("resnext_cifar_small", "g_resnext_cifar_small", 32, (3, 32)),
+                                              ("resnext_digits", "g_resnext_digits", 8, (1, 8))]:
+            x, y = batch(n, c, s_, 10, args)
+            g = create_model(gname, num_classes=10)
+            all_groups(g, groups)
+            t = interleaved({"plain": train_step(prep(create_model(plain, num_classes=10), args), x, y, args),
+                             "g": train_step(prep(g, args), x, y, args, cache=True)}, reps=args.reps, device=args.device)
+            results["small"][plain] = t
+            print(f"| `{plain}` | {groups} | {n / t['plain']:.0f} | `{gname}` | {n / t['g']:.0f} | "
+                  f"{t['plain'] / t['g']:.2f} |", flush=True)
 
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
