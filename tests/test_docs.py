@@ -37,3 +37,13 @@ def test_example_runs():
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "groups_tour.py")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "groups after one step" in r.stdout
+
+
+def test_results_document_matches_the_committed_runs():
+    """docs/results.md is regenerated from results/ (``dgconv results results/gpu results/cpu``), never hand-edited."""
+    from dgconv.results import render_results
+
+    expected = render_results([ROOT / "results" / "gpu", ROOT / "results" / "cpu"])
+    assert (ROOT / "docs" / "results.md").read_text() == expected, (
+        "docs/results.md is stale: run `dgconv results results/gpu results/cpu --out docs/results.md`"
+    )
