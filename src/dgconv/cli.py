@@ -218,7 +218,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         description="Protocols: 'cpu' (g_resnext_cifar_tiny, about an hour on 2 CPU cores; a smoke test) and 'gpu' "
         "(g_resnext29_32x4d, about ten minutes on one H200). Resumable: finished runs are skipped.",
     )
-    p.add_argument("--protocol", choices=["cpu", "gpu"], required=True)
+    from .sweep import PROTOCOLS
+
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
     p.add_argument("--data-dir", required=True, help="folder holding (or being) cifar-10-batches-py")
     p.add_argument("--out", required=True, help="sweep directory: one run directory per run, plus results.md")
     p.add_argument("--results", help="also write the rendered results here (e.g. docs/results.md)")

@@ -424,6 +424,12 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, ckpt: dict[str, Any] | Non
     return run
 
 
+def _kept(run: _Run, epoch: int) -> str:
+    """What a run stopped during ``epoch`` (0-based) leaves behind, for the error message."""
+    last = run.out / "last.pt"
+    return f"the last good checkpoint {last} (end of epoch {epoch})" if last.exists() else "no checkpoint (none was written yet)"
+
+
 def _train_epoch(run: _Run, epoch: int, progress: _Progress) -> tuple[float, torch.Tensor]:
     """One pass over the training data; returns the last learning rate and the (unreduced) sums of task loss,
     constrained loss, correct predictions and examples."""
@@ -448,9 +454,9 @@ def _train_epoch(run: _Run, epoch: int, progress: _Progress) -> tuple[float, tor
         sums += torch.stack([task.detach() * len(y), loss.detach() * len(y), (logits.argmax(1) == y).sum(), n]).double()
         if i % 25 == 0 or i == steps - 1:  # checked every few steps: each check is a device sync
             if not torch.isfinite(task):
-                last = run.out / "last.pt"
-                kept = f"the last good checkpoint {last} (end of epoch {epoch})" if last.exists() else "no checkpoint (none was written yet)"
-                raise TrainingError(f"the loss became {task.item()} at epoch {epoch + 1}, step {run.step}; stopping. Kept {kept}.")
+                raise TrainingError(
+                    f"the loss became {task.item()} at epoch {epoch + 1}, step {run.step}; stopping. Kept {_kept(run, epoch)}."
+                )
             progress.update(f"epoch {epoch + 1}/{cfg.epochs} [{i + 1}/{steps}] loss {task.item():.4f} lr {lr:.4g}")
     progress.close()
     return lr, sums
@@ -463,9 +469,7 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
     train_loss, train_closs, train_acc = (sums[:3] / sums[3]).tolist()
     test_loss, test_acc = evaluate(run.net, run.test_loader, run.cfg.amp)
     if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-        last = run.out / "last.pt"
-        kept = f"the last good checkpoint {last} (end of epoch {epoch})" if last.exists() else "no checkpoint (none was written yet)"
-        raise TrainingError(f"non-finite loss at the end of epoch {epoch + 1}; stopping. Kept {kept}.")
+        raise TrainingError(f"non-finite loss at the end of epoch {epoch + 1}; stopping. Kept {_kept(run, epoch)}.")
     zeta_before = float(run.constraint.zeta().detach())
     closed = run.constraint.project() if run.cfg.enforce_budget else []
     layers = dict(dgconv_layers(run.model))

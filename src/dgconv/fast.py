@@ -173,9 +173,14 @@ def _plan(g: Grouping, device: torch.device, limit: int) -> _Plan:
     return plan
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    """True for a 4-D tensor laid out as NHWC (and not also NCHW-contiguous)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _channels(x: Tensor, index: Tensor) -> Tensor:
     """``x[:, index]``, keeping ``x``'s memory format (channels_last tensors are gathered as NHWC)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if _is_channels_last(x):
         return x.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
     return x.index_select(1, index)
 
@@ -226,7 +231,7 @@ class _GroupedDGConv(torch.autograd.Function):
         else:
             gxp, _, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, False, need_b], has_bias)
             if need_w or need_g:  # super-group weight gradient: in-group part and merged gates' cross terms
-                fmt = torch.channels_last if xp.is_contiguous(memory_format=torch.channels_last) and not xp.is_contiguous() else torch.contiguous_format
+                fmt = torch.channels_last if _is_channels_last(xp) else torch.contiguous_format
                 shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device, memory_format=fmt)
                 dwm = conv_backward(gyp, xp, shape, *conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
                 gwg = dwm.reshape(-1, kh * kw).index_select(0, plan.within).reshape(out, -1, kh, kw)
