@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Run", "load_run", "write_report"]
+__all__ = ["Run", "load_run", "layer_table", "plain_model", "write_report"]
 
 
 @dataclass
@@ -77,13 +77,20 @@ def load_run(path: str | Path) -> Run:
                tuple(cfg.get("input_size") or ()), int(cfg.get("num_classes", 0)))
 
 
-def _cardinality(run: Run) -> int | None:
-    """The constant group number of the run's ResNeXt counterpart (e.g. 32 for 32x4d)."""
+def plain_model(run: Run, groups: Any = None) -> tuple[Any, tuple[int, ...]]:
+    """The run's plain ResNeXt counterpart built with ``groups`` (an int, a per-layer spec or ``None`` for its
+    default), and the input size the run trained at. Raises ``UnknownModelError`` for an unregistered model."""
     from .models import create_model, model_info
 
+    info = model_info(run.config["model"])
+    size = tuple(run.input_size or info.input_size)
+    return create_model(info.plain, num_classes=max(run.num_classes, 1), in_chans=size[0], groups=groups), size
+
+
+def _cardinality(run: Run) -> int | None:
+    """The constant group number of the run's ResNeXt counterpart (e.g. 32 for 32x4d)."""
     try:
-        plain = create_model(model_info(run.config["model"]).plain, num_classes=max(run.num_classes, 1),
-                             in_chans=run.input_size[0] if run.input_size else 3)
+        plain, _ = plain_model(run)
     except Exception:  # noqa: BLE001 - an unregistered model: no reference line
         return None
     names = getattr(plain, "group_conv_names", [])
@@ -94,16 +101,11 @@ def _cardinality(run: Run) -> int | None:
 
 def layer_table(run: Run) -> list[dict[str, Any]]:
     """Per DGConv layer: channels, learned groups, MACs as a dense masked conv and deployed (batch 1)."""
-    from .models import create_model, model_info
     from .profile import profile
 
     if not run.groups:
         return []
-    info = model_info(run.config["model"])
-    size = run.input_size or info.input_size
-    kwargs: dict[str, Any] = {"in_chans": size[0], "groups": run.groups}
-    model = create_model(info.plain, num_classes=max(run.num_classes, 1), **kwargs)
-    prof = profile(model, size)
+    prof = profile(*plain_model(run, run.groups))
     rows = []
     for lp in prof.layers:
         if lp.name in run.groups:

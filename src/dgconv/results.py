@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .report import Run, load_run
+from .report import Run, load_run, plain_model
 
 __all__ = ["render_results"]
 
@@ -62,14 +62,10 @@ def _architecture(run: Run, sweep: Path) -> Any:
 
 
 def _row(run: Run, sweep: Path) -> _Row:
-    from .models import create_model, model_info
     from .profile import profile
 
     spec = _architecture(run, sweep)
-    info = model_info(run.config["model"])
-    size = run.input_size or info.input_size
-    model = create_model(info.plain, num_classes=max(1, run.num_classes), in_chans=size[0], groups=spec)
-    prof = profile(model, size)
+    prof = profile(*plain_model(run, spec))
     f = run.final
     minutes = sum(m.get("time", 0.0) for m in run.metrics) / 60
     return _Row(run, spec, f.get("test_acc", math.nan), f.get("best_acc", math.nan), prof.gconv_macs, prof.params, minutes)
