@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically (temporary file, fsync, rename), read with ``weights_only=True``.
+"""Checkpoints: written atomically (temporary file, fsync, rename; :func:`atomic_write` serves every file a run
+writes in place), read with ``weights_only=True``.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
 
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "FORMAT"]
+__all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "FORMAT"]
 
 FORMAT = "dgconv.checkpoint/1"
 
@@ -28,14 +30,15 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable (corrupt or truncated), or not a dgconv checkpoint."""
 
 
-def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
-    """Write ``obj`` to ``path`` atomically: a crash at any moment leaves either the old file or the new one."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it over ``path``: a crash at any
+    moment leaves either the old file or the new one, never a torn one or a stray temporary."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -50,6 +53,11 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
             os.close(dfd)
     except OSError:  # pragma: no cover - platforms without directory fsync
         pass
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
+    """Write ``obj`` to ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

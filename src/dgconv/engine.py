@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import FORMAT, CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .constraint import ResourceConstraint, dgconv_layers, learned_groups, parameter_groups
 from .data import DataError, TensorDataset, TensorLoader, load_cifar, load_digits
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
@@ -170,9 +170,7 @@ def read_groups(path: str | Path) -> dict[str, int]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # ------------------------------------------------------------------------------------------ helpers
