@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from dgconv.results import _spearman, render_results
-from dgconv.sweep import PROTOCOLS, planned_runs
+from dgconv.protocols import PROTOCOLS, Protocol, planned_runs
+from dgconv.results import render_results, spearman
 from tests.test_data import HAS_CIFAR, SHARED
 
 plt = pytest.importorskip("matplotlib")
@@ -45,11 +45,25 @@ def test_report_of_two_runs(tmp_path):
 
 
 def test_protocols_plan_tables_3_5_6():
-    for p in PROTOCOLS.values():
-        names = [r.name for r in planned_runs(p)]
-        assert names == ["resnext-g32", "g-b32", "g-b64", "g-b96", "g-b128", "g-b32-s1", "g-b32-s2", "star-b32", "star-b96"]
-        star = planned_runs(p)[-1]
-        assert star.phase == 2 and "--groups-from" in star.args
+    # the plan of a sweep recorded before budget costs existed (results/cpu, results/gpu) is unchanged
+    old = Protocol("x", "x", "g_resnext_cifar_tiny", "resnext_cifar_tiny", 1, 8, 0.1)
+    assert [str(r.name) for r in planned_runs(old)] == [
+        "resnext-g32", "g-b32", "g-b64", "g-b96", "g-b128", "g-b32-s1", "g-b32-s2", "star-b32", "star-b96"]
+    for p in PROTOCOLS.values():  # both costs side by side, three seeds for the baseline and b = 32
+        runs = planned_runs(p)
+        names = [str(r.name) for r in runs]
+        for cost in ("", "-macs"):
+            for b in (32, 64, 96, 128):
+                assert f"g{cost}-b{b}" in names
+            assert f"g{cost}-b32-s1" in names and f"g{cost}-b32-s2" in names
+            assert f"star{cost}-b32" in names and f"star{cost}-b96" in names
+        assert {"resnext-g32", "resnext-g32-s1", "resnext-g32-s2"} <= set(names)
+        assert len(names) == len(set(names)) == 3 + 2 * (4 + 2 + 2)
+        by = {str(r.name): r for r in runs}
+        assert by["star-macs-b96"].phase == 2 and "{sweep}/g-macs-b96/groups.json" in by["star-macs-b96"].args
+        assert "--cost" in by["g-macs-b64"].args and by["g-macs-b64"].args[by["g-macs-b64"].args.index("--cost") + 1] == "macs"
+        assert "--cost" not in by["g-b64"].args
+        assert [r.phase for r in runs] == sorted(r.phase for r in runs)
     assert PROTOCOLS["gpu"].amp and PROTOCOLS["gpu"].channels_last and PROTOCOLS["gpu"].device == "cuda"
 
 
@@ -67,10 +81,16 @@ def test_failed_runs_make_the_sweep_fail(tmp_path):
     assert r.returncode == 2 and "Expected a folder" in r.stderr  # refused before starting nine runs
 
 
-def test_spearman():
-    assert _spearman([0, 1, 2, 3], [1, 2, 4, 8]) == pytest.approx(1.0)
-    assert _spearman([0, 1, 2, 3], [8, 4, 2, 1]) == pytest.approx(-1.0)
-    assert _spearman([0, 1, 2], [1, 1, 1]) == 0.0
+def test_spearman_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    assert spearman([0, 1, 2, 3], [1, 2, 4, 8]) == pytest.approx(1.0)
+    assert spearman([0, 1, 2, 3], [8, 4, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([0, 1, 2], [1, 1, 1]) == 0.0
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = list(range(9)), rng.integers(0, 5, 9).tolist()  # ties included
+        if len(set(y)) > 1:
+            assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
 
 
 @pytest.mark.slow

@@ -175,6 +175,6 @@ def test_non_finite_loss_after_checkpoints_keeps_the_last_one(tmp_path):
     before = (run / "last.pt").read_bytes()
     r = dgconv("train", "--resume", str(run), "--epochs", "3")
     assert r.returncode == 2
-    assert "at epoch 2" in r.stderr and f"Kept the last good checkpoint {run / 'last.pt'} (end of epoch 1)" in r.stderr
+    assert "at epoch 2" in r.stderr and f"kept the last good checkpoint {run / 'last.pt'} (end of epoch 1)" in r.stderr
     assert (run / "last.pt").read_bytes() == before
     assert [row["epoch"] for row in metrics(run)] == [1]

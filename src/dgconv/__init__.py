@@ -9,32 +9,56 @@ Public API:
 * :func:`profile` -- parameters and MACs, DGConv layers at their learned groups.
 * :class:`ResourceConstraint`, :func:`parameter_groups`, :func:`learned_groups` -- the training objective.
 * :func:`deploy`, :func:`groupify`, :func:`save_deployed`, :func:`load_deployed` -- conversions.
+
+The names load on first use (``import dgconv`` itself does not import torch), so the ``dgconv`` command answers
+``--version`` and handles Ctrl-C from its first instant.
 """
 
-from . import models
-from .constraint import ResourceConstraint, learned_groups, parameter_groups
-from .convert import architecture_spec, deploy, groupify, load_deployed, save_deployed
-from .layers import DGConv2d, cached_gates
-from .models import create_model, list_models
-from .profile import Profile, profile
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DGConv2d",
-    "cached_gates",
-    "ResourceConstraint",
-    "parameter_groups",
-    "learned_groups",
-    "create_model",
-    "list_models",
-    "models",
-    "profile",
-    "Profile",
-    "deploy",
-    "groupify",
-    "architecture_spec",
-    "save_deployed",
-    "load_deployed",
-    "__version__",
-]
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "DGConv2d": "layers",
+    "cached_gates": "layers",
+    "ResourceConstraint": "constraint",
+    "parameter_groups": "constraint",
+    "learned_groups": "constraint",
+    "create_model": "models",
+    "list_models": "models",
+    "profile": "profile",
+    "Profile": "profile",
+    "deploy": "convert",
+    "groupify": "convert",
+    "architecture_spec": "convert",
+    "save_deployed": "convert",
+    "load_deployed": "convert",
+}
+
+__all__ = [*_EXPORTS, "models", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from . import models  # noqa: F401
+    from .constraint import ResourceConstraint, learned_groups, parameter_groups  # noqa: F401
+    from .convert import architecture_spec, deploy, groupify, load_deployed, save_deployed  # noqa: F401
+    from .layers import DGConv2d, cached_gates  # noqa: F401
+    from .models import create_model, list_models  # noqa: F401
+    from .profile import Profile, profile  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name == "models":
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module 'dgconv' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,11 @@
 """Checkpoints: written atomically (temporary file, fsync, rename; :func:`atomic_write` serves every file a run
 writes in place), read with ``weights_only=True``.
 
+File-system failures (permission denied, disk full, read-only file system) surface as :class:`OSError` with the
+path and the operating system's reason -- also from inside ``torch.save``, which otherwise reports a full disk as
+``[enforce fail at inline_container.cc]``. Files are created with the process's umask (0644 by default), like any
+other tool's.
+
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
 
     {"format": "dgconv.checkpoint/1", "model_name": str, "num_classes": int, "model_kwargs": {...},
@@ -13,46 +18,153 @@ so it loads with ``torch.load(path, weights_only=True)`` without our code.
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "FORMAT"]
+from .errors import DGConvError
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write",
+    "atomic_link",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "FORMAT",
+    "TEMP_SUFFIX",
+]
 
 FORMAT = "dgconv.checkpoint/1"
 
+#: Temporaries of :func:`atomic_write` are named ``.<name>.<random>.tmp`` beside their target.
+TEMP_SUFFIX = ".tmp"
 
-class CheckpointError(ValueError):
+
+class CheckpointError(DGConvError, ValueError):
     """A checkpoint is missing, unreadable (corrupt or truncated), or not a dgconv checkpoint."""
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it over ``path``: a crash at any
-    moment leaves either the old file or the new one, never a torn one or a stray temporary."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+_umask_lock = threading.Lock()
+
+
+def _file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
+    with _umask_lock:
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+class _Recorder(io.RawIOBase):
+    """A writable file that remembers the ``OSError`` its target raised (``torch.save`` replaces it by a
+    ``RuntimeError`` without the reason)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__()
+        self.f = f
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[no-untyped-def,override]
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+
+def _temporary(path: Path) -> tuple[int, str]:
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise _with_path(e, path) from None
+    os.fchmod(fd, _file_mode())
+    return fd, tmp
+
+
+def _with_path(e: OSError, path: Path) -> OSError:
+    """``e`` with ``path`` as its filename when it had none (so the message names the file)."""
+    if e.filename is None:
+        return type(e)(e.errno, e.strerror or str(e), str(path))
+    return e
+
+
+def _sync_dir(folder: Path) -> None:
+    try:  # make a rename durable
+        dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
     except OSError:  # pragma: no cover - platforms without directory fsync
         pass
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it over ``path``: a crash at any
+    moment leaves either the old file or the new one, never a torn one (a process killed mid-write leaves a
+    ``.<name>.*.tmp`` temporary, which :mod:`dgconv.rundir` removes on the run's next start).
+
+    Raises:
+        OSError: the file system refused (its ``filename`` is set); nothing is left behind.
+    """
+    path = Path(path)
+    fd, tmp = _temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            rec = _Recorder(f)
+            try:
+                write(rec)  # type: ignore[arg-type]
+            except RuntimeError:
+                if rec.error is not None:  # torch.save hides the OSError of a full disk in a RuntimeError
+                    raise rec.error from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _with_path(e, path) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_dir(path.parent)
+
+
+def atomic_link(source: str | Path, path: str | Path) -> None:
+    """Make ``path`` an atomic copy of ``source``: a hard link when the file system has them (no bytes copied;
+    ``source`` may be replaced later by :func:`atomic_write` without touching ``path``), else a full copy."""
+    source, path = Path(source), Path(path)
+    fd, tmp = _temporary(path)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _with_path(e, path) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_dir(path.parent)
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
@@ -71,8 +183,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # Never PyTorch's advice to retry with weights_only=False: that would run whatever code the file carries.
+        detail = _unpickler_detail(str(e))
+        if "GLOBAL" in detail or detail.startswith("Unsupported global"):
+            raise CheckpointError(
+                f"{path} is not a dgconv checkpoint: it holds objects outside the weights-only format, which dgconv "
+                f"never unpickles (a dgconv checkpoint holds only tensors and plain data). Detail: {detail[:200]}"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {detail[:200]}") from None
+    except OSError as e:
+        raise _with_path(e, path) from None
     except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {str(e)[:300]}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dgconv checkpoint (expected format {FORMAT!r}; a foreign file?)")
     missing = [k for k in ("model_name", "num_classes", "model", "epoch", "config") if k not in obj]
@@ -81,15 +204,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def _unpickler_detail(message: str) -> str:
+    """The reason inside torch's weights-only error message, without its advice to disable the safety check."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("WeightsUnpickler error:"):
+            rest = ln.split(":", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return rest
+    return next((ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln), "unreadable pickle data")
+
+
 def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> torch.nn.Module:
     """Rebuild the model a checkpoint holds (a path or a dict from :func:`load_checkpoint`), weights loaded."""
     from .models import create_model
 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
+    kwargs = ckpt.get("model_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"the checkpoint's model_kwargs must be a mapping, got {type(kwargs).__name__}")
+    try:
+        model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **kwargs)
+    except (TypeError, ValueError) as e:  # an unknown model, or arguments this version's builder does not take
+        raise CheckpointError(f"the checkpoint's model {ckpt['model_name']!r} with {kwargs} cannot be built: {e}") from None
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except (RuntimeError, KeyError, TypeError) as e:
         raise CheckpointError(f"the checkpoint's weights do not fit {ckpt['model_name']}: {e}") from None
     return model

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -103,10 +105,14 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
     from .models import list_models, model_info
 
+    names = list_models(args.pattern)
+    if not names:
+        raise ConfigError(f"no registered model matches {args.pattern!r}; `dgconv models` lists all {len(list_models())}")
     print(f"{'name':<22} {'input':<10} {'DGConv':<7} {'budget':<7} description")
-    for n in list_models(args.pattern):
+    for n in names:
         i = model_info(n)
         print(f"{n:<22} {'x'.join(map(str, i.input_size)):<10} {'yes' if i.dgconv else 'no':<7} {str(i.budget or '-'):<7} {i.doc}")
     return 0
@@ -114,9 +120,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _add_profile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="parameters and MACs of a model, per layer (DGConv at its current groups)")
-    p.add_argument("model", help="registered model name")
-    p.add_argument("--input-size", type=_positive_int, nargs=3, metavar=("C", "H", "W"), help="default: the model's")
-    p.add_argument("--num-classes", type=_positive_int, default=1000)
+    p.add_argument("model", help="registered model name, or a run directory (its model, classes, input size and learned groups)")
+    p.add_argument("--input-size", type=_positive_int, nargs=3, metavar=("C", "H", "W"), help="default: the run's, else the model's")
+    p.add_argument("--num-classes", type=_positive_int, help="default: the run's, else 1000")
     p.add_argument("--groups", type=_positive_int, help="set every group / DGConv layer to this many groups")
     p.add_argument("--groups-from", help="groups.json (or run directory): per-layer groups")
     p.add_argument("--no-layers", dest="layers", action="store_false", help="totals only")
@@ -124,20 +130,51 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_profile)
 
 
-def _cmd_profile(args: argparse.Namespace) -> int:
-    from .engine import read_groups
-    from .models import create_model, model_info
-    from .profile import profile
+def _build(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    """``create_model`` with a bad argument (a group count the layer cannot take, ...) as a ConfigError."""
+    from .errors import ConfigError, DGConvError
+    from .models import create_model
 
-    info = model_info(args.model)
-    groups = read_groups(args.groups_from) if args.groups_from else args.groups
-    model = create_model(args.model, num_classes=args.num_classes, groups=groups)
-    size = tuple(args.input_size) if args.input_size else info.input_size
+    try:
+        return create_model(name, **kwargs)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as e:
+        if isinstance(e, DGConvError):
+            raise
+        raise ConfigError(f"cannot build {name}: {e}") from None
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .models import model_info
+    from .profile import profile
+    from .rundir import is_run, load_run, read_groups
+
+    name, classes, size, groups = args.model, args.num_classes, args.input_size, None
+    run_source = args.model if is_run(args.model) else (args.groups_from if args.groups_from and is_run(args.groups_from) else None)
+    if run_source is not None:  # a run knows its model, classes and input size
+        run = load_run(run_source)
+        if run_source == args.model:
+            name = run.config["model"]
+            groups = run.groups or None
+        classes = classes or run.num_classes or None
+        size = size or (list(run.input_size) if run.input_size else None)
+    elif Path(args.model).exists():
+        from .errors import ConfigError
+
+        raise ConfigError(f"{args.model} is not a run directory (no config.json) and not a model name; `dgconv models` lists the names")
+    info = model_info(name)
+    if args.groups_from:
+        groups = read_groups(args.groups_from)
+    elif args.groups:
+        groups = args.groups
+    size = tuple(size) if size else info.input_size
+    model = _build(name, num_classes=classes or 1000, in_chans=size[0], groups=groups)
     prof = profile(model, size)
     if args.json:
         print(json.dumps(prof.to_dict(), indent=2))
     else:
-        print(f"{args.model} at {'x'.join(map(str, size))} (MACs = multiply-accumulates; FLOPs = 2 x MACs)")
+        print(f"{name} at {'x'.join(map(str, size))}, {classes or 1000} classes (MACs = multiply-accumulates; FLOPs = 2 x MACs)")
         print(prof.table(layers=args.layers))
     return 0
 
@@ -165,9 +202,13 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from .models import model_info
     from .profile import profile
 
-    src = Path(args.source)
-    if src.is_dir():
-        src = src / ("best.pt" if args.best else "last.pt")
+    from .rundir import checkpoint_path
+
+    src = checkpoint_path(args.source, best=args.best)
+    if args.best and not Path(args.source).is_dir():
+        from .errors import ConfigError
+
+        raise ConfigError("--best picks a run directory's best checkpoint; give the run directory, not a file")
     ckpt = load_checkpoint(src)
     model = model_from_checkpoint(ckpt).eval()
     size = tuple(ckpt.get("input_size") or model_info(ckpt["model_name"]).input_size)
@@ -251,15 +292,16 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
 def _cmd_results(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .errors import ConfigError
     from .results import render_results
+    from .rundir import write_text
 
     for s in args.sweeps:
         if not (Path(s) / "sweep.json").exists():
-            raise ValueError(f"{s} is not a sweep directory (no sweep.json)")
+            raise ConfigError(f"{s} is not a sweep directory (no sweep.json)")
     text = render_results(args.sweeps)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        write_text(args.out, text)
         print(f"wrote {args.out}")
     else:
         print(text, end="")
@@ -267,7 +309,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="dgconv", description="Dynamic Grouping Convolution: train, inspect and deploy G-ResNeXt.")
+    parser.add_argument("--version", action="version", version=f"dgconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_models(sub)
@@ -279,22 +324,98 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dgconv`` command. Returns the process exit code."""
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .engine import TrainingError
+class _ConsoleHandler(logging.StreamHandler):
+    """Log records to standard output (warnings and errors to standard error, prefixed). A closed pipe
+    (``dgconv train | head -1``) silences the console instead of stopping the job."""
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self.closed_pipe = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.closed_pipe:
+            return
+        self.stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        try:
+            msg = self.format(record)
+            if record.levelno >= logging.WARNING:
+                msg = f"warning: {msg}"
+            self.stream.write(msg + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            self.closed_pipe = True
+            _silence(self.stream)
+        except Exception:  # noqa: BLE001 - logging's own policy for a failing handler
+            self.handleError(record)
+
+
+def _silence(stream: object) -> None:
+    """Point a closed stream's descriptor at /dev/null, so that later writes (and the flush at exit) succeed."""
     try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())  # type: ignore[attr-defined]
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("dgconv")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        handler = _ConsoleHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dgconv`` command. Returns the process exit status: 0 done, 1 the environment failed
+    (file system, memory), 2 bad input or a run that could not go on, 128 + N stopped by signal N (130 Ctrl-C,
+    143 SIGTERM; the run's last checkpoint is named). Unexpected errors keep their traceback."""
+    from . import interrupts
+    from .errors import DGConvError, Interrupted
+
+    interrupts.install()  # before anything slow: Ctrl-C at any moment is a clean stop
+    command = "?"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command or "?"
+        if args.command is None:
+            parser.print_help()
+            return 2
+        _configure_logging()
         return int(args.func(args) or 0)
-    except (ValueError, RuntimeError, DataError, CheckpointError, TrainingError) as e:
-        print(f"dgconv {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except Interrupted as e:
+        _say(f"dgconv {command}: {e}")
+        return e.exit_code
     except KeyboardInterrupt:
-        print(f"dgconv {args.command}: interrupted", file=sys.stderr)
+        _say(f"dgconv {command}: interrupted")
         return 130
+    except DGConvError as e:
+        _say(f"dgconv {command}: error: {e}")
+        return 2
+    except BrokenPipeError:
+        _silence(sys.stdout)
+        return 0
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        _say(f"dgconv {command}: error: {e.strerror or e}{where}")
+        return 1
+    except (RuntimeError, MemoryError) as e:
+        if not _out_of_memory(e):
+            raise
+        _say(f"dgconv {command}: error: out of memory ({str(e).splitlines()[0][:200]}); try a smaller --batch-size")
+        return 1
+
+
+def _say(message: str) -> None:
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (BrokenPipeError, OSError):
+        pass

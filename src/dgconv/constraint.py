@@ -38,6 +38,7 @@ Example (any training loop)::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,7 +47,7 @@ from torch import Tensor, nn
 from . import grouping
 from .layers import GATE_INIT, DGConv2d
 
-__all__ = ["ResourceConstraint", "parameter_groups", "dgconv_layers", "learned_groups"]
+__all__ = ["ResourceConstraint", "parameter_groups", "dgconv_layers", "learned_groups", "reset_gate_state"]
 
 
 def dgconv_layers(model: nn.Module) -> list[tuple[str, DGConv2d]]:
@@ -113,12 +114,16 @@ class ResourceConstraint:
         return sum(m.in_channels * m.out_channels // math.gcd(m.in_channels, m.out_channels) for _, m in self.layers)
 
     @torch.no_grad()
-    def project(self) -> list[tuple[str, int]]:
+    def project(self, optimizer: torch.optim.Optimizer | None = None) -> list[tuple[str, int]]:
         """Close gates until ``zeta <= o``; return the ``(layer name, gate index)`` pairs closed.
 
         Greedy: among open gates (``g~ >= 0``) pick the smallest ``g~ / (zeta_l * (1 - 1/p_k))`` -- the least
         confident gate per unit of complexity it removes -- and reflect it to ``-max(g~, 1e-8)``. Stops early
         (returning what it closed) only if every gate is closed. A no-op when unconstrained or within budget.
+
+        ``optimizer``: the optimizer that trains the gates. A reflected gate must not keep the state that carried
+        it open (SGD's momentum would reopen it on the next step), so every per-parameter state tensor of that gate
+        entry (SGD ``momentum_buffer``, Adam ``exp_avg``/``exp_avg_sq``, ...) is zeroed at its index.
         """
         if self.budget is None:
             return []
@@ -150,7 +155,28 @@ class ResourceConstraint:
             bits[name][k] = False
             zeta -= gain
             closed.append((name, k))
+        if optimizer is not None:
+            reset_gate_state(optimizer, [(layers[n].gate, k) for n, k in closed])
         return closed
+
+    def gates_in_sync(self, all_reduce_sum: Callable[[Tensor], Tensor]) -> bool:
+        """Whether every process holds the same gates: ``all_reduce_sum`` (a sum over processes, e.g.
+        ``torch.distributed.all_reduce``) of the gate vector must equal the local vector times the process count.
+        With a single process (the sum of ones is 1) this is trivially true."""
+        if not self.layers:
+            return True
+        g = torch.cat([m.gate.detach().double().flatten() for _, m in self.layers])
+        world = all_reduce_sum(torch.ones((), dtype=torch.float64, device=g.device))
+        total = all_reduce_sum(g.clone())
+        return bool(torch.equal(total, g * world))
+
+    def groups_document(self, model_name: str | None = None) -> dict[str, Any]:
+        """What ``groups.json`` holds: the learned groups and channels of every layer (:func:`dgconv.rundir.groups_document`)."""
+        from .rundir import groups_document
+
+        return groups_document(
+            {n: m.groups for n, m in self.layers}, {n: [m.in_channels, m.out_channels] for n, m in self.layers}, model_name
+        )
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: ``zeta``, ``o``, ``zeta/o`` and per-layer groups, channels and gates."""
@@ -165,6 +191,15 @@ class ResourceConstraint:
             "gates": {n: [float(v) for v in m.gate.detach().cpu().tolist()] for n, m in self.layers},
             "channels": {n: [m.in_channels, m.out_channels] for n, m in self.layers},
         }
+
+
+def reset_gate_state(optimizer: torch.optim.Optimizer, entries: list[tuple[Tensor, int]]) -> None:
+    """Zero the optimizer state of single gate entries ``(gate parameter, index)``: every state tensor shaped like
+    the parameter (SGD momentum, Adam moments) loses that entry; step counters and other scalars are kept."""
+    for param, k in entries:
+        for value in optimizer.state.get(param, {}).values():
+            if isinstance(value, Tensor) and value.shape == param.shape:
+                value[k] = 0
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

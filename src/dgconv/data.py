@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import DGConvError
+
 __all__ = [
     "DataError",
     "TensorDataset",
@@ -38,7 +40,7 @@ __all__ = [
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 
 
-class DataError(ValueError):
+class DataError(DGConvError, ValueError):
     """A dataset is missing, malformed, or not what was asked for; the message says what was expected."""
 
 

@@ -1,6 +1,7 @@
 """``dgconv report``: figures and a markdown summary from run directories (their files only).
 
-Reads ``config.json``, ``metrics.jsonl`` and ``groups.json`` of each run; never a checkpoint. Writes PNGs
+Reads each run through :func:`dgconv.rundir.load_run` (its ``config.json``, ``metrics.jsonl`` and ``groups.json``;
+never a checkpoint). Writes PNGs
 (matplotlib, an optional extra: ``pip install 'dgconv[report]'``) and ``summary.md``:
 
 * ``groups.png`` -- learned groups of every DGConv layer, input to output, against its channel count, with
@@ -13,68 +14,12 @@ Reads ``config.json``, ``metrics.jsonl`` and ``groups.json`` of each run; never 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .rundir import Run, load_run, write_text
+
 __all__ = ["Run", "load_run", "layer_table", "plain_model", "write_report"]
-
-
-@dataclass
-class Run:
-    """The files of one run directory, parsed."""
-
-    path: Path
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    groups: dict[str, int]
-    channels: dict[str, list[int]]
-    input_size: tuple[int, ...]
-    num_classes: int
-
-    @property
-    def label(self) -> str:
-        c = self.config
-        b = c.get("budget")
-        extra = f" b={b:g}" if isinstance(b, (int, float)) else ""
-        seed = f" seed {c.get('seed')}" if c.get("seed") else ""
-        return f"{self.path.name}: {c['model']}{extra}{seed}"
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.metrics[-1] if self.metrics else {}
-
-
-def load_run(path: str | Path) -> Run:
-    """Parse a run directory; raises ``ValueError`` naming the missing or malformed file."""
-    p = Path(path)
-    try:
-        cfg = json.loads((p / "config.json").read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{p} is not a run directory: no config.json") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p / 'config.json'} is not JSON: {e}") from None
-    rows = []
-    mpath = p / "metrics.jsonl"
-    if mpath.exists():
-        for i, line in enumerate(mpath.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise ValueError(f"{mpath}:{i} is not a JSON line") from None
-    groups: dict[str, int] = {}
-    channels: dict[str, list[int]] = {}
-    gpath = p / "groups.json"
-    if gpath.exists():
-        doc = json.loads(gpath.read_text())
-        groups, channels = doc.get("groups", {}), doc.get("channels", {})
-    elif rows and rows[-1].get("groups"):
-        groups = rows[-1]["groups"]
-    return Run(p, cfg["config"], cfg.get("environment", {}), rows, groups, channels,
-               tuple(cfg.get("input_size") or ()), int(cfg.get("num_classes", 0)))
 
 
 def plain_model(run: Run, groups: Any = None) -> tuple[Any, tuple[int, ...]]:
@@ -258,7 +203,12 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     if not runs:
         raise ValueError("report needs at least one run directory")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        from .errors import RunDirError
+
+        raise RunDirError(f"cannot write the report into {out}: a file of that name is in the way") from None
     written = []
     with_groups = [r for r in runs if r.groups]
     if with_groups:
@@ -270,6 +220,6 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     if any(r.metrics for r in runs):
         _training_figure([r for r in runs if r.metrics], out / "training.png")
         written.append(out / "training.png")
-    (out / "summary.md").write_text(_summary(runs))
+    write_text(out / "summary.md", _summary(runs))
     written.append(out / "summary.md")
     return written

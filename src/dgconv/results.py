@@ -1,77 +1,110 @@
-"""Render the results document of one or more sweeps from their run directories (``dgconv results``).
+r"""Render the results document of one or more sweeps from their run directories (``dgconv results``).
 
-The output is a pure function of the files in the sweep directories (``sweep.json`` and each run's
-``config.json``, ``metrics.jsonl``, ``groups.json``) and of the model definitions, so ``docs/results.md`` can
-be regenerated and checked against the runs it came from.
+The output is a pure function of the files in the sweep directories (``sweep.json`` and each run's files, read
+through :mod:`dgconv.rundir`) and of the model definitions, so ``docs/results.md`` can be regenerated and checked
+against the runs it came from. A run that did not finish every epoch is *missing*: it is listed, never counted.
 
-Verdicts on the paper's claims follow fixed rules, stated in the document:
+Statistics (:mod:`dgconv.stats`): each arm's top-1 accuracy over its seeds as mean, standard deviation and 95 %
+t interval; each claim's difference with its 95 % Welch interval and the seeds on each side. Verdicts are read
+from the intervals, never from point estimates:
 
-1. *G-ResNeXt (b = 32) is at least as accurate as ResNeXt with fewer GConv MACs*: agrees when the b = 32 mean
-   accuracy beats the baseline by more than the seed-to-seed standard deviation and its GConv MACs are below
-   the baseline's; disagrees when it is worse by more than that; otherwise inconclusive.
-2. *Comparable accuracy at about 0.27x GConv MACs (b = 96)*: agrees when b = 96 is within 1 point of the
-   baseline (or better) at no more than 0.5x its GConv MACs; "partly" when the accuracy holds but the saving is
-   smaller; disagrees when it is more than 1 point worse.
-3. *Lower layers learn fewer groups*: agrees when the mean Spearman correlation between layer depth and learned
-   groups over the G-ResNeXt runs exceeds 0.2; disagrees below -0.2; otherwise no clear trend.
-4. *ResNeXt\* trained from the learned groups performs comparably to G-ResNeXt and above the ResNeXt baseline*
-   (one item per budget): agrees when it is within 1 point of G-ResNeXt (or better) and at least as accurate as
-   the baseline; "partly" when only one of the two holds; otherwise disagrees.
+1. *G-ResNeXt (b = 32) is at least as accurate as ResNeXt with fewer GConv MACs* (per budget cost): agrees when
+   the interval of (G-ResNeXt - ResNeXt) lies above 0 and the GConv MACs are below the baseline's; disagrees when
+   it lies below 0, or when there is no GConv saving; otherwise not resolved at this n.
+2. *Comparable accuracy at about 0.27x GConv MACs (b = 96)*: comparable means not worse by more than 1 point
+   (the interval lies above -1 point); agrees when comparable at no more than 0.5x the GConv MACs, "partly" when
+   comparable at a smaller saving; disagrees when the interval lies below -1 point.
+3. *Lower layers learn fewer groups*: the Spearman correlation between layer depth and learned groups, over all
+   G-ResNeXt runs (mean over runs, 95 % t interval clipped to [-1, 1]); agrees when the interval lies above 0,
+   disagrees when below 0.
+4. *ResNeXt\* from the learned groups performs comparably to G-ResNeXt and above the ResNeXt baseline* (per budget
+   and cost): two interval tests (within 1 point of G-ResNeXt; at least the baseline); agrees when both agree,
+   "partly" when one does, disagrees when either disagrees and neither agrees.
+
+When one side of a comparison has a single run, its interval uses the other side's seed spread (assuming equal
+variances; the document says so); with a single run on both sides there is no interval and no verdict.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .report import Run, load_run, plain_model
+from .protocols import PROTOCOLS, Arm, Protocol, arms_of, planned_runs, protocol_from_dict
+from .report import plain_model
+from .rundir import Run, RunName, iter_runs, read_groups, read_json
+from .stats import Difference, Summary, Verdict, summarize, verdict, welch
 
-__all__ = ["render_results"]
-
-DATA_NOTE = (
-    "CIFAR-10 here is a copy rebuilt from JPEG files (quality about 75; mean PSNR about 30 dB against the official "
-    "pixels, test images in a fixed shuffled order), so absolute accuracies sit 1-3 points below published ones; "
-    "use the numbers for side-by-side comparison only."
-)
+__all__ = ["render_results", "load_sweep", "SweepResult", "ArmResult", "RunRow", "spearman"]
 
 
-@dataclass
-class _Row:
+# ------------------------------------------------------------------------------------------------ typed rows
+@dataclass(frozen=True)
+class RunRow:
+    """One finished run of a sweep, with what the tables need."""
+
+    name: RunName
     run: Run
-    spec: Any
     acc: float
     best: float
     gconv_macs: int
+    macs: int
     params: int
     minutes: float
+    zeta_over_o: float | None
+    depth_rho: float | None  # Spearman(depth, log groups) for runs that learned groups
 
 
-def _architecture(run: Run, sweep: Path) -> Any:
-    c = run.config
-    if run.groups and c["model"].startswith("g_"):
-        return dict(run.groups)
-    if c.get("groups_from"):
-        src = Path(c["groups_from"])
-        local = sweep / src.parent.name / src.name  # the source run inside this sweep directory
-        return json.loads((local if local.exists() else src).read_text())["groups"]
-    return c.get("groups")
+@dataclass
+class ArmResult:
+    """One arm: its finished runs and the planned runs that have not finished."""
+
+    arm: Arm
+    rows: list[RunRow] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def accs(self) -> list[float]:
+        return [r.acc for r in self.rows]
+
+    @property
+    def acc(self) -> Summary | None:
+        return summarize(self.accs) if self.rows else None
+
+    def mean_of(self, attr: str) -> float:
+        return statistics.fmean(getattr(r, attr) for r in self.rows)
 
 
-def _row(run: Run, sweep: Path) -> _Row:
-    from .profile import profile
+@dataclass
+class SweepResult:
+    """A sweep directory, parsed: its record, its protocol and its arms (the baseline first)."""
 
-    spec = _architecture(run, sweep)
-    prof = profile(*plain_model(run, spec))
-    f = run.final
-    minutes = sum(m.get("time", 0.0) for m in run.metrics) / 60
-    return _Row(run, spec, f.get("test_acc", math.nan), f.get("best_acc", math.nan), prof.gconv_macs, prof.params, minutes)
+    path: Path
+    meta: dict[str, Any]
+    protocol: Protocol
+    arms: list[ArmResult]
+
+    @property
+    def baseline(self) -> ArmResult:
+        return self.arms[0]
+
+    def arm(self, kind: str, value: float, cost: str = "connections") -> ArmResult | None:
+        for a in self.arms:
+            if (a.arm.kind, a.arm.value, a.arm.cost) == (kind, value, cost):
+                return a
+        return None
+
+    def rows(self) -> list[RunRow]:
+        return [r for a in self.arms for r in a.rows]
 
 
-def _spearman(xs: list[float], ys: list[float]) -> float:
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties; 0 when either side is constant)."""
+
     def ranks(v: list[float]) -> list[float]:
         order = sorted(range(len(v)), key=lambda i: v[i])
         r = [0.0] * len(v)
@@ -92,207 +125,309 @@ def _spearman(xs: list[float], ys: list[float]) -> float:
     return num / den if den else 0.0
 
 
-def _overrides(p: dict[str, Any]) -> str:
-    """The CLI overrides that turn the registered protocol into the one this sweep ran."""
-    from .sweep import PROTOCOLS
-
-    base = PROTOCOLS.get(p["name"])
-    flags = []
-    for key, flag in (("epochs", "--epochs"), ("parallel", "--parallel"), ("limit_train", "--limit-train"), ("limit_test", "--limit-test")):
-        if base is None or p.get(key) != getattr(base, key):
-            if p.get(key) is not None:
-                flags.append(f" {flag} {p[key]}")
-    return "".join(flags)
+def _architecture(run: Run, sweep: Path) -> Any:
+    c = run.config
+    if run.groups and run.config.get("budget") is not None:
+        return dict(run.groups)
+    if c.get("groups_from"):
+        src = Path(c["groups_from"])
+        local = sweep / src.parent.name / src.name  # the source run inside this sweep directory
+        return read_groups(local if local.exists() else src)
+    return c.get("groups")
 
 
-def _test_images(run: Run) -> str:
-    doc = json.loads((run.path / "config.json").read_text())
-    n = doc.get("test_images")
-    return f"{n:,}" if isinstance(n, int) else "the"
+def _row(name: RunName, run: Run, sweep: Path) -> RunRow:
+    from .profile import profile
+
+    prof = profile(*plain_model(run, _architecture(run, sweep)))
+    f = run.final
+    rho = None
+    if run.groups and run.config.get("budget") is not None:
+        rho = spearman(list(range(len(run.groups))), [math.log2(g) for g in run.groups.values()])
+    return RunRow(name, run, float(f.get("test_acc", math.nan)), float(f.get("best_acc", math.nan)), prof.gconv_macs,
+                  prof.macs, prof.params, run.train_seconds / 60, f.get("zeta_over_o"), rho)
 
 
-def _train_images(run: Run) -> str:
-    doc = json.loads((run.path / "config.json").read_text())
-    n = doc.get("train_images_per_epoch")
-    return f"{n:,}" if isinstance(n, int) else "all"
+def load_sweep(path: str | Path) -> SweepResult:
+    """Parse a sweep directory: ``sweep.json``, the protocol it ran, and every planned run (finished or missing)."""
+    path = Path(path)
+    meta = read_json(path / "sweep.json", "sweep.json")
+    protocol = protocol_from_dict(meta["protocol"])
+    runs = {r.name: r for r in iter_runs(path)}
+    arms = [ArmResult(a) for a in arms_of(protocol)]
+    by_name = {str(n): arm for arm in arms for n in arm.arm.names(protocol.family)}
+    for planned in planned_runs(protocol):
+        key = str(planned.name)
+        arm, run = by_name[key], runs.get(key)
+        if run is not None and run.finished:
+            arm.rows.append(_row(planned.name, run, path))
+        else:
+            done = f"{len(run.metrics)}/{run.epochs} epochs" if run is not None else "not started"
+            arm.missing.append(f"{key} ({done})")
+    return SweepResult(path, meta, protocol, arms)
 
 
-def _pct(v: float) -> str:
-    return "n/a" if v != v else f"{100 * v:.2f}"
+# ------------------------------------------------------------------------------------------------ formatting
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or v != v else f"{100 * v:.2f}"
 
 
-def _sweep_section(sweep: Path) -> list[str]:
-    meta = json.loads((sweep / "sweep.json").read_text())
-    p = meta["protocol"]
-    rows: dict[str, _Row] = {}
-    for d in sorted(sweep.iterdir()):
-        if (d / "config.json").exists() and (d / "metrics.jsonl").exists():
-            run = load_run(d)
-            if run.metrics:
-                rows[d.name] = _row(run, sweep)
-    if not rows:
-        return [f"## Protocol `{p['name']}`", "", f"No finished runs in `{sweep}`.", ""]
-    any_run = next(iter(rows.values())).run
-    env = any_run.environment
-    used = any_run.config  # what the runs used (the protocol's warm-up is capped on short schedules)
+def _ci(s: Summary | None) -> str:
+    if s is None or s.ci is None:
+        return "-"
+    return f"[{_pct(s.ci[0])}, {_pct(s.ci[1])}]"
+
+
+def _sd(s: Summary | None) -> str:
+    return "-" if s is None or s.sd is None else f"{100 * s.sd:.2f}"
+
+
+def _diff(d: Difference) -> str:
+    ci = "no interval" if d.ci is None else f"95 % CI [{100 * d.ci[0]:+.2f}, {100 * d.ci[1]:+.2f}]"
+    note = "" if d.method == "welch" else f", {d.method}"
+    return f"{100 * d.diff:+.2f} points ({ci}; n = {d.n_a} vs {d.n_b}{note})"
+
+
+def _setting(arm: Arm, p: Protocol) -> tuple[str, str]:
+    if arm.kind == "plain":
+        return ("ResNeXt" if p.family == "resnext" else p.plain), f"{int(arm.value)} groups"
+    net = "G-ResNeXt" if arm.kind == "g" else "ResNeXt*"
+    what = f"b = {arm.value:g}" if arm.kind == "g" else f"learned by b = {arm.value:g}"
+    return net, what
+
+
+def _ratio(a: ArmResult, base: ArmResult) -> str:
+    if not a.rows or not base.rows:
+        return "n/a"
+    return f"{a.mean_of('gconv_macs') / base.mean_of('gconv_macs'):.2f}x"
+
+
+# ------------------------------------------------------------------------------------------------ sections
+def _header(s: SweepResult) -> list[str]:
+    p, meta = s.protocol, s.meta
+    rows = s.rows()
+    any_run = rows[0].run
+    env, used = any_run.environment, any_run.config
     warm = f" after {used['warmup_epochs']:g} warm-up epochs" if used.get("warmup_epochs") else ""
-    base_name = f"resnext-g{p['baseline_groups']}"
-    base = rows.get(base_name)
-    b0 = f"{p['budgets'][0]:g}"
+    base = PROTOCOLS.get(p.name)
+    flags = "".join(
+        f" {flag} {getattr(p, key)}" for key, flag in (("epochs", "--epochs"), ("parallel", "--parallel"),
+                                                       ("limit_train", "--limit-train"), ("limit_test", "--limit-test"))
+        if getattr(p, key) is not None and (base is None or getattr(p, key) != getattr(base, key))
+    )
+    resumed = f", resumed {', '.join(meta['resumed'])}" if meta.get("resumed") else ""
+    test_images = any_run.extra.get("test_images")
+    train_images = any_run.extra.get("train_images_per_epoch")
     out = [
-        f"## Protocol `{p['name']}`: {p['label']}",
+        f"## Protocol `{p.name}`: {p.label}",
         "",
         f"- Hardware: {env.get('device_name', '?')} (`{env.get('device', '?')}`), torch {env.get('torch', '?')}, "
-        f"{env.get('cpu_count', '?')} CPU cores; sweep started {meta.get('started', '?')}"
-        + (f", resumed {', '.join(meta['resumed'])}" if meta.get("resumed") else "") + ".",
-        f"- Schedule: {used['epochs']} epochs, batch {used['batch_size']}, SGD momentum 0.9, lr {used['lr']} cosine"
-        f"{warm}, weight decay "
-        f"{p['weight_decay']} (not on gates), alpha -0.02, budget projection at epoch ends; "
-        f"{'bf16 autocast, ' if p['amp'] else ''}{'channels_last, ' if p['channels_last'] else ''}"
-        f"{p['parallel']} run(s) at a time.",
-        f"- Models: `{p['model']}` (G-ResNeXt) and `{p['plain']}` (ResNeXt, {p['baseline_groups']} groups in every "
-        f"group convolution). Accuracy is top-1 on {_test_images(any_run)} test images after the last epoch (best "
-        f"epoch in brackets); {_train_images(any_run)} training images per epoch.",
-        f"- Reproduce: `dgconv sweep --protocol {p['name']}{_overrides(p)} --data-dir DATA --out DIR`, then "
+        f"{env.get('cpu_count', '?')} CPU cores; sweep started {meta.get('started', '?')}{resumed}.",
+        f"- Schedule: {used['epochs']} epochs, batch {used['batch_size']}, SGD momentum 0.9, lr {used['lr']} cosine{warm}, "
+        f"weight decay {p.weight_decay} (not on gates), alpha -0.02, budget projection at epoch ends; "
+        f"{'bf16 autocast, ' if p.amp else ''}{'channels_last, ' if p.channels_last else ''}{p.parallel} run(s) at a time.",
+        f"- Models: `{p.model}` (G-ResNeXt) and `{p.plain}` (ResNeXt, {p.baseline_groups} groups in every group "
+        f"convolution). Accuracy is top-1 on {f'{test_images:,}' if isinstance(test_images, int) else 'the'} test images "
+        f"after the last epoch; {f'{train_images:,}' if isinstance(train_images, int) else 'all'} training images per epoch.",
+        f"- Reproduce: `dgconv sweep --protocol {p.name}{flags} --data-dir DATA --out DIR`, then "
         f"`dgconv results DIR --out docs/results.md`.",
+        f"- Data: {_data_line(meta)}",
+        "",
     ]
-    if meta.get("data_note"):
-        out.append(f"- Data: {meta['data_note']}")
-    out.append("")
-
-    # Table 3
-    out += ["### Table 3 analogue: complexity vs accuracy", "",
-            "| network | setting | top-1 % (best) | GConv MACs | x baseline | params (deployed) | zeta/o |",
-            "|---|---|---:|---:|---:|---:|---:|"]
-    t3 = [base_name] + [f"g-b{b:g}" for b in p["budgets"]]
-    for name in t3:
-        r = rows.get(name)
-        if r is None:
-            continue
-        ratio = f"{r.gconv_macs / base.gconv_macs:.2f}x" if base else "n/a"
-        z = r.run.final.get("zeta_over_o")
-        net = "ResNeXt" if name == base_name else "G-ResNeXt"
-        setting = f"{p['baseline_groups']} groups" if name == base_name else f"b = {name[3:]}"
-        out.append(f"| {net} | {setting} | {_pct(r.acc)} ({_pct(r.best)}) | {r.gconv_macs:,} | {ratio} | {r.params:,} | "
-                   f"{'-' if z is None else f'{z:.3f}'} |")
-    out.append("")
-
-    # Table 5
-    seeds = [(s, rows.get(f"g-b{b0}" if s == 0 else f"g-b{b0}-s{s}")) for s in p["seeds"]]
-    seeds = [(s, r) for s, r in seeds if r is not None]
-    spread = statistics.stdev([r.acc for _, r in seeds]) if len(seeds) > 1 else 0.0
-    if seeds:
-        out += [f"### Table 5 analogue: b = {b0} with {len(seeds)} seeds", "",
-                "| seed | top-1 % | GConv MACs x baseline | learned groups, input to output |", "|---:|---:|---:|---|"]
-        for s, r in seeds:
-            ratio = f"{r.gconv_macs / base.gconv_macs:.2f}x" if base else "n/a"
-            out.append(f"| {s} | {_pct(r.acc)} | {ratio} | {' '.join(str(g) for g in r.run.groups.values())} |")
-        accs = [r.acc for _, r in seeds]
-        out.append("")
-        out.append(f"Mean {_pct(statistics.fmean(accs))} %, standard deviation {100 * spread:.2f} points over seeds.")
-        if len(seeds) > 1:
-            layers = list(seeds[0][1].run.groups)
-            same = sum(len({r.run.groups.get(n) for _, r in seeds}) == 1 for n in layers)
-            logs = [abs(math.log2(a.run.groups[n] / b.run.groups[n])) for i, (_, a) in enumerate(seeds)
-                    for _, b in seeds[i + 1:] for n in layers]
-            out.append(f"The seeds learn the same group number in {same} of {len(layers)} layers; two seeds differ by "
-                       f"a factor of {2 ** statistics.fmean(logs):.2f} per layer on average (geometric mean).")
-        out.append("")
-
-    # Table 6
-    out += ["### Table 6 analogue: ResNeXt* with learned groups, trained from scratch", "",
-            "| network | setting | top-1 % (best) | GConv MACs x baseline |", "|---|---|---:|---:|"]
-    if base:
-        out.append(f"| ResNeXt | {p['baseline_groups']} groups | {_pct(base.acc)} ({_pct(base.best)}) | 1.00x |")
-    for b in p["star_budgets"]:
-        for name, label in ((f"g-b{b:g}", "G-ResNeXt"), (f"star-b{b:g}", "ResNeXt*")):
-            r = rows.get(name)
-            if r is not None:
-                ratio = f"{r.gconv_macs / base.gconv_macs:.2f}x" if base else "n/a"
-                setting = f"b = {b:g}" if label == "G-ResNeXt" else f"learned by b = {b:g}"
-                out.append(f"| {label} | {setting} | {_pct(r.acc)} ({_pct(r.best)}) | {ratio} |")
-    out.append("")
-
-    # Claims
-    out += ["### The paper's claims, measured here", ""]
-    g0 = rows.get(f"g-b{b0}")
-    if base and seeds and g0:
-        mean = statistics.fmean([r.acc for _, r in seeds])
-        delta = mean - base.acc
-        ratio = g0.gconv_macs / base.gconv_macs
-        if ratio >= 1:
-            verdict = "disagrees (no GConv saving)"
-        elif delta > spread:
-            verdict = "agrees"
-        elif delta < -spread:
-            verdict = "disagrees"
-        else:
-            verdict = "inconclusive (the difference is within the seed-to-seed spread)"
-        out.append(f"1. G-ResNeXt at b = {b0} vs ResNeXt: {_pct(mean)} % (mean of {len(seeds)} seeds) vs {_pct(base.acc)} %, "
-                   f"difference {100 * delta:+.2f} points (seed std {100 * spread:.2f}), at {ratio:.2f}x the GConv MACs "
-                   f"(paper, ImageNet: +0.5 points at 0.83x). Verdict: **{verdict}**.")
-    r96 = rows.get("g-b96")
-    if base and r96:
-        d = r96.acc - base.acc
-        ratio96 = r96.gconv_macs / base.gconv_macs
-        if d < -0.01:
-            verdict = "disagrees"
-        elif ratio96 <= 0.5:
-            verdict = "agrees"
-        else:
-            verdict = "partly (comparable accuracy, but a much smaller GConv saving than the paper's)"
-        out.append(f"2. G-ResNeXt at b = 96: {_pct(r96.acc)} % vs {_pct(base.acc)} % ({100 * d:+.2f} points) at "
-                   f"{ratio96:.2f}x the GConv MACs (paper: +0.1 points at 0.27x). Verdict: **{verdict}**.")
-    grows = [r for n, r in rows.items() if n.startswith("g-b") and r.run.groups]
-    if grows:
-        rhos = [_spearman(list(range(len(r.run.groups))), [math.log2(g) for g in r.run.groups.values()]) for r in grows]
-        m = statistics.fmean(rhos)
-        verdict = "agrees" if m > 0.2 else "disagrees" if m < -0.2 else "no clear trend"
-        out.append(f"3. Lower layers learn fewer groups: Spearman correlation between depth and learned groups "
-                   f"{m:+.2f} on average over {len(grows)} G-ResNeXt runs (range {min(rhos):+.2f} to {max(rhos):+.2f}). "
-                   f"Verdict: **{verdict}**.")
-    for n, b in enumerate(p["star_budgets"], start=4):
-        g, s = rows.get(f"g-b{b:g}"), rows.get(f"star-b{b:g}")
-        if g and s:
-            d = s.acc - g.acc
-            like_g = d >= -0.01  # comparable to G-ResNeXt (within 1 point) or better
-            beats_base = base is None or s.acc >= base.acc
-            verdict = "agrees" if like_g and beats_base else "partly" if like_g or beats_base else "disagrees"
-            if like_g and not beats_base:
-                verdict += " (comparable to G-ResNeXt, not above the baseline)"
-            elif beats_base and not like_g:
-                verdict += " (above the baseline, not comparable to G-ResNeXt)"
-            vs_base = f"; vs ResNeXt {100 * (s.acc - base.acc):+.2f} points" if base else ""
-            out.append(f"{n}. ResNeXt* learned by b = {b:g}: {_pct(s.acc)} % vs G-ResNeXt {_pct(g.acc)} % "
-                       f"({100 * d:+.2f} points{vs_base}; paper, ImageNet: comparable to G-ResNeXt, above the baseline). "
-                       f"Verdict: **{verdict}**.")
-    out.append("")
-    from .sweep import Protocol, planned_runs
-
-    fields = {f for f in Protocol.__dataclass_fields__}
-    planned = [r.name for r in planned_runs(Protocol(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in p.items() if k in fields}))]
-    missing = [n for n in planned if n not in rows]
-    short = [f"{n} ({len(rows[n].run.metrics)}/{rows[n].run.config['epochs']} epochs)" for n in planned
-             if n in rows and len(rows[n].run.metrics) < rows[n].run.config["epochs"]]
-    if missing:
-        out += [f"Planned runs without a finished epoch (not in the tables): {', '.join(missing)}.", ""]
-    if short:
-        out += [f"Runs that stopped early (their last epoch is shown): {', '.join(short)}.", ""]
     return out
 
 
-def render_results(sweeps: list[str | Path]) -> str:
+def _data_line(meta: dict[str, Any]) -> str:
+    data = meta.get("data")
+    parts = []
+    if isinstance(data, dict):
+        if data.get("official"):
+            parts.append("the official CIFAR-10 python files (MD5 of all seven files match the published ones).")
+        else:
+            parts.append("not the official CIFAR-10 files (their MD5 differ from the published ones)"
+                         + (f"; the folder's readme says: \"{data['readme']}\"" if data.get("readme") else "") + ".")
+    else:
+        parts.append("provenance not recorded by this sweep (it predates the checksum record).")
+    note = (data or {}).get("note") if isinstance(data, dict) else None
+    note = note or meta.get("data_note")
+    if note:
+        parts.append(f"Note recorded with the sweep: {note}")
+    return " ".join(parts)
+
+
+def _table3(s: SweepResult) -> list[str]:
+    p, base = s.protocol, s.baseline
+    out = ["### Table 3 analogue: complexity vs accuracy", "",
+           "Accuracy over seeds: mean, standard deviation and 95 % interval (t) of the mean. MACs for one 32x32 image; "
+           "GConv MACs count the group-convolution layers only.", "",
+           "| network | setting | budget cost | seeds | top-1 % mean | sd | 95 % CI | GConv MACs | x baseline | MACs | params (deployed) | zeta/o |",
+           "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for a in s.arms:
+        if a.arm.kind == "star" or not a.rows:
+            continue
+        net, setting = _setting(a.arm, p)
+        cost = "-" if a.arm.kind == "plain" else a.arm.cost
+        z = [r.zeta_over_o for r in a.rows if r.zeta_over_o is not None]
+        out.append(
+            f"| {net} | {setting} | {cost} | {len(a.rows)} | {_pct(a.acc.mean)} | {_sd(a.acc)} | {_ci(a.acc)} | "  # type: ignore[union-attr]
+            f"{round(a.mean_of('gconv_macs')):,} | {_ratio(a, base)} | {round(a.mean_of('macs')):,} | "
+            f"{round(a.mean_of('params')):,} | {f'{statistics.fmean(z):.3f}' if z else '-'} |"
+        )
+    return out + [""]
+
+
+def _table5(s: SweepResult) -> list[str]:
+    out: list[str] = []
+    for a in s.arms:
+        if a.arm.kind != "g" or len(a.arm.seeds) < 2 or not a.rows:
+            continue
+        base = s.baseline
+        out += [f"### Table 5 analogue: b = {a.arm.value:g} ({a.arm.cost}) with {len(a.rows)} seeds", "",
+                "| seed | top-1 % | GConv MACs x baseline | learned groups, input to output |", "|---:|---:|---:|---|"]
+        for r in a.rows:
+            ratio = f"{r.gconv_macs / base.mean_of('gconv_macs'):.2f}x" if base.rows else "n/a"
+            out.append(f"| {r.name.seed} | {_pct(r.acc)} | {ratio} | {' '.join(str(g) for g in r.run.groups.values())} |")
+        out += ["", f"Mean {_pct(a.acc.mean)} %, standard deviation {_sd(a.acc)} points, 95 % interval {_ci(a.acc)}."]  # type: ignore[union-attr]
+        if len(a.rows) > 1:
+            layers = list(a.rows[0].run.groups)
+            same = sum(len({r.run.groups.get(n) for r in a.rows}) == 1 for n in layers)
+            logs = [abs(math.log2(x.run.groups[n] / y.run.groups[n])) for i, x in enumerate(a.rows)
+                    for y in a.rows[i + 1:] for n in layers]
+            out.append(f"The seeds learn the same group number in {same} of {len(layers)} layers; two seeds differ by "
+                       f"a factor of {2 ** statistics.fmean(logs):.2f} per layer on average (geometric mean).")
+        out.append("")
+    return out
+
+
+def _table6(s: SweepResult) -> list[str]:
+    p, base = s.protocol, s.baseline
+    out = ["### Table 6 analogue: ResNeXt* with learned groups, trained from scratch", "",
+           "| network | setting | budget cost | seeds | top-1 % mean | 95 % CI | GConv MACs x baseline |", "|---|---|---|---:|---:|---|---:|"]
+    if base.rows:
+        out.append(f"| ResNeXt | {p.baseline_groups} groups | - | {len(base.rows)} | {_pct(base.acc.mean)} | {_ci(base.acc)} | 1.00x |")  # type: ignore[union-attr]
+    for star in (a for a in s.arms if a.arm.kind == "star"):
+        for a in (s.arm("g", star.arm.value, star.arm.cost), star):
+            if a is not None and a.rows:
+                net, setting = _setting(a.arm, p)
+                out.append(f"| {net} | {setting} | {a.arm.cost} | {len(a.rows)} | {_pct(a.acc.mean)} | {_ci(a.acc)} | "  # type: ignore[union-attr]
+                           f"{_ratio(a, base)} |")
+    return out + [""]
+
+
+def _claim1(s: SweepResult, cost: str, n: int) -> str | None:
+    b0 = s.protocol.budgets[0]
+    g, base = s.arm("g", b0, cost), s.baseline
+    if g is None or not g.rows or not base.rows:
+        return None
+    d = welch(g.accs, base.accs)
+    ratio = g.mean_of("gconv_macs") / base.mean_of("gconv_macs")
+    v = verdict(d, scale=100, unit=" points")
+    word, reason = ("disagrees", "no GConv saving") if ratio >= 1 else (v.word, v.reason)
+    return (f"- **Claim {n}** [{cost}] G-ResNeXt at b = {b0:g} vs ResNeXt: {_diff(d)} at {ratio:.2f}x the GConv MACs "
+            f"(paper, ImageNet: +0.5 points at 0.83x). Verdict: **{word}** ({reason}).")
+
+
+def _claim2(s: SweepResult, cost: str, n: int) -> str | None:
+    g, base = s.arm("g", 96, cost), s.baseline
+    if g is None or not g.rows or not base.rows:
+        return None
+    d = welch(g.accs, base.accs)
+    ratio = g.mean_of("gconv_macs") / base.mean_of("gconv_macs")
+    v = verdict(d, margin=0.01, scale=100, unit=" points")
+    word = v.word
+    if v.word == "agrees" and ratio > 0.5:
+        word = "partly (comparable accuracy, but a much smaller GConv saving than the paper's)"
+    return (f"- **Claim {n}** [{cost}] G-ResNeXt at b = 96 vs ResNeXt: {_diff(d)} at {ratio:.2f}x the GConv MACs (paper: +0.1 "
+            f"points at 0.27x; comparable = not worse by more than 1 point). Verdict: **{word}** ({v.reason}).")
+
+
+def _claim3(s: SweepResult, n: int) -> str | None:
+    rhos = [r.depth_rho for a in s.arms if a.arm.kind == "g" for r in a.rows if r.depth_rho is not None]
+    if not rhos:
+        return None
+    z = summarize(rhos)
+    mean = z.mean
+    ci = None if z.ci is None else (max(-1.0, z.ci[0]), min(1.0, z.ci[1]))
+    if ci is None:
+        word, reason = "not resolved at this n", "a single run"
+    elif ci[0] > 0:
+        word, reason = "agrees", "the 95 % interval lies above 0"
+    elif ci[1] < 0:
+        word, reason = "disagrees", "the 95 % interval lies below 0"
+    else:
+        word, reason = "not resolved at this n", "the 95 % interval contains 0"
+    ci_text = "" if ci is None else f", 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    return (f"- **Claim {n}** Lower layers learn fewer groups: Spearman correlation between depth and learned groups "
+            f"{mean:+.2f} on average over {z.n} G-ResNeXt runs (range {min(rhos):+.2f} to {max(rhos):+.2f}"
+            f"{ci_text}). Verdict: **{word}** ({reason}).")
+
+
+def _claim4(s: SweepResult, star: ArmResult, n: int) -> str | None:
+    g, base = s.arm("g", star.arm.value, star.arm.cost), s.baseline
+    if g is None or not g.rows or not star.rows:
+        return None
+    d_g = welch(star.accs, g.accs)
+    tests: list[tuple[str, Verdict, Difference]] = [
+        ("vs G-ResNeXt, within 1 point", verdict(d_g, margin=0.01, scale=100, unit=" points"), d_g)]
+    if base.rows:
+        d = welch(star.accs, base.accs)
+        tests.append(("vs ResNeXt, at least as accurate", verdict(d, scale=100, unit=" points"), d))
+    words = [v.word for _, v, _ in tests]
+    if all(w == "agrees" for w in words):
+        word = "agrees"
+    elif "agrees" in words:
+        word = "partly (" + "; ".join(f"{label}: {v.word}" for label, v, _ in tests) + ")"
+    elif "disagrees" in words:
+        word = "disagrees"
+    else:
+        word = "not resolved at this n"
+    detail = "; ".join(f"{label}: {_diff(d)}" for label, _, d in tests)
+    return (f"- **Claim {n}** [{star.arm.cost}] ResNeXt* learned by b = {star.arm.value:g}: {_pct(star.acc.mean)} % ({detail}; "  # type: ignore[union-attr]
+            f"paper, ImageNet: comparable to G-ResNeXt, above the baseline). Verdict: **{word}**.")
+
+
+def _claims(s: SweepResult) -> list[str]:
+    out = ["### The paper's claims, measured here", ""]
+    lines: list[str | None] = []
+    costs = list(dict.fromkeys(a.arm.cost for a in s.arms if a.arm.kind == "g"))
+    n = 1
+    for claim in (_claim1, _claim2):
+        for cost in costs:
+            line = claim(s, cost, n)
+            if line:
+                lines.append(line)
+        n += 1
+    lines.append(_claim3(s, n))
+    n += 1
+    for star in (a for a in s.arms if a.arm.kind == "star"):
+        lines.append(_claim4(s, star, n))
+    out += [ln for ln in lines if ln]
+    return out + [""]
+
+
+def _missing(s: SweepResult) -> list[str]:
+    missing = [m for a in s.arms for m in a.missing]
+    return [f"Missing runs (planned, not finished; not in any table or statistic): {', '.join(missing)}.", ""] if missing else []
+
+
+def _section(path: Path) -> list[str]:
+    s = load_sweep(path)
+    if not s.rows():
+        return [f"## Protocol `{s.protocol.name}`", "", f"No finished runs in `{path}`.", ""]
+    return _header(s) + _table3(s) + _table5(s) + _table6(s) + _claims(s) + _missing(s)
+
+
+def render_results(sweeps: Iterable[str | Path]) -> str:
     """The markdown results document for the given sweep directories."""
     lines = [
         "# Results: the paper's CIFAR-size experiments",
         "",
         "Generated by `dgconv results` from the run directories below; every number is read from their "
-        "`metrics.jsonl`, `groups.json` and `config.json` (GConv MACs and parameters are counted by "
-        "`dgconv.profile` for one 32x32 image; MACs are multiply-accumulates). Verdict rules: see `dgconv/results.py`.",
-        "",
-        f"Data: {DATA_NOTE}",
+        "`metrics.jsonl`, `groups.json` and `config.json` (MACs, GConv MACs and parameters are counted by "
+        "`dgconv.profile` for one 32x32 image; MACs are multiply-accumulates). A run counts only when it finished every "
+        "epoch; verdicts are read from 95 % intervals (rules: `dgconv/results.py`).",
         "",
     ]
     for s in sweeps:
-        lines += _sweep_section(Path(s))
+        lines += _section(Path(s))
     return "\n".join(lines).rstrip() + "\n"

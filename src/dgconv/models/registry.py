@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = ["register_model", "create_model", "list_models", "model_info", "ModelInfo", "UnknownModelError"]
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
@@ -42,7 +44,7 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ConfigError):
     """Raised by :func:`create_model` for a name that is not registered; the message lists close matches."""
 
 

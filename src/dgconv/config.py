@@ -1,0 +1,140 @@
+"""What defines a training run: :class:`TrainConfig`, its dataset defaults, its validation and the resume rules.
+
+One place decides which options exist, what they default to and which combinations are refused, so the trainer,
+the command line and the run directory agree. Every refusal is a :class:`~dgconv.errors.ConfigError` raised before
+any training starts.
+
+Example::
+
+    >>> from dgconv.config import TrainConfig
+    >>> cfg = TrainConfig(epochs=3).resolved()
+    >>> cfg.model, cfg.batch_size, cfg.budget
+    ('g_resnext_digits', 64, 8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .models import model_info
+
+__all__ = ["TrainConfig", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "merge_resume"]
+
+#: Defaults that depend on the dataset (anything left ``None`` in :class:`TrainConfig`).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": {"model": "g_resnext_digits", "epochs": 30, "batch_size": 64, "lr": 0.1},
+    "cifar10": {"model": "g_resnext_cifar_tiny", "epochs": 30, "batch_size": 128, "lr": 0.1},
+    "cifar100": {"model": "g_resnext_cifar_tiny", "epochs": 30, "batch_size": 128, "lr": 0.1},
+    "imagefolder": {"model": "g_resnext50", "epochs": 100, "batch_size": 256, "lr": 0.1},
+}
+
+#: Fields a resumed run may change; every other field comes from the checkpoint.
+RESUMABLE_OVERRIDES = ("epochs", "workers", "progress", "tensorboard", "device", "resume")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. ``None`` fields take the dataset's defaults.
+
+    ``budget``: ``"default"`` takes the model's registered budget (``dgconv models`` lists it), a number sets
+    ``b``, ``None`` trains unconstrained. ``batch_size`` is the global batch, split over processes.
+    """
+
+    model: str | None = None
+    dataset: str = "digits"
+    data_dir: str | None = None
+    budget: float | str | None = "default"
+    alpha: float = -0.02
+    enforce_budget: bool = True
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    amp: bool = False
+    channels_last: bool = False
+    workers: int | None = None
+    device: str | None = None
+    out: str | None = None
+    resume: str | None = None
+    groups: int | None = None
+    groups_from: str | None = None
+    zero_init_residual: bool = False
+    limit_train: int | None = None
+    limit_test: int | None = None
+    deterministic: bool = False
+    tensorboard: bool = False
+    progress: bool = True
+
+    def resolved(self) -> TrainConfig:
+        """A copy with dataset defaults filled in and every field checked (raises :class:`ConfigError`)."""
+        if self.dataset not in DATASET_DEFAULTS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}: choose from {sorted(DATASET_DEFAULTS)}")
+        cfg = dataclasses.replace(self)
+        for key, value in DATASET_DEFAULTS[self.dataset].items():
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, value)
+        info = model_info(cfg.model)  # raises UnknownModelError (a ConfigError) with close matches
+        if cfg.budget == "default":
+            cfg.budget = info.budget
+        if isinstance(cfg.budget, str):
+            raise ConfigError(f"budget must be a number, 'default' or None, got {cfg.budget!r}")
+        if cfg.budget is not None:
+            if isinstance(cfg.budget, bool) or not (cfg.budget > 0 and math.isfinite(cfg.budget)):
+                raise ConfigError(f"budget must be positive, got {cfg.budget}")
+            if not info.dgconv:
+                raise ConfigError(f"model {cfg.model!r} has no DGConv layers: a budget needs a g_* model (or --budget none)")
+        if not isinstance(cfg.epochs, int) or isinstance(cfg.epochs, bool) or cfg.epochs < 1:
+            raise ConfigError(f"epochs must be a positive integer, got {cfg.epochs!r}")
+        if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
+            raise ConfigError(f"batch size must be a positive integer, got {cfg.batch_size!r}")
+        if not cfg.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {cfg.lr}")
+        if not cfg.alpha < 0:
+            raise ConfigError(f"alpha must be negative, got {cfg.alpha}")
+        if cfg.schedule not in ("cosine", "step", "constant"):
+            raise ConfigError(f"schedule must be 'cosine', 'step' or 'constant', got {cfg.schedule!r}")
+        if not 0 <= cfg.warmup_epochs < cfg.epochs:
+            raise ConfigError(f"warmup epochs must be in [0, epochs), got {cfg.warmup_epochs}")
+        if not 0 <= cfg.label_smoothing < 1:
+            raise ConfigError(f"label smoothing must be in [0, 1), got {cfg.label_smoothing}")
+        if cfg.groups is not None and cfg.groups_from:
+            raise ConfigError("give --groups or --groups-from, not both")
+        for name in ("limit_train", "limit_test", "groups"):
+            v = getattr(cfg, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {v}")
+        if cfg.workers is not None and cfg.workers < 0:
+            raise ConfigError(f"workers must be 0 or more, got {cfg.workers}")
+        if cfg.dataset in ("cifar10", "cifar100", "imagefolder") and not cfg.data_dir:
+            raise ConfigError(f"--dataset {cfg.dataset} needs --data-dir")
+        return cfg
+
+
+def merge_resume(cfg: TrainConfig, saved: dict[str, Any], explicit: set[str]) -> TrainConfig:
+    """The saved configuration of a run being resumed, with the few fields a resumed run may change
+    (:data:`RESUMABLE_OVERRIDES`) taken from ``cfg``. Any other option the user gave (``explicit``) that differs
+    from the saved value is refused, naming each difference."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    allowed = set(RESUMABLE_OVERRIDES) | {"out"}
+    conflicts = [
+        f"{k}: checkpoint {saved.get(k)!r} vs given {getattr(cfg, k)!r}"
+        for k in sorted(explicit & fields - allowed)
+        if saved.get(k, getattr(TrainConfig, k, None)) != getattr(cfg, k)
+    ]
+    if conflicts:
+        raise ConfigError("--resume continues the saved configuration; these options differ from it: " + "; ".join(conflicts))
+    merged = TrainConfig(**{k: v for k, v in saved.items() if k in fields})
+    for k in RESUMABLE_OVERRIDES:
+        if k in explicit:
+            setattr(merged, k, getattr(cfg, k))
+    merged.resume = cfg.resume
+    return merged

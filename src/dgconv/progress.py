@@ -1,0 +1,57 @@
+"""Progress bars for training and evaluation: throughput (images/s), ETA, the loss -- on a terminal only.
+
+Built on ``tqdm``. When standard error is not a terminal (a log file, CI, a pipe) the bars are off and the
+trainer's one line per epoch is all that is printed.
+
+Example::
+
+    >>> bar = Progress(enabled=False)          # what a non-terminal gets: every call is a no-op
+    >>> with bar.phase("train", total=10, unit_scale=64) as update:
+    ...     update(1, loss=0.5)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    """Per-phase progress bars (``train``, ``eval``) on standard error.
+
+    Args:
+        enabled: show bars at all (``dgconv train --no-progress`` turns them off); even when enabled they appear
+            only if standard error is a terminal.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = bool(enabled) and sys.stderr.isatty()
+
+    @contextmanager
+    def phase(self, desc: str, total: int, unit_scale: int = 1) -> Iterator[Callable[..., None]]:
+        """A bar of ``total`` steps of ``unit_scale`` images each; yields ``update(steps, **postfix)``."""
+        if not self.enabled:
+            yield _noop
+            return
+        from tqdm import tqdm
+
+        bar = tqdm(total=total * unit_scale, desc=desc, unit="img", unit_scale=True, leave=False, dynamic_ncols=True,
+                   file=sys.stderr, smoothing=0.1)
+
+        def update(steps: int = 1, **postfix: Any) -> None:
+            bar.update(steps * unit_scale)
+            if postfix:
+                bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False)
+
+        try:
+            yield update
+        finally:
+            bar.close()
+
+
+def _noop(steps: int = 1, **postfix: Any) -> None:
+    return None

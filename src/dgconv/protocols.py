@@ -1,0 +1,188 @@
+"""Named experiment protocols (``dgconv sweep --protocol NAME``) as data: what runs, with which options and seeds.
+
+A protocol is a list of *arms*; an arm is one configuration trained with one or more seeds:
+
+* ``plain`` -- the plain network with ``value`` groups in every group convolution (the ResNeXt baseline);
+* ``g`` -- the G-network learning its groups under budget ``b = value`` in cost ``cost``;
+* ``star`` -- ResNeXt*: the plain network built from the groups a ``g`` arm learned (same budget, cost and seed),
+  trained from scratch (phase 2 of the sweep).
+
+Runs are named by :class:`dgconv.rundir.RunName` (``resnext-g32``, ``g-b32``, ``g-macs-b32-s1``, ``star-b96``).
+Nothing here touches files; :mod:`dgconv.sweep` runs a protocol and :mod:`dgconv.results` renders it.
+
+Example::
+
+    >>> [str(r.name) for r in planned_runs(PROTOCOLS["cpu"])][:3]
+    ['resnext-g32', 'resnext-g32-s1', 'resnext-g32-s2']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .rundir import RunName
+
+__all__ = ["Arm", "Protocol", "PlannedRun", "PROTOCOLS", "arms_of", "planned_runs", "protocol_from_dict"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of a protocol, trained once per seed (see the module docstring)."""
+
+    kind: str
+    value: float
+    cost: str = "connections"
+    seeds: tuple[int, ...] = (0,)
+
+    def names(self, family: str) -> list[RunName]:
+        return [RunName(self.kind, self.value, self.cost, s, family) for s in self.seeds]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named experiment. Unless ``arms`` lists them, the arms are derived from the fields: the plain baseline
+    (``baseline_groups``, ``baseline_seeds``); for every cost in ``costs`` a ``g`` arm per budget (the first budget
+    with ``seeds``, the others with seed 0) and a ``star`` arm per ``star_budgets``."""
+
+    name: str
+    label: str
+    model: str
+    plain: str
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    baseline_groups: int = 32
+    budgets: tuple[float, ...] = (32, 64, 96, 128)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    star_budgets: tuple[float, ...] = (32, 96)
+    amp: bool = False
+    channels_last: bool = False
+    device: str | None = None
+    parallel: int = 1
+    limit_train: int | None = None
+    limit_test: int | None = None
+    extra: tuple[str, ...] = field(default_factory=tuple)
+    costs: tuple[str, ...] = ("connections",)
+    baseline_seeds: tuple[int, ...] = (0,)
+    family: str = "resnext"
+    arms: tuple[Arm, ...] = ()
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "cpu": Protocol(
+        name="cpu",
+        label="smoke test (2 CPU cores, few epochs): checks the pipeline, not the paper's claims",
+        model="g_resnext_cifar_tiny",
+        plain="resnext_cifar_tiny",
+        # Measured on 2 CPU cores (results/cpu, run with --epochs 4): ~60 s per epoch for the ResNeXt runs,
+        # ~170 s for G-ResNeXt at its learned groups; 3 epochs of all nine runs take about an hour.
+        epochs=3,
+        batch_size=128,
+        lr=0.1,
+        device="cpu",
+        parallel=1,
+        costs=("connections", "macs"),
+        baseline_seeds=(0, 1, 2),
+    ),
+    "gpu": Protocol(
+        name="gpu",
+        label="one H200, ResNeXt-29 32x4d class, a short schedule (about ten minutes)",
+        model="g_resnext29_32x4d",
+        plain="resnext29_32x4d",
+        # Measured on one H200 (results/gpu): ~59 s per epoch of all nine runs, plus ~16 s first-epoch warm-up
+        # and ~5 s start-up per run: 7 epochs take about ten minutes.
+        epochs=7,
+        batch_size=256,
+        lr=0.2,
+        warmup_epochs=1.0,
+        amp=True,
+        channels_last=True,
+        device="cuda",
+        parallel=1,  # measured on an H200: 7 runs at once had less total throughput than one alone
+        costs=("connections", "macs"),
+        baseline_seeds=(0, 1, 2),
+    ),
+}
+
+
+def protocol_from_dict(d: dict[str, Any]) -> Protocol:
+    """The :class:`Protocol` a ``sweep.json`` recorded (lists back to tuples; fields it predates take their defaults)."""
+    names = {f.name for f in dataclasses.fields(Protocol)}
+    kw: dict[str, Any] = {}
+    for k, v in d.items():
+        if k not in names:
+            continue
+        if k == "arms":
+            v = tuple(Arm(a["kind"], a["value"], a.get("cost", "connections"), tuple(a.get("seeds", (0,)))) for a in v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kw[k] = v
+    return Protocol(**kw)
+
+
+def arms_of(p: Protocol) -> list[Arm]:
+    """The arms of a protocol, baseline first."""
+    if p.arms:
+        return list(p.arms)
+    arms = [Arm("plain", p.baseline_groups, seeds=tuple(p.baseline_seeds))]
+    for cost in p.costs:
+        for i, b in enumerate(p.budgets):
+            arms.append(Arm("g", b, cost, tuple(p.seeds) if i == 0 else (0,)))
+    for cost in p.costs:
+        for b in p.star_budgets:
+            arms.append(Arm("star", b, cost))
+    return arms
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its name, its phase (2: needs phase 1's learned groups) and its ``dgconv train`` arguments
+    (``{sweep}`` stands for the sweep directory)."""
+
+    name: RunName
+    phase: int
+    args: tuple[str, ...]
+
+
+def _common(p: Protocol) -> list[str]:
+    warmup = min(p.warmup_epochs, p.epochs / 5)  # at most a fifth of the schedule (short smoke runs too)
+    common = ["--dataset", "cifar10", "--epochs", str(p.epochs), "--batch-size", str(p.batch_size), "--lr", str(p.lr),
+              "--weight-decay", str(p.weight_decay), "--warmup-epochs", f"{warmup:g}", "--no-progress"]
+    if p.amp:
+        common.append("--amp")
+    if p.channels_last:
+        common.append("--channels-last")
+    if p.device:
+        common += ["--device", p.device]
+    if p.limit_train:
+        common += ["--limit-train", str(p.limit_train)]
+    if p.limit_test:
+        common += ["--limit-test", str(p.limit_test)]
+    return common + list(p.extra)
+
+
+def planned_runs(p: Protocol) -> list[PlannedRun]:
+    """The runs of a protocol in order: phase 1 (seed 0 of every plain and ``g`` arm, then the other seeds), phase 2
+    (the ``star`` arms, built from phase 1's learned groups)."""
+    common = _common(p)
+    first: list[PlannedRun] = []
+    later: list[PlannedRun] = []
+    phase2: list[PlannedRun] = []
+    for arm in arms_of(p):
+        for name in arm.names(p.family):
+            seed = ("--seed", str(name.seed))
+            if arm.kind == "plain":
+                args = ("--model", p.plain, "--budget", "none", "--groups", str(int(arm.value)), *seed, *common)
+            elif arm.kind == "g":
+                cost = () if arm.cost == "connections" else ("--cost", arm.cost)
+                args = ("--model", p.model, "--budget", f"{arm.value:g}", *cost, *seed, *common)
+            else:
+                source = f"{{sweep}}/{name.source}/groups.json"
+                phase2.append(PlannedRun(name, 2, ("--model", p.plain, "--budget", "none", "--groups-from", source, *seed, *common)))
+                continue
+            (first if name.seed == arm.seeds[0] else later).append(PlannedRun(name, 1, args))
+    return first + later + phase2
