@@ -57,7 +57,7 @@ def test_forward_and_gradients_equal_dense_autograd_with_ste(impl, cin, cout):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_non_adjacent_grouping_of_the_paper(impl):
     """g = [0, 1, 0] on 8 channels: 4 groups {0,2}, {1,3}, {4,6}, {5,7} (Fig. 3 c)."""
-    layer = DGConv2d(8, 8, 1, impl=impl).double()
+    layer = DGConv2d(8, 8, 1, bias=False, impl=impl).double()
     layer.gate.data = torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float64)
     assert layer.groups == 4
     w = layer.weight.detach()[:, :, 0, 0]
@@ -72,7 +72,7 @@ def test_non_adjacent_grouping_of_the_paper(impl):
 def test_gate_gradient_reaches_continuous_gate_by_identity_ste():
     """dL/dg~ equals dL/dg evaluated at the binary point, for any magnitude of g~; sign(0) is 1."""
     torch.manual_seed(0)
-    layer = DGConv2d(4, 4, 1).double()
+    layer = DGConv2d(4, 4, 1, bias=False).double()
     layer.gate.data = torch.tensor([0.0, -3.0], dtype=torch.float64)
     assert layer.binary_gates() == (True, False)
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
@@ -220,7 +220,7 @@ def test_load_state_dict_with_wrong_gate_shape_says_why():
         DGConv2d(48, 96, 3).load_state_dict(state, strict=False)
     bad = DGConv2d(12, 12, 3).state_dict()
     bad["_extra_state"] = {"factors": [2, 2, 2]}
-    with pytest.raises(RuntimeError, match="bad factor order.*not a permutation"):
+    with pytest.raises(RuntimeError, match="bad grouping state.*not a permutation"):
         DGConv2d(12, 12, 3).load_state_dict(bad)
 
 

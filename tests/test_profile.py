@@ -62,7 +62,7 @@ def test_per_layer_breakdown_and_other_ops():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = DGConv2d(8, 16, 3, padding=1, groups=4)
+            self.conv = DGConv2d(8, 16, 3, padding=1, groups=4, bias=False)
             self.plain = nn.Conv2d(16, 16, 1)
             self.w = nn.Parameter(torch.randn(16, 5))
 

@@ -64,6 +64,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--alpha", type=float, help="exponent of (o/zeta) while over budget (default -0.02)")
     a("--no-enforce-budget", dest="enforce_budget", action="store_false",
       help="do not project onto zeta <= o at epoch ends (the paper's soft objective alone)")
+    a("--cost", choices=["connections", "macs", "latency"],
+      help="what the budget counts: the paper's connections (default), MACs, or measured latency (--latency-table)")
+    a("--target", type=_positive_float,
+      help="absolute cap on the network's cost in the cost's units (MACs per input, or ms), instead of --budget")
+    a("--latency-table", help="latency table JSON for --cost latency (from `dgconv latency`)")
+    a("--objective", choices=["paper", "lagrangian"],
+      help="paper: L*(o/zeta)^a (default); lagrangian: L + lambda*(zeta/o - 1), lambda by dual ascent")
+    a("--dual-lr", type=_positive_float, help="dual ascent step of --objective lagrangian (default 0.05)")
+    a("--min-group-width", type=_positive_int, help="no group narrower than this many channels (hardware-friendly groups)")
+    a("--max-groups", type=_positive_int, help="at most this many groups in any DGConv layer")
     a("--epochs", type=_positive_int)
     a("--batch-size", type=_positive_int, help="global batch size, split over processes")
     a("--lr", type=_positive_float, help="peak learning rate")
@@ -125,6 +135,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=_positive_int, help="default: the run's, else 1000")
     p.add_argument("--groups", type=_positive_int, help="set every group / DGConv layer to this many groups")
     p.add_argument("--groups-from", help="groups.json (or run directory): per-layer groups")
+    p.add_argument("--latency-table", help="also show the predicted latency from this table (dgconv latency)")
     p.add_argument("--no-layers", dest="layers", action="store_false", help="totals only")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_profile)
@@ -171,11 +182,86 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     size = tuple(size) if size else info.input_size
     model = _build(name, num_classes=classes or 1000, in_chans=size[0], groups=groups)
     prof = profile(model, size)
+    costs = _costs(model, size, args.latency_table)
     if args.json:
-        print(json.dumps(prof.to_dict(), indent=2))
+        print(json.dumps({**prof.to_dict(), "costs": costs}, indent=2))
     else:
         print(f"{name} at {'x'.join(map(str, size))}, {classes or 1000} classes (MACs = multiply-accumulates; FLOPs = 2 x MACs)")
         print(prof.table(layers=args.layers))
+        if costs:
+            print("budget costs of the DGConv layers at their current groups (what `--cost` counts):")
+            for cost, value in costs.items():
+                print(f"  {cost:<12} {value['zeta']:>16,.6g} {value['unit']}" + (
+                    f"   (whole network: {value['network']:,.6g} {value['unit']})" if value.get("network") is not None else ""))
+    return 0
+
+
+def _costs(model, size, table_path):  # type: ignore[no-untyped-def]
+    """zeta of the DGConv layers in every cost that can be computed (latency only with a table)."""
+    from .constraint import ResourceConstraint, dgconv_layers
+
+    if not dgconv_layers(model):
+        return {}
+    out = {}
+    for cost in ("connections", "macs", "latency"):
+        if cost == "latency" and not table_path:
+            continue
+        c = ResourceConstraint(model, budget=None, cost=cost, input_size=size, latency_table=table_path)
+        network = c.current() + c.cost.fixed if cost != "connections" else None
+        out[cost] = {"zeta": c.current(), "unit": c.cost.unit, "network": network}
+    return out
+
+
+def _add_latency(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "latency",
+        help="measure a latency table: every DGConv layer at every group number it can reach",
+        description="Time the deployed form (nn.Conv2d(groups=G)) of every DGConv layer of MODEL at every reachable G, "
+        "on this device, dtype, batch and input size, plus the rest of the network; write a JSON table for "
+        "`dgconv train --cost latency --latency-table FILE` (usable on any machine).",
+    )
+    p.add_argument("model", help="registered G-model name")
+    p.add_argument("--out", required=True, help="where to write the table (JSON)")
+    p.add_argument("--device", default="cpu", help="device to time on (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--input-size", type=_positive_int, nargs=3, metavar=("C", "H", "W"), help="default: the model's")
+    p.add_argument("--num-classes", type=_positive_int, default=1000, help="classifier outputs (part of the measured rest)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--reps", type=_positive_int, default=15, help="timed rounds per layer shape (medians are kept)")
+    p.add_argument("--min-group-width", type=_positive_int, help="the hardware limits training will use")
+    p.add_argument("--max-groups", type=_positive_int)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_cmd_latency)
+
+
+def _cmd_latency(args: argparse.Namespace) -> int:
+    import time
+
+    from .latency import LatencyTable
+    from .models import model_info
+    from .progress import Progress
+
+    info = model_info(args.model)
+    size = tuple(args.input_size) if args.input_size else info.input_size
+    limits = {k: getattr(args, k) for k in ("min_group_width", "max_groups") if getattr(args, k) is not None}
+    model = _build(args.model, num_classes=args.num_classes, in_chans=size[0], **limits)
+    started = time.time()
+    with Progress(args.progress).phase("timing", 1) as update:
+        state = {"done": 0}
+
+        def progress(done: int, total: int, what: str) -> None:
+            update(0, layer=what, done=f"{done}/{total}")
+            state["done"] = done
+
+        table = LatencyTable.measure(model, size, args.batch, args.device, args.dtype, args.channels_last, args.reps,
+                                     model_name=args.model, progress=progress)
+    table.save(args.out)
+    n = sum(len(s["ms"]) for s in table.shapes.values())
+    print(f"{args.model} at {'x'.join(map(str, size))}, batch {args.batch}, {table.dtype} on {table.device_name}: "
+          f"{len(table.layers)} DGConv layers, {len(table.shapes)} distinct shapes, {n} timings, rest of the network "
+          f"{table.base_ms:.3f} ms; {time.time() - started:.1f} s")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -318,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_profile(sub)
     _add_deploy(sub)
+    _add_latency(sub)
     _add_report(sub)
     _add_sweep(sub)
     _add_results(sub)

@@ -41,7 +41,9 @@ class TrainConfig:
     """Everything that defines a training run. ``None`` fields take the dataset's defaults.
 
     ``budget``: ``"default"`` takes the model's registered budget (``dgconv models`` lists it), a number sets
-    ``b``, ``None`` trains unconstrained. ``batch_size`` is the global batch, split over processes.
+    ``b``, ``None`` trains unconstrained; ``target`` (an absolute cap in the cost's units) replaces it. ``cost``:
+    ``"connections"`` (the paper's), ``"macs"`` or ``"latency"`` (with ``latency_table``). ``objective``: ``"paper"``
+    or ``"lagrangian"`` (:mod:`dgconv.constraint`). ``batch_size`` is the global batch, split over processes.
     """
 
     model: str | None = None
@@ -50,6 +52,13 @@ class TrainConfig:
     budget: float | str | None = "default"
     alpha: float = -0.02
     enforce_budget: bool = True
+    cost: str = "connections"
+    target: float | None = None
+    latency_table: str | None = None
+    objective: str = "paper"
+    dual_lr: float = 0.05
+    min_group_width: int | None = None
+    max_groups: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -83,6 +92,14 @@ class TrainConfig:
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
         info = model_info(cfg.model)  # raises UnknownModelError (a ConfigError) with close matches
+        if cfg.target is not None:
+            if cfg.budget not in ("default", None):
+                raise ConfigError("give --budget or --target, not both (a target is an absolute cap in the cost's units)")
+            if isinstance(cfg.target, bool) or not (cfg.target > 0 and math.isfinite(cfg.target)):
+                raise ConfigError(f"target must be a positive number, got {cfg.target}")
+            if not info.dgconv:
+                raise ConfigError(f"model {cfg.model!r} has no DGConv layers: a target needs a g_* model")
+            cfg.budget = None
         if cfg.budget == "default":
             cfg.budget = info.budget
         if isinstance(cfg.budget, str):
@@ -100,6 +117,26 @@ class TrainConfig:
             raise ConfigError(f"learning rate must be positive, got {cfg.lr}")
         if not cfg.alpha < 0:
             raise ConfigError(f"alpha must be negative, got {cfg.alpha}")
+        from .constraint import OBJECTIVES
+        from .costs import COSTS
+
+        if cfg.cost not in COSTS:
+            raise ConfigError(f"unknown cost {cfg.cost!r}: choose from {list(COSTS)}")
+        if cfg.cost == "latency" and not cfg.latency_table:
+            raise ConfigError("--cost latency needs --latency-table FILE (measure one with `dgconv latency MODEL --out FILE`)")
+        if cfg.latency_table and cfg.cost != "latency":
+            raise ConfigError(f"--latency-table is read only with --cost latency (the cost is {cfg.cost!r})")
+        if cfg.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {cfg.objective!r}: choose from {list(OBJECTIVES)}")
+        if not cfg.dual_lr > 0:
+            raise ConfigError(f"dual learning rate must be positive, got {cfg.dual_lr}")
+        for name in ("min_group_width", "max_groups"):
+            v = getattr(cfg, name)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+                if not info.dgconv:
+                    raise ConfigError(f"--{name.replace('_', '-')} limits learned groups: model {cfg.model!r} has no DGConv layers")
         if cfg.schedule not in ("cosine", "step", "constant"):
             raise ConfigError(f"schedule must be 'cosine', 'step' or 'constant', got {cfg.schedule!r}")
         if not 0 <= cfg.warmup_epochs < cfg.epochs:

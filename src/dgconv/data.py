@@ -175,9 +175,11 @@ def find_cifar_dir(name: str, data_dir: str | Path) -> Path:
     )
 
 
-def _batches(paths: list[Path], label_key: str) -> tuple[Tensor, Tensor]:
+def _batches(paths: list[Path], label_key: str, limit: int | None = None) -> tuple[Tensor, Tensor]:
     xs, ys = [], []
     for p in paths:
+        if limit is not None and sum(len(x) for x in xs) >= limit:
+            break  # the first `limit` images are already read
         d = _load_pickle(p)
         data, labels = d.get("data"), d.get(label_key)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
@@ -189,14 +191,18 @@ def _batches(paths: list[Path], label_key: str) -> tuple[Tensor, Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-def load_cifar(name: str, data_dir: str | Path) -> TensorDataset:
-    """CIFAR-10 or CIFAR-100 (fine labels) from the official python pickle layout under ``data_dir``."""
+def load_cifar(name: str, data_dir: str | Path, limit_train: int | None = None, limit_test: int | None = None) -> TensorDataset:
+    """CIFAR-10 or CIFAR-100 (fine labels) from the official python pickle layout under ``data_dir``.
+
+    ``limit_train``/``limit_test`` keep the first images of each split (and read only the files they need); the
+    normalisation statistics always come from the first 10,000 training images, limited or not.
+    """
     if name not in _LAYOUT:
         raise DataError(f"unknown CIFAR variant {name!r}: use 'cifar10' or 'cifar100'")
     root = find_cifar_dir(name, data_dir)
     _, train, test, meta, label_key, names_key = _LAYOUT[name]
-    train_x, train_y = _batches([root / f for f in train], label_key)
-    test_x, test_y = _batches([root / f for f in test], label_key)
+    train_x, train_y = _batches([root / f for f in train], label_key, None if limit_train is None else max(limit_train, 10000))
+    test_x, test_y = _batches([root / f for f in test], label_key, limit_test)
     names = _load_pickle(root / meta).get(names_key)
     if not isinstance(names, list):
         raise DataError(f"{root / meta}: missing '{names_key}'")
@@ -207,7 +213,8 @@ def load_cifar(name: str, data_dir: str | Path) -> TensorDataset:
     xf = train_x[:10000].float() / 255
     mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
     std = tuple(xf.std(dim=(0, 2, 3)).tolist())
-    return TensorDataset(name, train_x, train_y, test_x, test_y, classes, mean, std, 255.0, "crop_flip")
+    ds = TensorDataset(name, train_x, train_y, test_x, test_y, classes, mean, std, 255.0, "crop_flip")
+    return ds.subset(limit_train, limit_test) if limit_train or limit_test else ds
 
 
 # ------------------------------------------------------------------------------------------------ batches

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from ._env import cpu_name
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .config import DATASET_DEFAULTS, TrainConfig, merge_resume
 from .constraint import ResourceConstraint, parameter_groups
@@ -67,7 +68,7 @@ def _load_dataset(cfg: TrainConfig) -> TensorDataset:
     if cfg.dataset == "digits":
         ds = load_digits()
     elif cfg.dataset in ("cifar10", "cifar100"):
-        ds = load_cifar(cfg.dataset, cfg.data_dir)  # type: ignore[arg-type]
+        ds = load_cifar(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test)  # type: ignore[arg-type]
     else:
         raise DataError("imagefolder data is streamed, not loaded in memory")  # handled by _loaders
     if cfg.limit_train or cfg.limit_test:
@@ -114,16 +115,6 @@ def evaluate(model: nn.Module, loader: Any, amp: bool = False, progress: Progres
     return sums[0].item() / n, sums[1].item() / n
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _environment(env: DistEnv) -> dict[str, Any]:
     return {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -131,7 +122,7 @@ def _environment(env: DistEnv) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(env.device),
-        "device_name": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "world_size": env.world_size,
@@ -239,11 +230,8 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
             writer.check_fresh()
         for note in writer.recover(ckpt):
             _logger.info("%s: %s", out, note)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)  # set either way: sweeps reuse processes
+    torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.manual_seed(cfg.seed)
 
     train_loader, test_loader, num_classes, input_size = _loaders(cfg, env)
@@ -254,6 +242,9 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
         except RunDirError as e:
             raise ConfigError(f"--groups-from: {e}") from None
     model_kwargs: dict[str, Any] = {"in_chans": input_size[0], **({"groups": spec} if spec else {})}
+    for key in ("min_group_width", "max_groups"):
+        if getattr(cfg, key) is not None:
+            model_kwargs[key] = getattr(cfg, key)
     try:
         model = create_model(cfg.model, num_classes=num_classes, zero_init_residual=cfg.zero_init_residual, **model_kwargs)
     except (TypeError, ValueError) as e:
@@ -272,15 +263,10 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
     model.to(env.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    try:
-        constraint = ResourceConstraint(model, budget=cfg.budget, alpha=cfg.alpha)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if cfg.budget is not None and constraint.minimum_zeta() > constraint.target:
-        raise ConfigError(
-            f"budget b={cfg.budget} is unreachable for {cfg.model}: even with every DGConv layer at its maximum groups "
-            f"zeta = {constraint.minimum_zeta()} > o = {constraint.target:.0f}; use a smaller b"
-        )
+    constraint = ResourceConstraint(
+        model, budget=cfg.budget, alpha=cfg.alpha, cost=cfg.cost, target=cfg.target, input_size=input_size,
+        latency_table=cfg.latency_table, objective=cfg.objective, dual_lr=cfg.dual_lr,
+    )  # bad costs, tables and unreachable budgets are ConfigErrors, before any training
     opt = torch.optim.SGD(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     run = _Run(cfg, env, out, writer, model, model, opt, constraint, train_loader, test_loader, num_classes, input_size,
                model_kwargs)
@@ -291,6 +277,7 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
             raise CheckpointError(f"the checkpoint's optimizer state does not fit: {e}") from None
         run.start_epoch, run.step, run.best_acc = int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt["best_acc"])
         run.best_epoch = int(ckpt.get("best_epoch") or 0)
+        constraint.load_state_dict(ckpt.get("constraint", {}))
         torch.set_rng_state(ckpt["rng"]["torch"])
         if env.device.type == "cuda" and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -352,7 +339,7 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
     if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
         raise TrainingError(f"non-finite loss at the end of epoch {epoch + 1}; stopping, {_kept(run)}.")
     constraint = run.constraint
-    zeta_before = float(constraint.zeta().detach())
+    zeta_before = constraint.current()
     closed = constraint.project(optimizer=run.opt) if run.cfg.enforce_budget else []
     if not constraint.gates_in_sync(all_reduce_sum):
         raise TrainingError("DGConv gates differ between processes; this is a bug, please report it")
@@ -363,8 +350,9 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
     record = {
         "epoch": epoch + 1, "step": run.step, "lr": lr, "train_loss": train_loss, "train_loss_constrained": train_closs,
         "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "best_acc": run.best_acc,
-        "zeta": state["zeta"], "o": state["o"], "zeta_over_o": state["zeta_over_o"], "zeta_before_projection": zeta_before,
-        "gates_closed_by_projection": [[n, k] for n, k in closed], "groups": state["groups"],
+        "cost": state["cost"], "zeta": state["zeta"], "o": state["o"], "zeta_over_o": state["zeta_over_o"],
+        "zeta_before_projection": zeta_before, "gates_closed_by_projection": [[n, k] for n, k in closed],
+        "lambda": state["lambda"], "macs": state["macs"], "dgconv_macs": state["dgconv_macs"], "groups": state["groups"],
         "gates": state["gates"], "gates_in_sync": True, "time": time.time() - started,
     }
     return record, best
@@ -378,6 +366,7 @@ def _commit_epoch(run: _Run, record: dict[str, Any], best: bool, writer: Any) ->
         "format": FORMAT, "model_name": cfg.model, "num_classes": run.num_classes, "model_kwargs": run.model_kwargs,
         "input_size": list(run.input_size), "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
         "epoch": record["epoch"], "step": run.step, "best_acc": run.best_acc, "best_epoch": run.best_epoch,
+        "constraint": run.constraint.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if env.device.type == "cuda" else []},
         "config": dataclasses.asdict(cfg),
     }
@@ -401,15 +390,16 @@ def _train(cfg: TrainConfig, env: DistEnv, writer: RunWriter | None, ckpt: dict[
     if writer is not None:
         config_doc = {
             "config": dataclasses.asdict(cfg), "environment": _environment(env), "num_classes": run.num_classes,
-            "input_size": list(run.input_size), "o": run.constraint.target if cfg.budget else None,
+            "input_size": list(run.input_size), "o": run.constraint.o if run.constraint.constrained else None,
+            "cost": run.constraint.cost.name, "cost_unit": run.constraint.cost.unit,
             "train_images_per_epoch": len(run.train_loader) * cfg.batch_size,
             "test_images": getattr(run.test_loader, "size", None),
         }
         writer.write_config(config_doc, resumed_from=run.start_epoch if ckpt is not None else None)
         _logger.info(
-            "dgconv train: %s on %s (%d train images/epoch), %d epochs, batch %d, lr %s, budget b=%s, device %s x%d, out %s",
+            "dgconv train: %s on %s (%d train images/epoch), %d epochs, batch %d, lr %s, %s, device %s x%d, out %s",
             cfg.model, cfg.dataset, len(run.train_loader) * cfg.batch_size, cfg.epochs, cfg.batch_size, cfg.lr,
-            cfg.budget, env.device, env.world_size, out,
+            _budget_text(run.constraint), env.device, env.world_size, out,
         )
         if run.start_epoch:
             _logger.info("resumed from epoch %d (step %d)", run.start_epoch, run.step)
@@ -459,14 +449,23 @@ def _tensorboard_epoch(tb: Any, record: dict[str, Any]) -> None:
     tb.flush()
 
 
+def _budget_text(c: ResourceConstraint) -> str:
+    if not c.constrained:
+        return "no budget"
+    what = f"budget b={c.budget:g}" if c.target is None else f"target {c.target:,.6g} {c.cost.unit}"
+    return f"{what} in {c.cost.name}" + (", lagrangian" if c.objective == "lagrangian" else "")
+
+
 def _final_summary(run: _Run, record: dict[str, Any]) -> None:
     log = _logger.info
     log("")
     log("test accuracy %.4f (best %.4f at epoch %d)", record["test_acc"], record["best_acc"], run.best_epoch)
     layers = run.constraint.layers
     if layers:
-        if run.constraint.budget is not None:
-            log("zeta %.0f / o %.0f = %.3f (budget b=%s)", record["zeta"], record["o"], record["zeta_over_o"], run.constraint.budget)
+        if run.constraint.constrained:
+            log("zeta %.6g / o %.6g = %.3f (%s)", record["zeta"], record["o"], record["zeta_over_o"], _budget_text(run.constraint))
+        if record.get("macs") is not None:
+            log("MACs %s per input (DGConv layers %s)", f"{record['macs']:,.0f}", f"{record['dgconv_macs']:,.0f}")
         log("%-20s %5s %5s %7s  gates (1 = factor connected)", "DGConv layer", "in", "out", "groups")
         for name, m in layers:
             bits = "".join("1" if b else "0" for b in m.binary_gates())

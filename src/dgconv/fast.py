@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .functional import binarize_gates, conv_backward
+from .functional import conv_backward
 from .grouping import Grouping, digits
 
 __all__ = ["dgconv2d_grouped"]
@@ -272,14 +272,14 @@ def dgconv2d_grouped(
     dilation: _Pair,
     grouping: Grouping,
 ) -> Tensor:
-    """DGConv through group convolutions at ``grouping`` (which must match ``gate``'s signs).
+    """DGConv through group convolutions at ``grouping`` (which must match the binary ``gate`` values).
 
-    ``gate`` is the continuous gate tensor; it receives the identity straight-through gradient. The
-    result and all gradients equal :func:`dgconv.functional.dgconv2d_reference` to float tolerance.
+    ``gate`` holds the binary gate values ``g`` (``DGConv2d.effective_gates()``: ``binarize_gates(g~)`` with any
+    held gates at 1); the gradient with respect to them is exact and reaches ``g~`` through the straight-through
+    estimator. The result and all gradients equal :func:`dgconv.functional.dgconv2d_reference` to float tolerance.
     """
     positions = x.shape[0] * _out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0]) * _out_size(
         x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1]
     )
     plan = _plan(grouping, x.device, _merge_limit(x.device, positions))
-    g = binarize_gates(gate)
-    return _GroupedDGConv.apply(x, weight, bias, g, plan, stride, padding, dilation)
+    return _GroupedDGConv.apply(x, weight, bias, gate, plan, stride, padding, dilation)

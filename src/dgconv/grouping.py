@@ -43,6 +43,7 @@ from torch import Tensor
 
 __all__ = [
     "prime_factors",
+    "largest_divisor_at_most",
     "default_factors",
     "check_factors",
     "factors_for_groups",
@@ -76,6 +77,15 @@ def prime_factors(n: int) -> tuple[int, ...]:
     if n > 1:
         out.append(n)
     return tuple(out)
+
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is at most ``limit`` (1 when ``limit < 1``).
+
+    >>> largest_divisor_at_most(96, 8), largest_divisor_at_most(96, 12), largest_divisor_at_most(64, 20)
+    (8, 12, 16)
+    """
+    return max((d for d in range(1, min(n, limit) + 1) if n % d == 0), default=1)
 
 
 def default_factors(in_channels: int, out_channels: int) -> tuple[int, ...]:

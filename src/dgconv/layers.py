@@ -52,15 +52,31 @@ class DGConv2d(nn.Module):
     ordinary SGD learns the number of groups, which is any divisor of ``gcd(in, out)``. Once trained, the
     layer *is* a group convolution with :attr:`groups` groups (see :func:`dgconv.deploy`).
 
+    The constructor takes :class:`torch.nn.Conv2d`'s arguments in ``nn.Conv2d``'s positional order, so a
+    ``DGConv2d`` drops in where an ``nn.Conv2d`` was: ``DGConv2d(64, 64, 3, 1, 1, 1, 4)`` is 4 groups, like
+    ``nn.Conv2d(64, 64, 3, 1, 1, 1, 4)``, and there is a bias unless ``bias=False`` (ResNe(X)t blocks pass it).
+
     Args:
         in_channels, out_channels: channel counts (any positive integers).
         kernel_size, stride, dilation: as in :class:`torch.nn.Conv2d`.
         padding: an int, a pair, ``"valid"`` or ``"same"`` (as in :class:`torch.nn.Conv2d`).
-        bias: add a learnable bias (default ``False``, as in ResNe(X)t).
+        groups: the starting grouping (:meth:`set_groups`: ``groups`` contiguous groups); ``None`` (default) draws
+            the paper's random ``±1e-8`` gates. Either way the number of groups is then learned.
+        bias: add a learnable bias (default ``True``, as ``nn.Conv2d``).
         padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
-        groups: start from this contiguous grouping (:meth:`set_groups`) instead of random gates.
-        impl: ``"auto"`` (default; the fast grouped path), ``"fast"`` or ``"reference"`` (masked dense
-            convolution of eq. 3 with the explicit backward of Appendix B; slow, for testing).
+        device, dtype: as in :class:`torch.nn.Conv2d`.
+        impl: (keyword only) ``"auto"`` (default; the fast grouped path), ``"fast"`` or ``"reference"`` (masked
+            dense convolution of eq. 3 with the explicit backward of Appendix B; slow, for testing).
+        min_group_width: (keyword only) the fewest channels a group may have (``min(in, out) / groups``), e.g. 8
+            or 16 for hardware that runs narrow groups badly.
+        max_groups: (keyword only) the most groups the layer may have.
+
+    Hardware limits: with ``min_group_width`` and/or ``max_groups`` the layer may only reach group numbers
+    ``G <= L = min(max_groups, min(in, out) // min_group_width)``. It keeps learnable the gates of the largest
+    divisor ``D`` of ``gcd(in, out)`` with ``D <= L`` (one gate per prime factor of ``D``, first in the factor
+    order) and holds the other gates open: they are always 1, receive no gradient, and the budget projection
+    never closes them. ``groups`` is therefore always a divisor of ``D``: every ``G <= L`` that divides ``D``
+    is reachable, and nothing above ``L`` is (for powers of two, ``D = L``' s largest power of two).
 
     Attributes:
         weight: the dense weight ``(out, in, kh, kw)``; entries outside the current groups are kept (a gate
@@ -90,17 +106,32 @@ class DGConv2d(nn.Module):
         stride: int | Sequence[int] = 1,
         padding: int | Sequence[int] | str = 0,
         dilation: int | Sequence[int] = 1,
-        bias: bool = False,
-        *,
-        padding_mode: str = "zeros",
         groups: int | None = None,
-        impl: str = "auto",
+        bias: bool = True,
+        padding_mode: str = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        impl: str = "auto",
+        min_group_width: int | None = None,
+        max_groups: int | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
+        if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int)):
+            raise ValueError(f"groups must be a positive integer or None, got {groups!r}")
+        if not isinstance(bias, bool):
+            raise ValueError(f"bias must be True or False, got {bias!r} (DGConv2d takes nn.Conv2d's positional order: "
+                             f"in, out, kernel_size, stride, padding, dilation, groups, bias)")
+        self.min_group_width = None if min_group_width is None else _positive_int(min_group_width, "min_group_width")
+        self.max_groups = None if max_groups is None else _positive_int(max_groups, "max_groups")
+        narrow = min(self.in_channels, self.out_channels)
+        if self.min_group_width is not None and self.min_group_width > narrow:
+            raise ValueError(
+                f"min_group_width={self.min_group_width} is larger than this layer's channels (in={self.in_channels}, "
+                f"out={self.out_channels}): even one group has only {narrow}"
+            )
         self.kernel_size = _positive_pair(kernel_size, "kernel_size")
         self.stride = _positive_pair(stride, "stride")
         self.dilation = _positive_pair(dilation, "dilation")
@@ -117,8 +148,13 @@ class DGConv2d(nn.Module):
             self.bias = nn.Parameter(torch.empty(self.out_channels, **factory))
         else:
             self.register_parameter("bias", None)
-        self._factors = grouping.default_factors(self.in_channels, self.out_channels)
+        self._learnable_groups = grouping.largest_divisor_at_most(
+            math.gcd(self.in_channels, self.out_channels), self.group_limit
+        )
+        self._factors = self._default_order()
         self.gate = nn.Parameter(torch.empty(len(self._factors), **factory))
+        # gates held open by the hardware limits (not learnable): True where held; follows the factor order
+        self.register_buffer("_held", torch.zeros(len(self._factors), dtype=torch.bool, device=device), persistent=False)
         self._plan_cache: dict[tuple[tuple[int, ...], tuple[bool, ...]], grouping.Grouping] = {}
         self._host_gates: tuple[bool, ...] | None = None  # set only inside dgconv.cached_gates
         self.reset_parameters()
@@ -161,25 +197,69 @@ class DGConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
         self.reset_gates()
 
+    @property
+    def group_limit(self) -> int:
+        """The largest group number the hardware limits allow (``gcd(in, out)`` without limits)."""
+        limit = math.gcd(self.in_channels, self.out_channels)
+        if self.max_groups is not None:
+            limit = min(limit, self.max_groups)
+        if self.min_group_width is not None:
+            limit = min(limit, min(self.in_channels, self.out_channels) // self.min_group_width)
+        return max(1, limit)
+
+    @property
+    def reachable_groups(self) -> tuple[int, ...]:
+        """Every group number this layer can take: the divisors of its learnable part ``D`` (see the class doc)."""
+        d = self._learnable_groups
+        return tuple(g for g in range(1, d + 1) if d % g == 0)
+
+    def _default_order(self) -> tuple[int, ...]:
+        """Learnable factors (the primes of ``D``) first, ascending, then the held ones."""
+        d = math.gcd(self.in_channels, self.out_channels)
+        return grouping.prime_factors(self._learnable_groups) + grouping.prime_factors(d // self._learnable_groups)
+
+    def _sync_held(self) -> None:
+        n = len(grouping.prime_factors(self._learnable_groups))
+        held = torch.arange(len(self._factors), device=self._held.device) >= n
+        self._held.copy_(held)
+
     @torch.no_grad()
     def reset_gates(self) -> None:
-        """Draw the gates as ``±1e-8`` with equal probability from torch's global RNG (§4), default order."""
-        self._factors = grouping.default_factors(self.in_channels, self.out_channels)
+        """Draw the learnable gates as ``±1e-8`` with equal probability from torch's global RNG (§4), default order;
+        gates held open by the hardware limits are set to +1."""
+        self._factors = self._default_order()
+        self._sync_held()
         signs = torch.randint(0, 2, (len(self._factors),)) * 2 - 1
-        self.gate.copy_(signs.to(self.gate) * GATE_INIT)
+        values = torch.where(self._held.cpu(), torch.ones(len(self._factors)), signs.float() * GATE_INIT)
+        self.gate.copy_(values.to(self.gate))
 
     @property
     def factors(self) -> tuple[int, ...]:
         """Kronecker factor sizes in order: ``gate[k]`` drives factor ``factors[k]`` (see :mod:`dgconv.grouping`)."""
         return self._factors
 
-    def get_extra_state(self) -> dict[str, list[int]]:
-        return {"factors": list(self._factors)}
+    @property
+    def held(self) -> tuple[bool, ...]:
+        """Which gates the hardware limits hold open (``True``: always 1, not learnable), in factor order."""
+        n = len(grouping.prime_factors(self._learnable_groups))
+        return tuple(k >= n for k in range(len(self._factors)))
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"factors": list(self._factors), "min_group_width": self.min_group_width, "max_groups": self.max_groups}
+
+    def _check_order(self, factors: Any) -> tuple[int, ...]:
+        order = grouping.check_factors(factors, self.in_channels, self.out_channels)
+        n = len(grouping.prime_factors(self._learnable_groups))
+        if sorted(order[:n]) != sorted(grouping.prime_factors(self._learnable_groups)):
+            raise ValueError(f"factor order {list(order)} does not put the learnable factors "
+                             f"{list(grouping.prime_factors(self._learnable_groups))} first")
+        return order
 
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict) or "factors" not in state:
             raise RuntimeError(f"DGConv2d: unrecognised extra state {state!r} (expected {{'factors': [...]}})")
-        self._factors = grouping.check_factors(state["factors"], self.in_channels, self.out_channels)
+        self._factors = self._check_order(state["factors"])
+        self._sync_held()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
         where = f"DGConv2d at '{prefix[:-1] or '<root>'}'"
@@ -194,9 +274,15 @@ class DGConv2d(nn.Module):
         extra = state_dict.get(prefix + "_extra_state")
         if extra is not None:
             try:
-                grouping.check_factors(extra["factors"], self.in_channels, self.out_channels)
-            except (TypeError, KeyError, ValueError) as e:
-                error_msgs.append(f"{where}: bad factor order in the checkpoint: {e}")
+                limits = (extra.get("min_group_width"), extra.get("max_groups"))
+                if limits != (self.min_group_width, self.max_groups):
+                    raise ValueError(
+                        f"it was saved with min_group_width={limits[0]}, max_groups={limits[1]}, this layer has "
+                        f"min_group_width={self.min_group_width}, max_groups={self.max_groups}"
+                    )
+                self._check_order(extra["factors"])
+            except (TypeError, KeyError, ValueError, AttributeError) as e:
+                error_msgs.append(f"{where}: bad grouping state in the checkpoint: {e}")
                 state_dict = {**state_dict, prefix + "_extra_state": self.get_extra_state()}
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -208,7 +294,15 @@ class DGConv2d(nn.Module):
         :func:`cached_gates`)."""
         if self._host_gates is not None:
             return self._host_gates
-        return tuple(bool(v) for v in (self.gate.detach() >= 0).tolist())
+        return tuple(bool(v) or h for v, h in zip((self.gate.detach() >= 0).tolist(), self.held))
+
+    def effective_gates(self) -> Tensor:
+        """The binary gates as a float tensor carrying the straight-through gradient to :attr:`gate`: ``g = 1[g~ >= 0]``,
+        with the gates held open by the hardware limits fixed at 1 (no gradient)."""
+        g = binarize_gates(self.gate)
+        if self._learnable_groups == math.gcd(self.in_channels, self.out_channels):
+            return g
+        return torch.where(self._held, torch.ones_like(g), g)
 
     def grouping(self) -> grouping.Grouping:
         """The current discrete grouping (groups, group of each channel, permutations); cached per gate state."""
@@ -229,7 +323,7 @@ class DGConv2d(nn.Module):
     def relationship(self) -> Tensor:
         """The 0/1 relationship matrix ``U`` (float, shape ``(out, in)``), built by Kronecker products (eq. 4, 5, 7)."""
         with torch.no_grad():
-            g = (self.gate >= 0).to(self.gate.dtype)
+            g = ((self.gate >= 0) | self._held).to(self.gate.dtype)
             return grouping.relationship(g, self._factors, self.in_channels, self.out_channels)
 
     def complexity(self) -> Tensor:
@@ -237,7 +331,7 @@ class DGConv2d(nn.Module):
 
         Equals ``in * out / groups``; for ``in = out = C`` it is ``C * prod_k (1 + g_k)`` (eq. 9).
         """
-        return grouping.complexity(binarize_gates(self.gate), self._factors, self.in_channels, self.out_channels)
+        return grouping.complexity(self.effective_gates(), self._factors, self.in_channels, self.out_channels)
 
     @torch.no_grad()
     def set_groups(self, groups: int, magnitude: float = GATE_INIT) -> None:
@@ -247,15 +341,29 @@ class DGConv2d(nn.Module):
         (``g~ = -magnitude``) on the first and one gates (``g~ = +magnitude``) on the rest, so the layer
         computes exactly ``nn.Conv2d(..., groups=groups)`` with the block-diagonal part of :attr:`weight`.
 
+        Gates held open by the hardware limits keep the value +1 at the end of the order.
+
         Raises:
-            ValueError: if ``groups`` does not divide ``gcd(in_channels, out_channels)``.
+            ValueError: if ``groups`` does not divide ``gcd(in_channels, out_channels)``, or the hardware limits do
+                not allow it (it must divide :attr:`reachable_groups`' largest value).
         """
         if not magnitude > 0:
             raise ValueError(f"magnitude must be positive, got {magnitude!r}")
         factors, gates = grouping.factors_for_groups(groups, self.in_channels, self.out_channels)
-        self._factors = factors
-        values = torch.tensor([magnitude if g else -magnitude for g in gates], dtype=torch.float64)
-        self.gate.copy_(values.to(self.gate))
+        d = self._learnable_groups
+        if d % groups:
+            raise ValueError(
+                f"groups={groups} is not reachable under min_group_width={self.min_group_width}, "
+                f"max_groups={self.max_groups} for in={self.in_channels}, out={self.out_channels}: "
+                f"reachable are {list(self.reachable_groups)}"
+            )
+        rest = grouping.prime_factors(d // groups)
+        held = grouping.prime_factors(math.gcd(self.in_channels, self.out_channels) // d)
+        self._factors = grouping.prime_factors(groups) + rest + held
+        self._sync_held()
+        n_zero, n_rest = len(grouping.prime_factors(groups)), len(rest)
+        values = [-magnitude] * n_zero + [magnitude] * n_rest + [1.0] * len(held)
+        self.gate.copy_(torch.tensor(values, dtype=torch.float64).to(self.gate))
 
     # ------------------------------------------------------------------ conversion
     @classmethod
@@ -276,12 +384,12 @@ class DGConv2d(nn.Module):
             conv.stride,
             conv.padding,
             conv.dilation,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            groups=conv.groups,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            w.device,
+            w.dtype,
             impl=impl,
-            device=w.device,
-            dtype=w.dtype,
         )
         with torch.no_grad():
             g = conv.groups
@@ -330,12 +438,14 @@ class DGConv2d(nn.Module):
         with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
             if self._impl == "reference":
                 y = dgconv2d_reference(
-                    x, weight, binarize_gates(self.gate), bias, self.stride, padding, self.dilation, self._factors
+                    x, weight, self.effective_gates(), bias, self.stride, padding, self.dilation, self._factors
                 )
             else:
                 from .fast import dgconv2d_grouped
 
-                y = dgconv2d_grouped(x, weight, self.gate, bias, self.stride, padding, self.dilation, self.grouping())
+                y = dgconv2d_grouped(
+                    x, weight, self.effective_gates(), bias, self.stride, padding, self.dilation, self.grouping()
+                )
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:
@@ -349,6 +459,10 @@ class DGConv2d(nn.Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         s += f", groups={self.groups} (learned, {len(self._factors)} gates)"
+        if self.min_group_width is not None:
+            s += f", min_group_width={self.min_group_width}"
+        if self.max_groups is not None:
+            s += f", max_groups={self.max_groups}"
         if self._impl != "auto":
             s += f", impl={self._impl!r}"
         return s
@@ -376,7 +490,7 @@ def cached_gates(model: nn.Module) -> Iterator[None]:
     i = 0
     for m in layers:
         k = m.gate.numel()
-        m._host_gates = tuple(bool(b) for b in bits[i : i + k])
+        m._host_gates = tuple(bool(b) or h for b, h in zip(bits[i : i + k], m.held))
         i += k
     try:
         yield

@@ -1,7 +1,9 @@
 """``dgconv sweep``: run a named protocol (:mod:`dgconv.protocols`), one run directory per run, then render results.
 
 The sweep is resumable: finished runs are skipped, interrupted ones continue from their checkpoint (a run whose
-directory another process holds is reported, not started twice). When the runs are done it renders
+directory another process holds is reported, not started twice). Runs train in ``parallel`` worker processes that
+import torch once and run ``dgconv train`` after ``dgconv train``, each run's console output in its ``train.log``;
+a worker that dies fails only its run. Stopping the sweep (Ctrl-C, SIGTERM) stops the runs at checkpoint-safe points. When the runs are done it renders
 ``results.md`` (:mod:`dgconv.results`) from the run directories -- whatever finished; the rest shows as missing.
 
 ``sweep.json`` records the protocol as run, the data's provenance (MD5 of every CIFAR file and whether they are
@@ -15,11 +17,10 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .errors import ConfigError, DGConvError
 from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs
@@ -72,11 +73,12 @@ def data_provenance(dataset: str, data_dir: str | Path, note: str | None = None)
 
 
 def _command(run: PlannedRun, out: Path, data_dir: str | Path) -> list[str]:
+    """The ``dgconv train`` arguments of a run: a fresh start, or ``--resume`` where a checkpoint exists."""
     rd = out / str(run.name)
     if (rd / LAST).exists():
-        return [sys.executable, "-m", "dgconv", "train", "--resume", str(rd), "--no-progress"]
+        return ["train", "--resume", str(rd), "--no-progress"]
     args = [a.replace("{sweep}", str(out)) for a in run.args]
-    return [sys.executable, "-m", "dgconv", "train", *args, "--data-dir", str(data_dir), "--out", str(rd)]
+    return ["train", *args, "--data-dir", str(data_dir), "--out", str(rd)]
 
 
 def run_sweep(
@@ -110,22 +112,7 @@ def run_sweep(
             meta["started"] = old.get("started", now)
             meta["resumed"] = [*old.get("resumed", []), now]
     write_json(out / SWEEP, meta)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // max(1, p.parallel))))
-    failed: list[str] = []
-    runs = planned_runs(p)
-    running: list[tuple[PlannedRun, subprocess.Popen, IO[Any]]] = []
-    try:
-        _run_phases(p, runs, out, data_dir, env, running, failed)
-    finally:  # stopped (Ctrl-C, SIGTERM, an error): stop the runs too; each keeps its last checkpoint
-        for _, proc, logf in running:
-            proc.terminate()
-        for _, proc, logf in running:
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            logf.close()
+    failed = _run_all(p, planned_runs(p), out, data_dir)
     text = render_results([out])
     write_text(out / "results.md", text)
     if results is not None:
@@ -135,27 +122,96 @@ def run_sweep(
     return out / "results.md"
 
 
-def _run_phases(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Path, env: dict[str, str],
-                running: list[tuple[PlannedRun, subprocess.Popen, IO[Any]]], failed: list[str]) -> None:
-    for phase in (1, 2):
-        pending = [r for r in runs if r.phase == phase and finished_epochs(out / str(r.name)) < p.epochs]
-        while pending or running:
-            while pending and len(running) < p.parallel:
-                r = pending.pop(0)
-                rd = out / str(r.name)
-                cmd = _command(r, out, data_dir)
-                rd.mkdir(parents=True, exist_ok=True)
-                logf = open(rd / LOG, "a")
-                _logger.info("[sweep %s] start %s: %s", p.name, r.name, " ".join(cmd[3:]))
-                running.append((r, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf))
-            time.sleep(0.5)
-            for item in list(running):
-                r, proc, logf = item
-                if proc.poll() is not None:
-                    logf.close()
-                    running.remove(item)
-                    if proc.returncode:
+def _train_in_worker(args: list[str], log: str) -> int:
+    """One ``dgconv train`` in a worker process (torch imported once per worker, not once per run), its console
+    output appended to ``log``. Returns the exit status."""
+    import traceback
+
+    from .cli import main
+
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        return main(args)
+    except Exception:  # noqa: BLE001 - a bug in one run: its traceback goes to its log, the sweep goes on
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _executor(parallel: int) -> Any:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 2) // parallel)
+    return ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(threads,))
+
+
+def _stop(executor: Any) -> None:
+    """Stop the workers: SIGTERM (each run stops at a checkpoint-safe point), then SIGKILL after two minutes."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    procs = list(getattr(executor, "_processes", {}).values())  # ProcessPoolExecutor keeps its workers here
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(120)
+        if proc.is_alive():
+            proc.kill()
+
+
+def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Path) -> list[str]:
+    """Train the unfinished runs, ``p.parallel`` at a time, phase by phase; return the names of failed runs."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    failed: list[str] = []
+    executor = _executor(max(1, p.parallel))
+    try:
+        for phase in (1, 2):
+            pending = [r for r in runs if r.phase == phase and finished_epochs(out / str(r.name)) < p.epochs]
+            running: dict[Any, PlannedRun] = {}
+            while pending or running:
+                while pending and len(running) < max(1, p.parallel):
+                    r = pending.pop(0)
+                    rd = out / str(r.name)
+                    cmd = _command(r, out, data_dir)
+                    rd.mkdir(parents=True, exist_ok=True)
+                    _logger.info("[sweep %s] start %s: %s", p.name, r.name, " ".join(cmd))
+                    running[executor.submit(_train_in_worker, cmd, str(rd / LOG))] = r
+                done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    r = running.pop(fut)
+                    try:
+                        code = fut.result()
+                    except BrokenProcessPool:  # a worker died (killed, out of memory): that run failed, go on
+                        code = -1
+                        executor.shutdown(wait=False, cancel_futures=True)
+                        executor = _executor(max(1, p.parallel))
+                        pending = [running.pop(f) for f in list(running)] + pending
+                    if code:
                         failed.append(str(r.name))
-                        _logger.info("[sweep %s] %s FAILED (exit %d; see %s)", p.name, r.name, proc.returncode, out / str(r.name) / LOG)
+                        _logger.info("[sweep %s] %s FAILED (exit %d; see %s)", p.name, r.name, code, out / str(r.name) / LOG)
                     else:
                         _logger.info("[sweep %s] %s done", p.name, r.name)
+    except BaseException:
+        _stop(executor)
+        raise
+    executor.shutdown(wait=True)
+    return failed

@@ -33,9 +33,11 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
-def dgconv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int | None = None, impl: str = "auto") -> DGConv2d:
-    """3x3 dynamic grouping convolution with padding; ``groups`` sets a starting grouping, else random gates."""
-    return DGConv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, impl=impl)
+def dgconv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int | None = None, impl: str = "auto",
+              **limits: int | None) -> DGConv2d:
+    """3x3 dynamic grouping convolution with padding, no bias; ``groups`` sets a starting grouping, else random
+    gates; ``limits``: ``min_group_width``, ``max_groups`` (see :class:`~dgconv.DGConv2d`)."""
+    return DGConv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False, impl=impl, **limits)
 
 
 class BasicBlock(nn.Module):
@@ -131,6 +133,8 @@ class ResNet(nn.Module):
         dgconv: build G-ResNeXt: every 3x3 bottleneck convolution is a :class:`DGConv2d` (random gates unless
             ``groups`` gives a starting grouping).
         dgconv_impl: the DGConv implementation (``"auto"``, ``"fast"``, ``"reference"``).
+        min_group_width, max_groups: hardware limits of every DGConv layer (G-ResNeXt only; see
+            :class:`~dgconv.DGConv2d`): no group narrower than ``min_group_width`` channels, at most ``max_groups``.
         in_chans: input image channels.
         zero_init_residual: zero-init the last BN of each residual branch (each block starts as identity).
         norm_layer: normalisation layer factory (default ``nn.BatchNorm2d``).
@@ -159,6 +163,8 @@ class ResNet(nn.Module):
         groups: int | GroupSpec | None = None,
         dgconv: bool = False,
         dgconv_impl: str = "auto",
+        min_group_width: int | None = None,
+        max_groups: int | None = None,
         in_chans: int = 3,
         zero_init_residual: bool = False,
         norm_layer: Callable[[int], nn.Module] | None = None,
@@ -189,7 +195,9 @@ class ResNet(nn.Module):
         self._cardinality = cardinality
         self._base_width = base_width
         self._dgconv = dgconv
-        self._dgconv_impl = dgconv_impl
+        if not dgconv and (min_group_width is not None or max_groups is not None):
+            raise ValueError("min_group_width / max_groups limit learned groups: they need a G-ResNeXt (dgconv=True)")
+        self._dgconv_options = {"impl": dgconv_impl, "min_group_width": min_group_width, "max_groups": max_groups}
         self.group_conv_names = list[str]()  # typed without an annotation statement, which TorchScript warns on
         self.dgconv_cfg = None  # set by dgconv.create_model: how the model was built
         self.num_classes = num_classes
@@ -243,8 +251,8 @@ class ResNet(nn.Module):
                 if grouped:
                     self.group_conv_names.append(name)
                 if self._dgconv:
-                    impl = self._dgconv_impl
-                    kwargs["group_conv"] = lambda i, o, s, g=g, impl=impl: dgconv3x3(i, o, s, g, impl)
+                    opts = self._dgconv_options
+                    kwargs["group_conv"] = lambda i, o, s, g=g, opts=opts: dgconv3x3(i, o, s, g, **opts)
                 else:
                     kwargs["group_conv"] = lambda i, o, s, g=g: conv3x3(i, o, s, groups=g)
                 kwargs["width"] = width
