@@ -32,14 +32,14 @@ def test_report_of_two_runs(tmp_path):
         assert r.returncode == 0, r.stderr
     r = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep"))
     assert r.returncode == 0, r.stderr
-    for fig in ("groups.png", "dynamics.png", "training.png"):
+    for fig in ("groups.png", "dynamics.png", "training.png", "macs.png"):
         px = png_pixels(tmp_path / "rep" / fig)
         assert px.shape[0] > 300 and px.shape[1] > 600 and px.std() > 0.05, fig  # a real, non-blank picture
     text = (tmp_path / "rep" / "summary.md").read_text()
     groups = json.loads((tmp_path / "a" / "groups.json").read_text())["groups"]
     for name, g in groups.items():
         assert f"| {name} |" in text and f"| {g} |" in text
-    assert "MACs deployed" in text and "zeta/o" in text
+    assert "MACs deployed" in text and "zeta/o" in text and "MACs in the ResNeXt counterpart" in text
     r = run_cli("report", str(tmp_path / "missing"))
     assert r.returncode == 2 and "not a run directory" in r.stderr
 

@@ -18,7 +18,7 @@ Example::
 
 from __future__ import annotations
 
-__all__ = ["DGConvError", "ConfigError", "RunDirError", "RunInUseError", "Interrupted"]
+__all__ = ["DGConvError", "ConfigError", "RunDirError", "RunInUseError", "MissingExtraError", "Interrupted"]
 
 
 class DGConvError(Exception):
@@ -36,6 +36,10 @@ class RunDirError(DGConvError, OSError):
 
 class RunInUseError(RunDirError):
     """Another process holds the run directory's lock; the message names its PID."""
+
+
+class MissingExtraError(DGConvError, ImportError):
+    """An optional dependency is not installed; the message names the ``pip install 'dgconv[extra]'`` that adds it."""
 
 
 class Interrupted(BaseException):

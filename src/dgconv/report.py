@@ -7,9 +7,11 @@ never a checkpoint). Writes PNGs
 * ``groups.png`` -- learned groups of every DGConv layer, input to output, against its channel count, with
   ResNeXt's constant cardinality for comparison (the paper's Fig. 2 and Fig. 5); several runs overlaid;
 * ``dynamics.png`` -- per run: group number of every layer over training, and the gate values ``g~`` (Fig. 6);
-* ``training.png`` -- ``zeta/o``, loss and test accuracy over training;
-* ``summary.md`` -- per run: configuration, accuracy, ``zeta/o`` and a per-layer table (channels, groups, MACs
-  as a dense masked convolution and deployed).
+* ``macs.png`` -- MACs of every DGConv layer at its learned groups (one input), per run, against the same layer
+  in the ResNeXt counterpart: where a budget spends its compute;
+* ``training.png`` -- ``zeta/o`` in the run's budget cost, the network's MACs, loss and test accuracy over training;
+* ``summary.md`` -- per run: configuration, budget cost, accuracy, ``zeta/o``, MACs and a per-layer table
+  (channels, groups, MACs as a dense masked convolution, deployed, and in the ResNeXt counterpart).
 """
 
 from __future__ import annotations
@@ -45,17 +47,20 @@ def _cardinality(run: Run) -> int | None:
 
 
 def layer_table(run: Run) -> list[dict[str, Any]]:
-    """Per DGConv layer: channels, learned groups, MACs as a dense masked conv and deployed (batch 1)."""
+    """Per DGConv layer: channels, learned groups, MACs as a dense masked conv, deployed, and in the ResNeXt
+    counterpart at its own groups (one input)."""
     from .profile import profile
 
     if not run.groups:
         return []
     prof = profile(*plain_model(run, run.groups))
+    reference = {lp.name: lp.macs for lp in profile(*plain_model(run)).layers}
     rows = []
     for lp in prof.layers:
         if lp.name in run.groups:
             rows.append({"name": lp.name, "in": lp.in_channels, "out": lp.out_channels, "groups": lp.groups,
-                         "macs_dense": lp.macs * lp.groups, "macs_deployed": lp.macs})
+                         "macs_dense": lp.macs * lp.groups, "macs_deployed": lp.macs,
+                         "macs_reference": reference.get(lp.name)})
     return rows
 
 
@@ -65,8 +70,10 @@ def _plt():  # type: ignore[no-untyped-def]
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise RuntimeError("dgconv report draws with matplotlib: pip install 'dgconv[report]'") from e
+    except ImportError:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("dgconv report draws with matplotlib: pip install 'dgconv[report]'") from None
     return plt
 
 
@@ -99,6 +106,31 @@ def _groups_figure(runs: list[Run], path: Path) -> None:
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _macs_figure(runs: list[Run], tables: dict[Path, list[dict[str, Any]]], path: Path) -> None:
+    plt = _plt()
+    n = max(len(tables[r.path]) for r in runs)
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.5 * n + 3), 4.2))
+    width = 0.8 / len(runs)
+    for i, run in enumerate(runs):
+        rows = tables[run.path]
+        ax.bar([j - 0.4 + width * (i + 0.5) for j in range(len(rows))], [r["macs_deployed"] for r in rows], width,
+               label=f"{run.label} ({sum(r['macs_deployed'] for r in rows):,} in all)", zorder=3)
+    ref = tables[runs[0].path]
+    if all(r.get("macs_reference") for r in ref):
+        ax.plot(range(len(ref)), [r["macs_reference"] for r in ref], "k_", ms=18, mew=2, zorder=4,
+                label=f"ResNeXt counterpart ({sum(r['macs_reference'] for r in ref):,} in all)")
+    ax.set_xticks(range(len(ref)))
+    ax.set_xticklabels([r["name"].replace(".conv2", "") for r in ref], rotation=45, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("MACs per input (deployed layer)")
+    ax.set_title("MACs of each DGConv layer at its learned groups", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
@@ -147,26 +179,31 @@ def _dynamics_figure(runs: list[Run], path: Path) -> None:
 
 def _training_figure(runs: list[Run], path: Path) -> None:
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for run in runs:
         ep = [m["epoch"] for m in run.metrics]
+        cost = run.config.get("cost", "connections")
         if any(m.get("zeta_over_o") is not None for m in run.metrics):
-            line = axes[0].plot(ep, [m.get("zeta_over_o") for m in run.metrics], marker=".", label=run.label)[0]
+            line = axes[0].plot(ep, [m.get("zeta_over_o") for m in run.metrics], marker=".", label=f"{run.label} [{cost}]")[0]
             if any(m.get("gates_closed_by_projection") for m in run.metrics):
                 o = [m["o"] for m in run.metrics]
                 before = [m.get("zeta_before_projection", m["zeta"]) / oo for m, oo in zip(run.metrics, o)]
                 axes[0].plot(ep, before, ls=":", color=line.get_color(), alpha=0.7)
-        axes[1].plot(ep, [m["train_loss"] for m in run.metrics], label=run.label)
-        axes[2].plot(ep, [m["test_acc"] for m in run.metrics], marker=".", label=run.label)
+        if any(m.get("macs") is not None for m in run.metrics):
+            axes[1].plot(ep, [m.get("macs") for m in run.metrics], marker=".", label=run.label)
+        axes[2].plot(ep, [m["train_loss"] for m in run.metrics], label=run.label)
+        axes[3].plot(ep, [m["test_acc"] for m in run.metrics], marker=".", label=run.label)
     axes[0].axhline(1.0, ls="--", color="gray", lw=1)
-    axes[0].set_title("zeta / o at epoch end (dotted: before the budget projection)", fontsize=9)
-    axes[1].set_title("training loss (task)", fontsize=9)
-    axes[2].set_title("test accuracy", fontsize=9)
+    axes[0].set_title("zeta / o in the budget's cost (dotted: before projection)", fontsize=9)
+    axes[1].set_title("network MACs per input at the learned groups", fontsize=9)
+    axes[2].set_title("training loss (task)", fontsize=9)
+    axes[3].set_title("test accuracy", fontsize=9)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
         _integer_epochs(ax)
-    axes[2].legend(fontsize=7)
+    axes[3].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -183,16 +220,23 @@ def _summary(runs: list[Run]) -> str:
             f"lr {c['lr']}, budget b={c.get('budget')}, seed {c.get('seed')}"
         )
         out.append(f"- hardware: {env.get('device_name', '?')} ({env.get('device', '?')} x{env.get('world_size', 1)}), torch {env.get('torch', '?')}")
+        if c.get("budget") is not None or c.get("target") is not None:
+            what = f"budget b={c['budget']}" if c.get("budget") is not None else f"target {c['target']:,.6g}"
+            out.append(f"- {what} in {c.get('cost', 'connections')}, objective {c.get('objective', 'paper')}")
         if f:
-            ratio = f" , zeta/o {f['zeta_over_o']:.3f}" if f.get("zeta_over_o") is not None else ""
-            out.append(f"- final test accuracy {f['test_acc']:.4f} (best {f['best_acc']:.4f}){ratio}")
+            ratio = f", zeta/o {f['zeta_over_o']:.3f}" if f.get("zeta_over_o") is not None else ""
+            macs = f", {f['macs']:,.0f} MACs per input" if f.get("macs") is not None else ""
+            out.append(f"- final test accuracy {f['test_acc']:.4f} (best {f['best_acc']:.4f}){ratio}{macs}")
         rows = layer_table(run)
         if rows:
-            out += ["", "| layer | in | out | groups | MACs dense masked | MACs deployed |", "|---|---:|---:|---:|---:|---:|"]
+            out += ["", "| layer | in | out | groups | MACs dense masked | MACs deployed | MACs in the ResNeXt counterpart |",
+                    "|---|---:|---:|---:|---:|---:|---:|"]
             for r in rows:
-                out.append(f"| {r['name']} | {r['in']} | {r['out']} | {r['groups']} | {r['macs_dense']:,} | {r['macs_deployed']:,} |")
+                ref = f"{r['macs_reference']:,}" if r.get("macs_reference") is not None else "-"
+                out.append(f"| {r['name']} | {r['in']} | {r['out']} | {r['groups']} | {r['macs_dense']:,} | {r['macs_deployed']:,} | {ref} |")
             td, tp = sum(r["macs_dense"] for r in rows), sum(r["macs_deployed"] for r in rows)
-            out.append(f"| total | | | | {td:,} | {tp:,} ({tp / td:.3f}x) |")
+            tr = sum(r["macs_reference"] or 0 for r in rows)
+            out.append(f"| total | | | | {td:,} | {tp:,} ({tp / td:.3f}x) | {tr:,} |")
         out.append("")
     return "\n".join(out)
 
@@ -201,7 +245,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     """Write the figures and ``summary.md`` for ``run_dirs`` into ``out``; return the files written."""
     runs = [load_run(p) for p in run_dirs]
     if not runs:
-        raise ValueError("report needs at least one run directory")
+        from .errors import ConfigError
+
+        raise ConfigError("report needs at least one run directory")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -214,6 +260,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     if with_groups:
         _groups_figure(with_groups, out / "groups.png")
         written.append(out / "groups.png")
+        tables = {r.path: layer_table(r) for r in with_groups}
+        _macs_figure(with_groups, tables, out / "macs.png")
+        written.append(out / "macs.png")
         _dynamics_figure(with_groups, out / "dynamics.png")
         if (out / "dynamics.png").exists():
             written.append(out / "dynamics.png")
