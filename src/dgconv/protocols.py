@@ -67,6 +67,7 @@ class Protocol:
     limit_test: int | None = None
     extra: tuple[str, ...] = field(default_factory=tuple)
     costs: tuple[str, ...] = ("connections",)
+    budgets_by_cost: dict[str, tuple[float, ...]] = field(default_factory=dict)  # a cost's own budgets (else budgets)
     baseline_seeds: tuple[int, ...] = (0,)
     family: str = "resnext"
     arms: tuple[Arm, ...] = ()
@@ -86,6 +87,9 @@ PROTOCOLS: dict[str, Protocol] = {
         device="cpu",
         parallel=1,
         costs=("connections", "macs"),
+        # In MACs the tiny model's first DGConv layer (64 channels, at most 64 groups) holds a third of the compute, so
+        # a MAC budget above b = 109 is unreachable (every layer at its most groups still costs more).
+        budgets_by_cost={"macs": (32, 64, 96)},
         baseline_seeds=(0, 1, 2),
     ),
     "gpu": Protocol(
@@ -118,6 +122,8 @@ def protocol_from_dict(d: dict[str, Any]) -> Protocol:
             continue
         if k == "arms":
             v = tuple(Arm(a["kind"], a["value"], a.get("cost", "connections"), tuple(a.get("seeds", (0,)))) for a in v)
+        elif k == "budgets_by_cost":
+            v = {cost: tuple(b) for cost, b in v.items()}
         elif isinstance(v, list):
             v = tuple(v)
         kw[k] = v
@@ -130,7 +136,7 @@ def arms_of(p: Protocol) -> list[Arm]:
         return list(p.arms)
     arms = [Arm("plain", p.baseline_groups, seeds=tuple(p.baseline_seeds))]
     for cost in p.costs:
-        for i, b in enumerate(p.budgets):
+        for i, b in enumerate(p.budgets_by_cost.get(cost, p.budgets)):
             arms.append(Arm("g", b, cost, tuple(p.seeds) if i == 0 else (0,)))
     for cost in p.costs:
         for b in p.star_budgets:

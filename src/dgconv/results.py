@@ -36,7 +36,7 @@ from typing import Any
 
 from .protocols import PROTOCOLS, Arm, Protocol, arms_of, planned_runs, protocol_from_dict
 from .report import plain_model
-from .rundir import Run, RunName, iter_runs, read_groups, read_json
+from .rundir import Run, RunName, is_run, load_run, read_groups, read_json
 from .stats import Difference, Summary, Verdict, summarize, verdict, welch
 
 __all__ = ["render_results", "load_sweep", "SweepResult", "ArmResult", "RunRow", "spearman"]
@@ -153,12 +153,11 @@ def load_sweep(path: str | Path) -> SweepResult:
     path = Path(path)
     meta = read_json(path / "sweep.json", "sweep.json")
     protocol = protocol_from_dict(meta["protocol"])
-    runs = {r.name: r for r in iter_runs(path)}
     arms = [ArmResult(a) for a in arms_of(protocol)]
     by_name = {str(n): arm for arm in arms for n in arm.arm.names(protocol.family)}
     for planned in planned_runs(protocol):
         key = str(planned.name)
-        arm, run = by_name[key], runs.get(key)
+        arm, run = by_name[key], (load_run(path / key) if is_run(path / key) else None)
         if run is not None and run.finished:
             arm.rows.append(_row(planned.name, run, path))
         else:
