@@ -1,15 +1,12 @@
-"""`dgconv train` end to end, in real processes: defaults, a budget, torchrun DDP, kill-and-resume, CIFAR,
-and the bad inputs a user will hit."""
+"""`dgconv train` end to end: the defaults in a real process, torchrun DDP, a budget, CIFAR, and the bad inputs a
+user will hit (in this process: `tests.helpers.cli`). Crashes, clashes and signals: tests/test_reliability.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,19 +14,8 @@ import torch
 from dgconv.checkpoint import load_checkpoint
 from dgconv.constraint import learned_groups
 from dgconv.models import create_model
+from tests.helpers import ENV, cli, dgconv, metrics
 from tests.test_data import HAS_CIFAR, SHARED
-
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-
-
-def dgconv(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dgconv", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout
-    )
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -55,7 +41,7 @@ def test_defaults_train_g_resnext_on_digits_and_report_groups(tmp_path):
 
 
 def test_budgeted_run_ends_within_budget(tmp_path):
-    r = dgconv("train", "--budget", "16", "--epochs", "3", "--out", str(tmp_path / "b16"))
+    r = cli("train", "--budget", "16", "--epochs", "3", "--out", str(tmp_path / "b16"))
     assert r.returncode == 0, r.stderr
     last = metrics(tmp_path / "b16")[-1]
     assert last["zeta"] <= last["o"] and last["o"] == (32 * 32 + 64 * 64 + 128 * 128) / 16
@@ -64,7 +50,8 @@ def test_budgeted_run_ends_within_budget(tmp_path):
 
 def test_torchrun_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    # --standalone: a free port on localhost (a fixed port can clash with another job or a socket in TIME_WAIT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "dgconv", "train", "--epochs", "2", "--out", str(out), "--device", "cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -76,34 +63,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert r.stdout.count("test accuracy") == 1  # only rank 0 reports
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-    args = ["train", "--epochs", "5", "--limit-train", "512", "--budget", "4", "--no-progress"]
-    ref = dgconv(*args, "--out", str(tmp_path / "ref"))
-    assert ref.returncode == 0, ref.stderr
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "dgconv", *args, "--out", str(out)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 2):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(metrics(out)) < 5, "the run finished before it could be killed"
-    resumed = dgconv("train", "--resume", str(out), "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(out / "last.pt")
-    assert a["epoch"] == b["epoch"] == 5 and a["step"] == b["step"]
-    for key, value in a["model"].items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, b["model"][key]), key
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "time"} for row in rows]  # noqa: E731
-    assert strip(metrics(out)) == strip(metrics(tmp_path / "ref"))
-
-
 @pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 copy not present (set DGCONV_SHARED_DATA)")
 def test_cifar10_from_the_shared_folder(tmp_path):
-    r = dgconv("train", "--dataset", "cifar10", "--data-dir", str(SHARED), "--limit-train", "512", "--limit-test", "256",
+    r = cli("train", "--dataset", "cifar10", "--data-dir", str(SHARED), "--limit-train", "512", "--limit-test", "256",
                "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "c10"))
     assert r.returncode == 0, r.stderr
     row = metrics(tmp_path / "c10")[0]
@@ -126,7 +88,7 @@ def test_cifar10_from_the_shared_folder(tmp_path):
     ],
 )
 def test_bad_inputs_fail_clearly(tmp_path, args, message):
-    r = dgconv("train", *args, "--out", str(tmp_path / "run"))
+    r = cli("train", *args, "--out", str(tmp_path / "run"))
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
@@ -134,31 +96,31 @@ def test_bad_inputs_fail_clearly(tmp_path, args, message):
 
 def test_bad_checkpoints_and_resume_conflicts(tmp_path):
     (tmp_path / "junk.pt").write_bytes(os.urandom(2000))
-    r = dgconv("train", "--resume", str(tmp_path / "junk.pt"))
+    r = cli("train", "--resume", str(tmp_path / "junk.pt"))
     assert r.returncode == 2 and "not a readable checkpoint" in r.stderr
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
-    r = dgconv("train", "--resume", str(tmp_path / "foreign.pt"))
+    r = cli("train", "--resume", str(tmp_path / "foreign.pt"))
     assert r.returncode == 2 and "not a dgconv checkpoint" in r.stderr
     run = tmp_path / "run"
-    assert dgconv("train", "--epochs", "1", "--limit-train", "128", "--out", str(run)).returncode == 0
-    r = dgconv("train", "--epochs", "1", "--out", str(run))
+    assert cli("train", "--epochs", "1", "--limit-train", "128", "--out", str(run)).returncode == 0
+    r = cli("train", "--epochs", "1", "--out", str(run))
     assert r.returncode == 2 and "already holds a run" in r.stderr
-    r = dgconv("train", "--resume", str(run), "--lr", "0.5")
+    r = cli("train", "--resume", str(run), "--lr", "0.5")
     assert r.returncode == 2 and "options differ" in r.stderr and "lr" in r.stderr
     ckpt = torch.load(run / "last.pt", weights_only=True)
     ckpt["num_classes"] = 7
     torch.save(ckpt, run / "other.pt")
-    r = dgconv("train", "--resume", str(run / "other.pt"), "--epochs", "2")
+    r = cli("train", "--resume", str(run / "other.pt"), "--epochs", "2")
     assert r.returncode == 2 and "class count mismatch" in r.stderr
     # extending a finished run is allowed and continues from its checkpoint
-    r = dgconv("train", "--resume", str(run), "--epochs", "2", "--no-progress")
+    r = cli("train", "--resume", str(run), "--epochs", "2", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert [row["epoch"] for row in metrics(run)] == [1, 2]
 
 
 def test_non_finite_loss_stops_and_keeps_no_bad_checkpoint(tmp_path):
     run = tmp_path / "nan"
-    r = dgconv("train", "--lr", "1e30", "--epochs", "3", "--out", str(run))
+    r = cli("train", "--lr", "1e30", "--epochs", "3", "--out", str(run))
     assert r.returncode == 2
     assert "stopping" in r.stderr and ("nan" in r.stderr or "inf" in r.stderr)
     if (run / "last.pt").exists():
@@ -168,12 +130,12 @@ def test_non_finite_loss_stops_and_keeps_no_bad_checkpoint(tmp_path):
 
 def test_non_finite_loss_after_checkpoints_keeps_the_last_one(tmp_path):
     run = tmp_path / "run"
-    assert dgconv("train", "--epochs", "1", "--limit-train", "256", "--out", str(run)).returncode == 0
+    assert cli("train", "--epochs", "1", "--limit-train", "256", "--out", str(run)).returncode == 0
     ckpt = torch.load(run / "last.pt", weights_only=True)
     ckpt["model"]["fc.weight"].fill_(float("inf"))  # every logit becomes non-finite in the next step
     torch.save(ckpt, run / "last.pt")
     before = (run / "last.pt").read_bytes()
-    r = dgconv("train", "--resume", str(run), "--epochs", "3")
+    r = cli("train", "--resume", str(run), "--epochs", "3")
     assert r.returncode == 2
     assert "at epoch 2" in r.stderr and f"kept the last good checkpoint {run / 'last.pt'} (end of epoch 1)" in r.stderr
     assert (run / "last.pt").read_bytes() == before

@@ -18,18 +18,13 @@ so it loads with ``torch.load(path, weights_only=True)`` without our code.
 
 from __future__ import annotations
 
-import io
-import os
 import pickle
-import shutil
-import tempfile
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from ._files import TEMP_SUFFIX, _with_path, atomic_link, atomic_write
 from .errors import DGConvError
 
 __all__ = [
@@ -45,126 +40,9 @@ __all__ = [
 
 FORMAT = "dgconv.checkpoint/1"
 
-#: Temporaries of :func:`atomic_write` are named ``.<name>.<random>.tmp`` beside their target.
-TEMP_SUFFIX = ".tmp"
-
 
 class CheckpointError(DGConvError, ValueError):
     """A checkpoint is missing, unreadable (corrupt or truncated), or not a dgconv checkpoint."""
-
-
-_umask_lock = threading.Lock()
-
-
-def _file_mode() -> int:
-    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
-    with _umask_lock:
-        mask = os.umask(0)
-        os.umask(mask)
-    return 0o666 & ~mask
-
-
-class _Recorder(io.RawIOBase):
-    """A writable file that remembers the ``OSError`` its target raised (``torch.save`` replaces it by a
-    ``RuntimeError`` without the reason)."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        super().__init__()
-        self.f = f
-        self.error: OSError | None = None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:  # type: ignore[no-untyped-def,override]
-        try:
-            return self.f.write(b)
-        except OSError as e:
-            self.error = e
-            raise
-
-
-def _temporary(path: Path) -> tuple[int, str]:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    except OSError as e:
-        raise _with_path(e, path) from None
-    os.fchmod(fd, _file_mode())
-    return fd, tmp
-
-
-def _with_path(e: OSError, path: Path) -> OSError:
-    """``e`` with ``path`` as its filename when it had none (so the message names the file)."""
-    if e.filename is None:
-        return type(e)(e.errno, e.strerror or str(e), str(path))
-    return e
-
-
-def _sync_dir(folder: Path) -> None:
-    try:  # make a rename durable
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - platforms without directory fsync
-        pass
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it over ``path``: a crash at any
-    moment leaves either the old file or the new one, never a torn one (a process killed mid-write leaves a
-    ``.<name>.*.tmp`` temporary, which :mod:`dgconv.rundir` removes on the run's next start).
-
-    Raises:
-        OSError: the file system refused (its ``filename`` is set); nothing is left behind.
-    """
-    path = Path(path)
-    fd, tmp = _temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            rec = _Recorder(f)
-            try:
-                write(rec)  # type: ignore[arg-type]
-            except RuntimeError:
-                if rec.error is not None:  # torch.save hides the OSError of a full disk in a RuntimeError
-                    raise rec.error from None
-                raise
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise _with_path(e, path) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_dir(path.parent)
-
-
-def atomic_link(source: str | Path, path: str | Path) -> None:
-    """Make ``path`` an atomic copy of ``source``: a hard link when the file system has them (no bytes copied;
-    ``source`` may be replaced later by :func:`atomic_write` without touching ``path``), else a full copy."""
-    source, path = Path(source), Path(path)
-    fd, tmp = _temporary(path)
-    os.close(fd)
-    try:
-        os.unlink(tmp)
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise _with_path(e, path) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_dir(path.parent)
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:

@@ -193,7 +193,7 @@ class ResourceConstraint:
             from .profile import profile
 
             try:
-                prof = profile(_unwrap(model), self.input_size)
+                prof = profile(_unwrap(model), self.input_size, count_other=False)
             except RuntimeError as e:
                 raise ConfigError(f"the model does not accept an input of size {self.input_size}: "
                                   f"{str(e).splitlines()[0][:200]}") from None

@@ -55,6 +55,14 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def shutdown() -> None:
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group. With ``barrier`` (a normal end) all processes meet first, so none tears down gloo or
+    NCCL while another still has work in flight (a rank that left early made the other abort with "terminate called
+    without an active exception"). After an error, pass ``barrier=False``: the other ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            try:
+                dist.barrier()
+            except RuntimeError:
+                pass
         dist.destroy_process_group()

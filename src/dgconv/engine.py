@@ -39,7 +39,7 @@ from .errors import ConfigError, DGConvError, Interrupted, RunDirError
 from .layers import cached_gates
 from .models import create_model
 from .progress import Progress
-from .rundir import RunWriter, checkpoint_path, read_groups, read_metrics
+from .rundir import LAST, RunWriter, checkpoint_path, read_groups, read_metrics
 
 __all__ = ["TrainConfig", "train", "evaluate", "DATASET_DEFAULTS", "TrainingError", "read_groups"]
 
@@ -169,6 +169,14 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
         saved = ckpt["config"]
         if not isinstance(saved, dict):
             raise CheckpointError(f"{source}: its 'config' is not a mapping")
+        last = run_dir / LAST
+        if source.resolve() != last.resolve() and last.exists():
+            at = int(load_checkpoint(last)["epoch"])
+            if at > int(ckpt["epoch"]):
+                raise ConfigError(
+                    f"{source} holds epoch {ckpt['epoch']}, but the run in {run_dir} is at epoch {at}: resuming from it "
+                    f"would rewind that run. Copy the run directory and resume the copy, or resume {run_dir} itself."
+                )
         cfg = merge_resume(cfg, saved, explicit)
         cfg.out = str(run_dir)
     cfg = cfg.resolved()
@@ -177,15 +185,18 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
     if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs:
         return _already_finished(cfg, ckpt)
     env = init_distributed(cfg.device)
+    finished = False
     try:
         writer = RunWriter(cfg.out) if env.is_main else None
         try:
-            return _train(cfg, env, writer, ckpt)
+            record = _train(cfg, env, writer, ckpt)
+            finished = True
+            return record
         finally:
             if writer is not None:
                 writer.close()
     finally:
-        shutdown()
+        shutdown(barrier=finished)
 
 
 def _already_finished(cfg: TrainConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -228,9 +239,10 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
     if writer is not None:
         if ckpt is None:
             writer.check_fresh()
-        for note in writer.recover(ckpt):
+        for note in writer.recover(ckpt, checkpoint_path(cfg.resume) if cfg.resume else None):
             _logger.info("%s: %s", out, note)
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)  # set either way: sweeps reuse processes
+    if cfg.deterministic or torch.are_deterministic_algorithms_enabled():  # reset too: sweeps reuse processes
+        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)  # (its first call imports the compiler)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.manual_seed(cfg.seed)
 

@@ -12,6 +12,7 @@ counted, as in the paper and torchvision.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -115,6 +116,7 @@ def profile(
     input_size: Sequence[int],
     group_conv_names: Iterable[str] | None = None,
     device: torch.device | str | None = None,
+    count_other: bool = True,
 ) -> Profile:
     """Count parameters and MACs of ``model`` for one input of ``input_size`` = ``(C, H, W)``.
 
@@ -128,6 +130,8 @@ def profile(
         group_conv_names: names of the layers to count as GConv; default: ``model.group_conv_names`` when the
             model has it, else DGConv2d layers and convolutions with ``groups > 1``.
         device: where to run; default: the device of the model's first parameter.
+        count_other: also count matrix products outside convolution and linear layers (with
+            ``FlopCounterMode``, whose first use costs seconds); ``False`` counts the layers only.
 
     Example::
 
@@ -155,17 +159,20 @@ def profile(
     root = type(model).__name__
     try:
         x = torch.zeros(1, *map(int, input_size), device=device)
-        with FlopCounterMode(display=False) as counter:
+        counter = FlopCounterMode(display=False) if count_other else None
+        with counter if counter is not None else contextlib.nullcontext():
             model(x)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
 
-    flops = counter.get_flop_counts()
-    total_counted = counter.get_total_flops()
-    counted_in_layers = sum(sum(flops.get(f"{root}.{n}", {}).values()) for n in records)
-    other_macs = max(0, (total_counted - counted_in_layers) // 2)
+    other_macs = 0
+    if counter is not None:
+        flops = counter.get_flop_counts()
+        total_counted = counter.get_total_flops()
+        counted_in_layers = sum(sum(flops.get(f"{root}.{n}", {}).values()) for n in records)
+        other_macs = max(0, (total_counted - counted_in_layers) // 2)
 
     layers = []
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}

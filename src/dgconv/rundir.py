@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import TEMP_SUFFIX, CheckpointError, atomic_link, atomic_write, load_checkpoint, save_checkpoint
+from ._faults import armed, fault, kill
+from ._files import TEMP_SUFFIX, atomic_link, atomic_write
 from .errors import RunDirError, RunInUseError
 from .interrupts import deferred
 
@@ -393,6 +394,8 @@ def checkpoint_path(source: str | Path, best: bool = False) -> Path:
 
 
 def _epoch_of(path: Path) -> int | None:
+    from .checkpoint import CheckpointError, load_checkpoint
+
     try:
         return int(load_checkpoint(path)["epoch"])
     except CheckpointError:
@@ -403,6 +406,8 @@ def best_checkpoint(run_dir: str | Path) -> Path:
     """The checkpoint of the run's best epoch: ``best.pt``, unless a crash between writing ``last.pt`` and
     ``best.pt`` left ``best.pt`` behind -- then ``last.pt``, which holds that same epoch."""
     run_dir = Path(run_dir)
+    from .checkpoint import load_checkpoint
+
     last, best = run_dir / LAST, run_dir / BEST
     if not last.exists():
         return best
@@ -531,8 +536,9 @@ class RunWriter:
                 f"{self.path / METRICS} if that run is of no use)"
             )
 
-    def recover(self, ckpt: dict[str, Any] | None) -> list[str]:
-        """Make the directory consistent with the checkpoint the run continues from (``None``: a fresh start).
+    def recover(self, ckpt: dict[str, Any] | None, source: Path | None = None) -> list[str]:
+        """Make the directory consistent with the checkpoint the run continues from (``None``: a fresh start;
+        ``source``: the file it was read from, by default ``last.pt``).
 
         Removes stray temporaries, keeps the metrics lines up to the checkpoint's epoch (re-appending that
         epoch's line from the checkpoint when a crash lost or tore it), and re-links ``best.pt`` when a crash
@@ -563,7 +569,7 @@ class RunWriter:
         if ckpt is not None and ckpt.get("best_epoch") is not None:
             want = int(ckpt["best_epoch"])
             if want == epoch and (not self.best.exists() or _epoch_of(self.best) != want):
-                atomic_link(self.last, self.best)
+                atomic_link(source or self.last, self.best)
                 notes.append(f"{BEST} was behind the metrics (a crash between the two checkpoints); re-linked it to epoch {want}")
         return notes
 
@@ -606,6 +612,10 @@ class RunWriter:
         line = (json.dumps(record) + "\n").encode()
         try:
             with open(self.path / METRICS, "ab") as f:
+                if armed("commit:torn"):  # the reliability tests: a crash halfway through the line
+                    f.write(line[: len(line) // 2])
+                    f.flush()
+                    kill()
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
@@ -622,14 +632,18 @@ class RunWriter:
     def commit_epoch(self, ckpt: dict[str, Any], record: dict[str, Any], best: bool, groups: dict[str, Any] | None) -> None:
         """Commit one finished epoch, crash-consistently (see the module docstring): ``last.pt`` (holding
         ``record``), ``best.pt`` when ``best``, the metrics line, ``groups.json``. Signals wait until it is done."""
+        from .checkpoint import save_checkpoint
+
         with deferred():
             try:
                 save_checkpoint({**ckpt, "record": record}, self.last)
+                fault("commit:last")
                 if best:
                     atomic_link(self.last, self.best)
             except OSError as e:
                 raise _os_error(e, "write the checkpoint") from None
             self.append_metrics(record)
+            fault("commit:metrics")
             if groups is not None:
                 self.write_groups(groups)
             self.committed_epoch = int(record["epoch"])
