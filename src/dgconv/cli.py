@@ -74,6 +74,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--dual-lr", type=_positive_float, help="dual ascent step of --objective lagrangian (default 0.05)")
     a("--min-group-width", type=_positive_int, help="no group narrower than this many channels (hardware-friendly groups)")
     a("--max-groups", type=_positive_int, help="at most this many groups in any DGConv layer")
+    a("--freeze-groups-at", metavar="X",
+      help="search, then train: after epoch X (or the fraction X of the schedule, e.g. 0.3) every DGConv layer becomes "
+           "its group convolution and training goes on as ResNeXt* (optimizer state kept)")
+    a("--gate-batch-fraction", type=_positive_float,
+      help="compute the gate gradients on this random fraction of each batch (unbiased; default 1: exact)")
+    a("--gate-every", type=int, help="gate gradients on every K-th step only (default 1: every step)")
+    a("--compile", action="store_true", help="torch.compile the network (DGConv layers run as one opaque op each)")
     a("--epochs", type=_positive_int)
     a("--batch-size", type=_positive_int, help="global batch size, split over processes")
     a("--lr", type=_positive_float, help="peak learning rate")

@@ -44,6 +44,9 @@ class TrainConfig:
     ``b``, ``None`` trains unconstrained; ``target`` (an absolute cap in the cost's units) replaces it. ``cost``:
     ``"connections"`` (the paper's), ``"macs"`` or ``"latency"`` (with ``latency_table``). ``objective``: ``"paper"``
     or ``"lagrangian"`` (:mod:`dgconv.constraint`). ``batch_size`` is the global batch, split over processes.
+    ``freeze_groups_at``: search, then train -- an epoch number (``"5"``) or a fraction of the schedule (``"0.3"``)
+    after which every DGConv layer becomes its group convolution (:func:`dgconv.freeze_groups`).
+    ``gate_batch_fraction`` / ``gate_every``: cheaper gate gradients (sub-batch estimate / every K steps).
     """
 
     model: str | None = None
@@ -59,6 +62,10 @@ class TrainConfig:
     dual_lr: float = 0.05
     min_group_width: int | None = None
     max_groups: int | None = None
+    freeze_groups_at: str | None = None
+    gate_batch_fraction: float = 1.0
+    gate_every: int = 1
+    compile: bool = False
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -149,11 +156,43 @@ class TrainConfig:
             v = getattr(cfg, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {v}")
+        gate_options = cfg.freeze_groups_at is not None or cfg.gate_batch_fraction != 1.0 or cfg.gate_every != 1
+        if gate_options and not info.dgconv:
+            raise ConfigError(f"model {cfg.model!r} has no DGConv layers: --freeze-groups-at, --gate-batch-fraction and "
+                              f"--gate-every apply to learned groups (a g_* model)")
+        if isinstance(cfg.gate_batch_fraction, bool) or not 0 < cfg.gate_batch_fraction <= 1:
+            raise ConfigError(f"gate batch fraction must be in (0, 1], got {cfg.gate_batch_fraction}")
+        if isinstance(cfg.gate_every, bool) or not isinstance(cfg.gate_every, int) or cfg.gate_every < 1:
+            raise ConfigError(f"gate-every must be a positive integer (1: every step), got {cfg.gate_every!r}")
+        cfg.freeze_epoch()  # validates
         if cfg.workers is not None and cfg.workers < 0:
             raise ConfigError(f"workers must be 0 or more, got {cfg.workers}")
         if cfg.dataset in ("cifar10", "cifar100", "imagefolder") and not cfg.data_dir:
             raise ConfigError(f"--dataset {cfg.dataset} needs --data-dir")
         return cfg
+
+    def freeze_epoch(self) -> int | None:
+        """After how many epochs the groups freeze (``freeze_groups_at`` resolved against ``epochs``), or None.
+
+        An integer is an epoch number in ``[1, epochs]``; a number with a decimal point is a fraction of the schedule
+        in ``(0, 1]`` (``"0.3"`` of 30 epochs: after epoch 9; at least 1).
+        """
+        x = self.freeze_groups_at
+        if x is None:
+            return None
+        text = str(x).strip()
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"--freeze-groups-at takes an epoch number or a fraction of the schedule, got {x!r}") from None
+        if any(c in text for c in ".eE") or isinstance(x, float):
+            if not 0 < value <= 1:
+                raise ConfigError(f"--freeze-groups-at {x}: a fraction of the schedule must be in (0, 1]")
+            return max(1, round(value * int(self.epochs or 0)))
+        epoch = int(value)
+        if not 1 <= epoch <= int(self.epochs or 0):
+            raise ConfigError(f"--freeze-groups-at {x} is outside the schedule: give an epoch in [1, {self.epochs}] or a fraction")
+        return epoch
 
 
 def merge_resume(cfg: TrainConfig, saved: dict[str, Any], explicit: set[str]) -> TrainConfig:

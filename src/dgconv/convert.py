@@ -33,6 +33,8 @@ from .models.registry import create_model, model_info
 __all__ = [
     "groupify",
     "deploy",
+    "register_fold_rule",
+    "FoldSites",
     "DeploySummary",
     "LayerDeployment",
     "ChannelPermutation",
@@ -167,74 +169,243 @@ class DeploySummary:
         return "\n".join(lines)
 
 
-def _grouped_conv(layer: DGConv2d) -> tuple[nn.Conv2d, Tensor, Tensor]:
-    """The plain grouped convolution of a DGConv layer, in sorted channel order, and the permutations."""
+def _grouped_conv(layer: DGConv2d) -> tuple[nn.Conv2d, Tensor, Tensor, Tensor]:
+    """The plain grouped convolution of a DGConv layer, in sorted channel order; the permutations; and the flat
+    index of its weight rows in the dense weight (``Grouping.weight_index``)."""
     plan = layer.grouping()
     G = plan.groups
     w = layer.weight.detach()
     out_perm, in_perm = plan.out_perm.to(w.device), plan.in_perm.to(w.device)
-    cols = plan.in_group_inputs.to(w.device)  # (out, in/G): input channels of each sorted row's group
-    weight = w.index_select(0, out_perm).gather(1, cols[:, :, None, None].expand(-1, -1, *w.shape[2:]))
+    index = plan.weight_index.to(w.device)
+    o, i, kh, kw = w.shape
+    weight = w.reshape(o * i, kh * kw).index_select(0, index).reshape(o, i // G, kh, kw)
     padding: Any = layer.padding
     conv = nn.Conv2d(
         layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, padding, layer.dilation,
         groups=G, bias=layer.bias is not None, padding_mode=layer.padding_mode, device=w.device, dtype=w.dtype,
     )
+    fmt = torch.channels_last if w.dim() == 4 and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
     with torch.no_grad():
-        conv.weight.copy_(weight)
+        conv.weight.data = weight.contiguous(memory_format=fmt)
         if layer.bias is not None:
             conv.bias.copy_(layer.bias.detach().index_select(0, out_perm))
-    return conv, in_perm, out_perm
+    return conv, in_perm, out_perm, index
 
 
 def _is_identity(p: Tensor) -> bool:
     return bool(torch.equal(p, torch.arange(len(p), device=p.device)))
 
 
-def _permute_rows_(conv: nn.Conv2d, perm: Tensor) -> None:
-    with torch.no_grad():
-        conv.weight.copy_(conv.weight.index_select(0, perm))
-        if conv.bias is not None:
-            conv.bias.copy_(conv.bias.index_select(0, perm))
+class _StateEdit:
+    """Edits parameters and buffers in place and keeps an optimizer's per-parameter state in step with them (SGD
+    momentum, Adam moments: every state tensor shaped like its parameter). Without an optimizer it only edits."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer | None) -> None:
+        self.opt = optimizer
+
+    def _states(self, t: Tensor) -> list[Tensor]:
+        if self.opt is None:
+            return []
+        return [v for v in self.opt.state.get(t, {}).values() if isinstance(v, Tensor) and v.shape == t.shape]
+
+    @torch.no_grad()
+    def permute(self, t: Tensor | None, dim: int, perm: Tensor) -> None:
+        if t is None:
+            return
+        for v in [t, *self._states(t)]:
+            v.copy_(v.index_select(dim, perm))
+
+    @torch.no_grad()
+    def replace(self, old: Tensor, new: Tensor, gather: Callable[[Tensor], Tensor]) -> None:
+        """Put ``new`` where ``old`` was in the optimizer, its state being ``gather(old's state)``."""
+        if self.opt is None:
+            return
+        for group in self.opt.param_groups:
+            group["params"] = [new if p is old else p for p in group["params"]]
+        state = self.opt.state.pop(old, None)
+        if state is not None:
+            self.opt.state[new] = {k: gather(v).contiguous(memory_format=_format(new)).to(v.dtype)
+                                   if isinstance(v, Tensor) and v.shape == old.shape else v for k, v in state.items()}
+
+    def drop(self, p: Tensor) -> None:
+        if self.opt is None:
+            return
+        for group in self.opt.param_groups:
+            group["params"] = [q for q in group["params"] if q is not p]
+        self.opt.state.pop(p, None)
 
 
-def _permute_cols_(conv: nn.Conv2d, perm: Tensor) -> None:
-    with torch.no_grad():
-        conv.weight.copy_(conv.weight.index_select(1, perm))
+def _format(t: Tensor) -> torch.memory_format:
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
-def _permute_bn_(bn: nn.BatchNorm2d, perm: Tensor) -> None:
-    with torch.no_grad():
-        for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
-            if t is not None:
-                t.copy_(t.index_select(0, perm))
+# ------------------------------------------------------------------------------------------------ fold rules
+@dataclass(frozen=True)
+class FoldSites:
+    """Where a DGConv layer's channel permutations can be folded instead of run.
+
+    ``producer``/``producer_norm``: the convolution (and the norm after it) that produce the layer's input through
+    channel-wise operations only; their output channels take the input permutation. ``norm``/``consumer``: the
+    norm right after the layer and the convolution consuming its output (through channel-wise operations only);
+    the norm takes the output permutation and the consumer's input channels take it too. Any field may be
+    ``None`` when that side cannot be folded.
+    """
+
+    producer: nn.Conv2d | None = None
+    producer_norm: nn.Module | None = None
+    norm: nn.Module | None = None
+    consumer: nn.Conv2d | None = None
 
 
-def _bottleneck_parent(root: nn.Module, name: str) -> nn.Module | None:
-    """The block around a DGConv at ``<block>.conv2`` if its forward is known: conv1-bn1-relu-conv2-bn2-relu-conv3."""
-    parent_name, _, child = name.rpartition(".")
-    if child != "conv2":
-        return None
-    parent = root.get_submodule(parent_name) if parent_name else root
-    known: list[type] = []
-    from .models.resnet import Bottleneck
+#: A rule maps (the block holding the DGConv layer, the attribute name of the layer) to its fold sites, or None.
+FoldRule = Callable[[nn.Module, str], "FoldSites | None"]
 
-    known.append(Bottleneck)
-    try:  # torchvision's Bottleneck has the same forward
-        from torchvision.models.resnet import Bottleneck as TVBottleneck
+_FOLD_RULES: dict[type, FoldRule] = {}
+_BUILTIN_RULES_LOADED = False
 
-        known.append(TVBottleneck)
-    except Exception:  # noqa: BLE001 - torchvision is optional and may not match the torch build
-        pass
-    if not isinstance(parent, tuple(known)):
-        return None
-    if not all(isinstance(getattr(parent, a, None), nn.BatchNorm2d) for a in ("bn1", "bn2")):
-        return None
-    return parent
+
+def register_fold_rule(block_type: type, rule: FoldRule) -> None:
+    """Teach :func:`deploy` and :func:`dgconv.freeze_groups` where the permutations of a DGConv layer inside blocks
+    of ``block_type`` can be folded (in the spirit of Torch-Pruning's ``register_customized_layer``).
+
+    Example::
+
+        >>> class MyBlock(nn.Module): ...
+        >>> register_fold_rule(MyBlock, lambda block, child: FoldSites(block.conv_a, block.bn_a, block.bn_b, block.conv_b)
+        ...                    if child == "dg" else None)
+    """
+    if not isinstance(block_type, type):
+        raise TypeError(f"register_fold_rule needs a class, got {block_type!r}")
+    _FOLD_RULES[block_type] = rule
 
 
 def _plain_dense(m: Any) -> bool:
     return type(m) is nn.Conv2d and m.groups == 1
+
+
+def _bn(m: Any) -> bool:
+    return isinstance(m, nn.BatchNorm2d)
+
+
+def _bottleneck_rule(block: nn.Module, child: str) -> FoldSites | None:
+    """conv1 -> bn1 -> ReLU -> conv2 (DGConv) -> bn2 -> ReLU -> conv3: our ``Bottleneck`` and torchvision's."""
+    if child != "conv2":
+        return None
+    conv1, bn1, bn2, conv3 = (getattr(block, a, None) for a in ("conv1", "bn1", "bn2", "conv3"))
+    input_ok = _plain_dense(conv1) and _bn(bn1)
+    output_ok = _bn(bn2) and _plain_dense(conv3)
+    return FoldSites(conv1 if input_ok else None, bn1 if input_ok else None, bn2 if output_ok else None,
+                     conv3 if output_ok else None)
+
+
+def _timm_bottleneck_rule(block: nn.Module, child: str) -> FoldSites | None:
+    """timm's ResNet ``Bottleneck``: conv1 -> bn1 -> act1 -> conv2 -> bn2 -> drop_block -> act2 -> aa -> conv3; the
+    activations and anti-aliasing are channel-wise; a DropBlock is not, so it blocks the output fold."""
+    sites = _bottleneck_rule(block, child)
+    if sites is None:
+        return None
+    drop = getattr(block, "drop_block", None)
+    if drop is not None and not isinstance(drop, nn.Identity):
+        return FoldSites(sites.producer, sites.producer_norm)
+    return sites
+
+
+def _load_builtin_rules() -> None:
+    global _BUILTIN_RULES_LOADED
+    if _BUILTIN_RULES_LOADED:
+        return
+    _BUILTIN_RULES_LOADED = True
+    from .models.resnet import Bottleneck
+
+    _FOLD_RULES.setdefault(Bottleneck, _bottleneck_rule)
+    try:  # torchvision's Bottleneck has the same forward (optional; may not match the torch build)
+        from torchvision.models.resnet import Bottleneck as TVBottleneck
+
+        _FOLD_RULES.setdefault(TVBottleneck, _bottleneck_rule)
+    except Exception:  # noqa: BLE001
+        pass
+    try:  # timm's (optional)
+        from timm.models.resnet import Bottleneck as TimmBottleneck
+
+        _FOLD_RULES.setdefault(TimmBottleneck, _timm_bottleneck_rule)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _fold_sites(root: nn.Module, name: str) -> FoldSites:
+    _load_builtin_rules()
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    for klass in type(parent).__mro__:
+        rule = _FOLD_RULES.get(klass)
+        if rule is not None:
+            return rule(parent, child) or FoldSites()
+    return FoldSites()
+
+
+def _convert_in_place(root: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[LayerDeployment]:
+    """Replace every DGConv layer of ``root`` by its grouped ``nn.Conv2d``, folding permutations by the fold rules
+    (else inserting :class:`ChannelPermutation`), and carry ``optimizer``'s state of every surviving weight."""
+    edit = _StateEdit(optimizer)
+    records = []
+    for name, layer in dgconv_layers(root):
+        conv, in_perm, out_perm, index = _grouped_conv(layer)
+        kh, kw = layer.kernel_size
+        o, i = layer.out_channels, layer.in_channels
+        G = conv.groups
+        in_state = "none" if _is_identity(in_perm) else "inserted"
+        out_state = "none" if _is_identity(out_perm) else "inserted"
+        sites = _fold_sites(root, name)
+        if in_state == "inserted" and sites.producer is not None:
+            edit.permute(sites.producer.weight, 0, in_perm)
+            edit.permute(sites.producer.bias, 0, in_perm)
+            for t in _norm_tensors(sites.producer_norm):
+                edit.permute(t, 0, in_perm)
+            in_state = "folded"
+        if out_state == "inserted" and sites.consumer is not None:
+            for t in _norm_tensors(sites.norm):
+                edit.permute(t, 0, out_perm)
+            edit.permute(sites.consumer.weight, 1, out_perm)
+            out_state = "folded"
+        edit.replace(layer.weight, conv.weight, lambda v: v.reshape(o * i, kh * kw).index_select(0, index).reshape(o, i // G, kh, kw))
+        if layer.bias is not None:
+            edit.replace(layer.bias, conv.bias, lambda v: v.index_select(0, out_perm))
+        edit.drop(layer.gate)
+        new: nn.Module = conv
+        if in_state == "inserted" or out_state == "inserted":
+            parts: list[nn.Module] = []
+            if in_state == "inserted":
+                parts.append(ChannelPermutation(in_perm))
+            parts.append(conv)
+            if out_state == "inserted":
+                parts.append(ChannelPermutation(torch.argsort(out_perm)))
+            new = nn.Sequential(*parts)
+        _set_module(root, name, new)
+        records.append(
+            LayerDeployment(
+                name, i, o, (kh, kw), G, sum(p.numel() for p in layer.parameters()), sum(p.numel() for p in conv.parameters()),
+                i * o * kh * kw, i * o * kh * kw // G, in_state, out_state,
+            )
+        )
+    cfg = getattr(root, "dgconv_cfg", None)
+    if isinstance(cfg, dict) and records:  # the model now is (an instance of) the plain architecture
+        plain = model_info(cfg["name"]).plain
+        root.dgconv_cfg = {**cfg, "name": plain, "kwargs": _plain_kwargs(cfg["kwargs"], {r.name: r.groups for r in records})}
+    return records
+
+
+def _plain_kwargs(kwargs: dict[str, Any], groups: dict[str, int]) -> dict[str, Any]:
+    out = {k: v for k, v in kwargs.items() if k not in ("min_group_width", "max_groups", "dgconv_impl")}
+    return {**out, "groups": groups}
+
+
+def _norm_tensors(norm: nn.Module | None) -> list[Tensor | None]:
+    if norm is None:
+        return []
+    return [getattr(norm, a, None) for a in ("weight", "bias", "running_mean", "running_var")]
 
 
 @overload
@@ -247,9 +418,10 @@ def deploy(model: nn.Module, *, summary: bool = False) -> nn.Module | tuple[nn.M
     """A copy of ``model`` in which every :class:`DGConv2d` is an ``nn.Conv2d(groups=G)`` at its learned ``G``.
 
     The copy keeps only the in-group weights (``C_in C_out k^2 / G``), drops the gates, and folds the channel
-    permutations of non-adjacent groupings into neighbouring layers where the graph allows (bottleneck blocks
-    of :mod:`dgconv.models` and torchvision); elsewhere it inserts :class:`ChannelPermutation` modules. In eval
-    mode the copy computes what ``model`` computes, to float rounding. ``model`` is left untouched.
+    permutations of non-adjacent groupings into neighbouring layers where a fold rule says how (bottleneck blocks
+    of :mod:`dgconv.models`, torchvision and timm; :func:`register_fold_rule` adds others); elsewhere it inserts
+    :class:`ChannelPermutation` modules. In eval mode the copy computes what ``model`` computes, to float rounding.
+    ``model`` is left untouched.
 
     Args:
         model: a model with DGConv layers (inside DDP or ``torch.compile`` wrappers too).
@@ -266,44 +438,7 @@ def deploy(model: nn.Module, *, summary: bool = False) -> nn.Module | tuple[nn.M
     source = getattr(model, "module", model)
     source = getattr(source, "_orig_mod", source)
     out = copy.deepcopy(source)
-    records = []
-    for name, layer in dgconv_layers(out):
-        conv, in_perm, out_perm = _grouped_conv(layer)
-        kh, kw = layer.kernel_size
-        G = conv.groups
-        in_state = "none" if _is_identity(in_perm) else "inserted"
-        out_state = "none" if _is_identity(out_perm) else "inserted"
-        block = _bottleneck_parent(out, name)
-        new: nn.Module = conv
-        if block is not None and in_state == "inserted" and _plain_dense(block.conv1):
-            _permute_rows_(block.conv1, in_perm)
-            _permute_bn_(block.bn1, in_perm)
-            in_state = "folded"
-        if block is not None and out_state == "inserted" and _plain_dense(getattr(block, "conv3", None)):
-            _permute_bn_(block.bn2, out_perm)
-            _permute_cols_(block.conv3, out_perm)
-            out_state = "folded"
-        if in_state == "inserted" or out_state == "inserted":
-            parts: list[nn.Module] = []
-            if in_state == "inserted":
-                parts.append(ChannelPermutation(in_perm))
-            parts.append(conv)
-            if out_state == "inserted":
-                parts.append(ChannelPermutation(torch.argsort(out_perm)))
-            new = nn.Sequential(*parts)
-        _set_module(out, name, new)
-        records.append(
-            LayerDeployment(
-                name, layer.in_channels, layer.out_channels, (kh, kw), G,
-                sum(p.numel() for p in layer.parameters()), sum(p.numel() for p in conv.parameters()),
-                layer.in_channels * layer.out_channels * kh * kw, layer.in_channels * layer.out_channels * kh * kw // G,
-                in_state, out_state,
-            )
-        )
-    cfg = getattr(out, "dgconv_cfg", None)
-    if isinstance(cfg, dict):  # the copy now is (an instance of) the plain architecture
-        plain = model_info(cfg["name"]).plain
-        out.dgconv_cfg = {**cfg, "name": plain, "kwargs": {**cfg["kwargs"], "groups": {r.name: r.groups for r in records}}}
+    records = _convert_in_place(out)
     return (out, DeploySummary(records)) if summary else out
 
 

@@ -32,11 +32,12 @@ from . import __version__
 from ._env import cpu_name
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .config import DATASET_DEFAULTS, TrainConfig, merge_resume
-from .constraint import ResourceConstraint, parameter_groups
+from .constraint import ResourceConstraint, configure_optimizer
+from .freeze import freeze_groups, restore_grouping
 from .data import DataError, TensorDataset, TensorLoader, load_cifar, load_digits
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .errors import ConfigError, DGConvError, Interrupted, RunDirError
-from .layers import cached_gates
+from .layers import cached_gates, gate_gradients, set_gate_batch_fraction
 from .models import create_model
 from .progress import Progress
 from .rundir import LAST, RunWriter, checkpoint_path, read_groups, read_metrics
@@ -263,15 +264,10 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
         if isinstance(e, DGConvError):
             raise
         raise ConfigError(f"cannot build {cfg.model}: {e}") from None
-    if ckpt is not None:
-        if ckpt["num_classes"] != num_classes:
-            raise TrainingError(
-                f"class count mismatch: the checkpoint has {ckpt['num_classes']} classes, the data has {num_classes}"
-            )
-        try:
-            model.load_state_dict(ckpt["model"])
-        except (RuntimeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"the checkpoint does not fit {cfg.model}: {e}") from None
+    if ckpt is not None and ckpt["num_classes"] != num_classes:
+        raise TrainingError(
+            f"class count mismatch: the checkpoint has {ckpt['num_classes']} classes, the data has {num_classes}"
+        )
     model.to(env.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -279,10 +275,22 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
         model, budget=cfg.budget, alpha=cfg.alpha, cost=cfg.cost, target=cfg.target, input_size=input_size,
         latency_table=cfg.latency_table, objective=cfg.objective, dual_lr=cfg.dual_lr,
     )  # bad costs, tables and unreachable budgets are ConfigErrors, before any training
-    opt = torch.optim.SGD(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    opt = configure_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    set_gate_batch_fraction(model, cfg.gate_batch_fraction)
     run = _Run(cfg, env, out, writer, model, model, opt, constraint, train_loader, test_loader, num_classes, input_size,
                model_kwargs)
     if ckpt is not None:
+        if ckpt.get("frozen"):  # the groups were frozen before this checkpoint: rebuild that structure first
+            try:
+                restore_grouping(model, ckpt["frozen"])
+            except ValueError as e:
+                raise CheckpointError(f"the checkpoint's frozen grouping does not fit {cfg.model}: {e}") from None
+            constraint.freeze()
+            freeze_groups(model, opt)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"the checkpoint does not fit {cfg.model}: {e}") from None
         try:
             opt.load_state_dict(ckpt["optimizer"])
         except (KeyError, ValueError, TypeError) as e:
@@ -293,11 +301,32 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
         torch.set_rng_state(ckpt["rng"]["torch"])
         if env.device.type == "cuda" and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    if env.distributed:
-        run.net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=True
-        )
+    run.net = _wrap(model, cfg, env)
     return run
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
+    """The network the loop calls: the model, DDP around it with several processes, ``torch.compile`` on request."""
+    net: nn.Module = model
+    if env.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=True,
+            find_unused_parameters=cfg.gate_every > 1,  # gate-less steps leave the gates without gradients
+        )
+    if cfg.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    return net
+
+
+def _freeze(run: _Run, epoch: int) -> None:
+    """Search, then train: every DGConv layer becomes its group convolution (optimizer state carried)."""
+    run.constraint.freeze()
+    freeze_groups(run.model, run.opt)
+    run.net = _wrap(run.model, run.cfg, run.env)
+    if run.env.is_main:
+        groups = run.constraint.summary()["groups"]
+        _logger.info("froze the learned groups after epoch %d: %s; from here on the network trains as ResNeXt*",
+                     epoch, list(groups.values()))
 
 
 def _kept(run: _Run) -> str:
@@ -322,12 +351,14 @@ def _train_epoch(run: _Run, epoch: int, progress: Progress) -> tuple[float, torc
             lr = _lr_at(cfg, run.step, steps)
             for group in run.opt.param_groups:
                 group["lr"] = lr
-            with cached_gates(run.model), torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                logits = run.net(x)  # one host read of all gates, not one sync per DGConv layer
-            task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            loss = run.constraint(task)
-            run.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            gates_on = cfg.gate_every == 1 or run.step % cfg.gate_every == 0
+            with gate_gradients(run.model, gates_on):
+                with cached_gates(run.model), torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    logits = run.net(x)  # one host read of all gates, not one sync per DGConv layer
+                task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                loss = run.constraint(task)
+                run.opt.zero_grad(set_to_none=True)
+                loss.backward()
             run.opt.step()
             run.step += 1
             n = torch.tensor(len(y), device=env.device)
@@ -365,7 +396,7 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
         "cost": state["cost"], "zeta": state["zeta"], "o": state["o"], "zeta_over_o": state["zeta_over_o"],
         "zeta_before_projection": zeta_before, "gates_closed_by_projection": [[n, k] for n, k in closed],
         "lambda": state["lambda"], "macs": state["macs"], "dgconv_macs": state["dgconv_macs"], "groups": state["groups"],
-        "gates": state["gates"], "gates_in_sync": True, "time": time.time() - started,
+        "gates": state["gates"], "gates_in_sync": True, "frozen": run.constraint.frozen, "time": time.time() - started,
     }
     return record, best
 
@@ -379,6 +410,7 @@ def _commit_epoch(run: _Run, record: dict[str, Any], best: bool, writer: Any) ->
         "input_size": list(run.input_size), "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
         "epoch": record["epoch"], "step": run.step, "best_acc": run.best_acc, "best_epoch": run.best_epoch,
         "constraint": run.constraint.state_dict(),
+        "frozen": getattr(run.model, "dgconv_frozen", None),
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if env.device.type == "cuda" else []},
         "config": dataclasses.asdict(cfg),
     }
@@ -418,8 +450,11 @@ def _train(cfg: TrainConfig, env: DistEnv, writer: RunWriter | None, ckpt: dict[
     tb = _tensorboard(cfg, writer) if writer is not None else None
     progress = Progress(cfg.progress and main)
     record: dict[str, Any] = {}
+    freeze_at = cfg.freeze_epoch()
     try:
         for epoch in range(run.start_epoch, cfg.epochs):
+            if freeze_at is not None and epoch >= freeze_at and not run.constraint.frozen:
+                _freeze(run, epoch)
             started = time.time()
             lr, sums = _train_epoch(run, epoch, progress)
             record, best = _finish_epoch(run, epoch, lr, sums, started, progress)

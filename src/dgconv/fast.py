@@ -19,11 +19,17 @@ Gate gradients (identity STE, ``dL/dg~_k = dL/dg_k``) equal ``<dL/dU, dU/dg_k>``
   with the matching weights. No dense ``(out, in, kh, kw)`` temporary is formed; the extra cost is
   ``sum_{k: g_k=0} (p_k - 1)`` grouped weight gradients.
 
+Cheaper gate gradients (opt-in, unbiased): with ``gate_batch_fraction = f < 1`` the cross terms of the zero gates
+are computed on a random sub-batch of ``n = ceil(f N)`` of the ``N`` examples and scaled by ``N / n``. Each term is a
+sum over examples, so the estimate is unbiased (its mean over draws is the full-batch gradient); the one-gate
+terms still come exactly from the full-batch in-group weight gradient, which the weights need anyway.
+
 Only :func:`dgconv2d_grouped` is public; the layer calls it for ``impl="auto"``/``"fast"``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -98,7 +104,7 @@ def _build_plan(g: Grouping, device: torch.device, limit: int) -> _Plan:
         M *= g.factors[k]
 
     slot_group = torch.arange(cout) // og  # group of each sorted output row
-    w_index = (out_perm[:, None] * cin + g.in_group_inputs).reshape(-1)
+    w_index = g.weight_index
 
     sup_slots = (slot_group // M)[:, None] * (ig * M) + torch.arange(ig * M)[None, :]  # (out, ig*M)
     sup_chan = in_perm[sup_slots]
@@ -203,6 +209,7 @@ class _GroupedDGConv(torch.autograd.Function):
         stride: _Pair,
         padding: _Pair,
         dilation: _Pair,
+        fraction: float = 1.0,
     ) -> Tensor:
         out = weight.shape[0]
         xp = x if plan.contiguous else _channels(x, plan.in_perm)
@@ -211,14 +218,14 @@ class _GroupedDGConv(torch.autograd.Function):
         yp = F.conv2d(xp, wg, bp, stride, padding, dilation, plan.groups)
         # Save the sorted input (not x): re-sorting in backward would cost a second pass over the activation.
         ctx.save_for_backward(xp, weight, wg)
-        ctx.conf = (plan, (stride, padding, dilation), bias is not None, gates.shape[0])
+        ctx.conf = (plan, (stride, padding, dilation), bias is not None, gates.shape[0], fraction)
         return yp if plan.contiguous else _channels(yp, plan.out_inv)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_y: Tensor):  # type: ignore[override]
         xp, weight, wg = ctx.saved_tensors
-        plan, conf, has_bias, gate_count = ctx.conf
+        plan, conf, has_bias, gate_count, fraction = ctx.conf
         need_x, need_w, need_b, need_g = ctx.needs_input_grad[:4]
         need_b = need_b and has_bias
         out, cin, kh, kw = weight.shape
@@ -250,12 +257,18 @@ class _GroupedDGConv(torch.autograd.Function):
                 dblock, wblock = (gwg, wg) if M == 1 else (dwm, _gather(weight, plan.wm_index, out))
                 m = (dblock.to(acc) * wblock.to(acc)).sum(dim=(2, 3)).reshape(-1)  # dL/dU on the block's pairs
                 grad_g.index_add_(0, plan.block_gates, plan.block_masks.to(acc) @ m)
+            gy_s, x_s, scale = gyp, xp, 1.0
+            n_all = xp.shape[0]
+            if plan.partners and fraction < 1.0 and n_all > 1:  # unbiased sub-batch estimate of the cross terms
+                n = max(1, math.ceil(fraction * n_all))
+                pick = torch.randperm(n_all, device=xp.device)[:n]
+                gy_s, x_s, scale = gyp.index_select(0, pick), xp.index_select(0, pick), n_all / n
             for term in plan.partners:
-                xc = _channels(xp, term.in_index)  # partner groups' channels in each group's slot
+                xc = _channels(x_s, term.in_index)  # partner groups' channels in each group's slot
                 wc = _gather(weight, term.w_index, out)
-                gwc = conv_backward(gyp, xc, wc, *conf, G, [False, True, False])[1]
-                grad_g[term.gate] += (gwc.to(acc) * wc.to(acc)).sum()
-        return grad_x, grad_w, grad_b, grad_g, None, None, None, None
+                gwc = conv_backward(gy_s, xc, wc, *conf, G, [False, True, False])[1]
+                grad_g[term.gate] += scale * (gwc.to(acc) * wc.to(acc)).sum()
+        return grad_x, grad_w, grad_b, grad_g, None, None, None, None, None
 
 
 def _out_size(n: int, k: int, s: int, p: int, d: int) -> int:
@@ -271,15 +284,19 @@ def dgconv2d_grouped(
     padding: _Pair,
     dilation: _Pair,
     grouping: Grouping,
+    gate_batch_fraction: float = 1.0,
 ) -> Tensor:
     """DGConv through group convolutions at ``grouping`` (which must match the binary ``gate`` values).
 
     ``gate`` holds the binary gate values ``g`` (``DGConv2d.effective_gates()``: ``binarize_gates(g~)`` with any
     held gates at 1); the gradient with respect to them is exact and reaches ``g~`` through the straight-through
-    estimator. The result and all gradients equal :func:`dgconv.functional.dgconv2d_reference` to float tolerance.
+    estimator. The result and all gradients equal :func:`dgconv.functional.dgconv2d_reference` to float tolerance
+    (with ``gate_batch_fraction < 1`` the gate gradient is an unbiased estimate, see the module docstring).
     """
     positions = x.shape[0] * _out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0]) * _out_size(
         x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1]
     )
-    plan = _plan(grouping, x.device, _merge_limit(x.device, positions))
-    return _GroupedDGConv.apply(x, weight, bias, gate, plan, stride, padding, dilation)
+    # a sub-batch estimate needs every zero gate's cross term on its own (no merged super-groups)
+    limit = _merge_limit(x.device, positions) if gate_batch_fraction >= 1.0 else 0
+    plan = _plan(grouping, x.device, limit)
+    return _GroupedDGConv.apply(x, weight, bias, gate, plan, stride, padding, dilation, gate_batch_fraction)

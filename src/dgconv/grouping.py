@@ -324,6 +324,12 @@ class Grouping:
         return self.in_perm.view(self.groups, ig).repeat_interleave(og, dim=0)
 
     @cached_property
+    def weight_index(self) -> Tensor:
+        """``(out * in/G,)`` flat row indices into ``W.view(out * in, kh * kw)``: the in-group weights, rows in sorted
+        output order, columns in sorted input order (the weight of the grouped convolution on sorted channels)."""
+        return (self.out_perm[:, None] * self.in_channels + self.in_group_inputs).reshape(-1)
+
+    @cached_property
     def is_contiguous(self) -> bool:
         """True iff the grouping is the standard block-diagonal one (both permutations are the identity)."""
         return bool(

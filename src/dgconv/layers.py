@@ -15,7 +15,7 @@ from . import grouping
 from ._compat import autocast_dtype
 from .functional import _pair, binarize_gates, dgconv2d_reference
 
-__all__ = ["DGConv2d", "GATE_INIT", "cached_gates"]
+__all__ = ["DGConv2d", "GATE_INIT", "cached_gates", "gate_gradients", "set_gate_batch_fraction"]
 
 #: Magnitude of the initial continuous gates (§4: "We initialize them as small values 1e-8 or -1e-8 randomly").
 GATE_INIT = 1e-8
@@ -157,6 +157,8 @@ class DGConv2d(nn.Module):
         self.register_buffer("_held", torch.zeros(len(self._factors), dtype=torch.bool, device=device), persistent=False)
         self._plan_cache: dict[tuple[tuple[int, ...], tuple[bool, ...]], grouping.Grouping] = {}
         self._host_gates: tuple[bool, ...] | None = None  # set only inside dgconv.cached_gates
+        #: fraction of the batch the zero gates' cross terms are computed on (1: exact; see dgconv.fast)
+        self.gate_batch_fraction = 1.0
         self.reset_parameters()
         if groups is not None:
             self.set_groups(groups)
@@ -365,6 +367,24 @@ class DGConv2d(nn.Module):
         values = [-magnitude] * n_zero + [magnitude] * n_rest + [1.0] * len(held)
         self.gate.copy_(torch.tensor(values, dtype=torch.float64).to(self.gate))
 
+    @torch.no_grad()
+    def set_grouping(self, factors: Sequence[int], gates: Sequence[bool], magnitude: float = 1.0) -> None:
+        """Set the factor order and the binary gates directly (``g~ = ±magnitude``), e.g. to restore a recorded
+        grouping. Gates held open by the hardware limits must be given as open.
+
+        Raises:
+            ValueError: ``factors`` is not a valid order for this layer, the gate count differs, or a held gate is closed.
+        """
+        order = self._check_order(factors)
+        if len(gates) != len(order):
+            raise ValueError(f"{len(gates)} gates for {len(order)} factors")
+        n = len(grouping.prime_factors(self._learnable_groups))
+        if any(not g for g in list(gates)[n:]):
+            raise ValueError("a gate held open by the hardware limits cannot be closed")
+        self._factors = order
+        self._sync_held()
+        self.gate.copy_(torch.tensor([magnitude if g else -magnitude for g in gates], dtype=torch.float64).to(self.gate))
+
     # ------------------------------------------------------------------ conversion
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, impl: str = "auto") -> DGConv2d:
@@ -444,7 +464,8 @@ class DGConv2d(nn.Module):
                 from .fast import dgconv2d_grouped
 
                 y = dgconv2d_grouped(
-                    x, weight, self.effective_gates(), bias, self.stride, padding, self.dilation, self.grouping()
+                    x, weight, self.effective_gates(), bias, self.stride, padding, self.dilation, self.grouping(),
+                    self.gate_batch_fraction,
                 )
         return y.squeeze(0) if unbatched else y
 
@@ -466,6 +487,46 @@ class DGConv2d(nn.Module):
         if self._impl != "auto":
             s += f", impl={self._impl!r}"
         return s
+
+
+def set_gate_batch_fraction(model: nn.Module, fraction: float) -> None:
+    """Compute the zero gates' cross-group gradient terms of every DGConv layer of ``model`` on a random
+    ``fraction`` of each batch (an unbiased estimate; 1 restores the exact gradient). See :mod:`dgconv.fast`.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1].
+    """
+    if isinstance(fraction, bool) or not 0 < float(fraction) <= 1:
+        raise ValueError(f"gate batch fraction must be in (0, 1], got {fraction!r}")
+    for m in model.modules():
+        if isinstance(m, DGConv2d):
+            m.gate_batch_fraction = float(fraction)
+
+
+@contextlib.contextmanager
+def gate_gradients(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """With ``enabled=False``, the DGConv layers of ``model`` compute no gate gradient inside the block: each runs
+    as a plain group convolution forward and backward (input and weight gradients only), and the gates stay
+    where they are (their ``.grad`` stays ``None``, so the optimizer skips them). ``dgconv train --gate-every K``
+    enables gate gradients on every K-th step only.
+
+    Example::
+
+        >>> model = torch.nn.Sequential(DGConv2d(8, 8, 3, padding=1))
+        >>> with gate_gradients(model, enabled=False):
+        ...     model(torch.randn(1, 8, 4, 4)).sum().backward()
+        >>> model[0].gate.grad is None
+        True
+    """
+    gates = [m.gate for m in model.modules() if isinstance(m, DGConv2d)]
+    before = [g.requires_grad for g in gates]
+    try:
+        for g in gates:
+            g.requires_grad_(bool(enabled) and g.requires_grad)
+        yield
+    finally:
+        for g, b in zip(gates, before):
+            g.requires_grad_(b)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ Nothing here touches files; :mod:`dgconv.sweep` runs a protocol and :mod:`dgconv
 Example::
 
     >>> [str(r.name) for r in planned_runs(PROTOCOLS["cpu"])][:3]
-    ['resnext-g32', 'resnext-g32-s1', 'resnext-g32-s2']
+    ['resnext-g32', 'g-b32', 'g-b64']
 """
 
 from __future__ import annotations

@@ -369,7 +369,7 @@ def load_run(path: str | Path) -> Run:
         channels = gdoc.get("channels", {}) if isinstance(gdoc, dict) and isinstance(gdoc.get("channels", {}), dict) else {}
     elif rows and isinstance(rows[-1].get("groups"), dict):
         groups = rows[-1]["groups"]
-    size = doc.get("input_size") or ()
+    size = doc.get("input_size") or []
     if not isinstance(size, list) or not all(isinstance(s, int) for s in size):
         raise RunDirError(f"{cpath} is malformed: 'input_size' must be a list of integers")
     history = doc.get("history", [])
