@@ -8,7 +8,11 @@ Public API:
 * :func:`create_model`, :func:`list_models` -- ResNet / ResNeXt / G-ResNeXt (:mod:`dgconv.models`).
 * :func:`profile` -- parameters and MACs, DGConv layers at their learned groups.
 * :class:`ResourceConstraint`, :func:`parameter_groups`, :func:`learned_groups` -- the training objective.
-* :func:`deploy`, :func:`groupify`, :func:`save_deployed`, :func:`load_deployed` -- conversions.
+* :func:`deploy`, :func:`groupify`, :func:`save_deployed`, :func:`load_deployed`, :func:`register_fold_rule` --
+  conversions.
+* :func:`freeze_groups` -- search, then train: a G-network becomes its group-convolution network mid-training.
+* :func:`configure_optimizer`, :func:`gate_gradients`, :func:`set_gate_batch_fraction` -- training speed.
+* :class:`LatencyTable` -- measured per-layer latencies for latency budgets (:mod:`dgconv.costs`).
 
 The names load on first use (``import dgconv`` itself does not import torch), so the ``dgconv`` command answers
 ``--version`` and handles Ctrl-C from its first instant.
@@ -37,14 +41,26 @@ _EXPORTS = {
     "architecture_spec": "convert",
     "save_deployed": "convert",
     "load_deployed": "convert",
+    "register_fold_rule": "convert",
+    "freeze_groups": "freeze",
+    "configure_optimizer": "constraint",
+    "LatencyTable": "latency",
+    "gate_gradients": "layers",
+    "set_gate_batch_fraction": "layers",
 }
 
-__all__ = [*_EXPORTS, "models", "__version__"]
+_SUBMODULES = ("models", "compiled", "costs", "latency", "rundir", "stats", "errors", "freeze")
+
+__all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from . import models  # noqa: F401
     from .constraint import ResourceConstraint, learned_groups, parameter_groups  # noqa: F401
-    from .convert import architecture_spec, deploy, groupify, load_deployed, save_deployed  # noqa: F401
+    from .constraint import configure_optimizer  # noqa: F401
+    from .convert import architecture_spec, deploy, groupify, load_deployed, register_fold_rule, save_deployed  # noqa: F401
+    from .freeze import freeze_groups  # noqa: F401
+    from .latency import LatencyTable  # noqa: F401
+    from .layers import gate_gradients, set_gate_batch_fraction  # noqa: F401
     from .layers import DGConv2d, cached_gates  # noqa: F401
     from .models import create_model, list_models  # noqa: F401
     from .profile import Profile, profile  # noqa: F401
@@ -55,8 +71,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
-    if name == "models":
-        return importlib.import_module(".models", __name__)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'dgconv' has no attribute {name!r}")
 
 

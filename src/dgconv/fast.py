@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from .functional import conv_backward
 from .grouping import Grouping, digits
 
-__all__ = ["dgconv2d_grouped"]
+__all__ = ["dgconv2d_grouped", "plan_for", "grouped_forward", "grouped_backward"]
 
 _Pair = tuple[int, int]
 
@@ -197,6 +198,67 @@ def _gather(weight: Tensor, index: Tensor, rows: int) -> Tensor:
     return weight.reshape(o * i, kh * kw).index_select(0, index).reshape(rows, -1, kh, kw)
 
 
+def grouped_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan, conf: tuple[_Pair, _Pair, _Pair]
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, xp, wg)``: the output, the input sorted by group and the gathered in-group weight (what backward needs)."""
+    out = weight.shape[0]
+    xp = x if plan.contiguous else _channels(x, plan.in_perm)
+    wg = _gather(weight, plan.w_index, out)
+    bp = bias if bias is None or plan.contiguous else bias.index_select(0, plan.out_perm)
+    yp = F.conv2d(xp, wg, bp, *conf, plan.groups)
+    return (yp if plan.contiguous else _channels(yp, plan.out_inv)), xp, wg
+
+
+def grouped_backward(
+    grad_y: Tensor, xp: Tensor, weight: Tensor, wg: Tensor, plan: _Plan, conf: tuple[_Pair, _Pair, _Pair],
+    needs: tuple[bool, bool, bool, bool], gate_count: int, fraction: float = 1.0,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """``(dL/dx, dL/dweight (dense, zero outside the groups), dL/dbias, dL/dgates)`` for the outputs ``needs`` asks
+    for (x, weight, bias, gates); see the module docstring."""
+    need_x, need_w, need_b, need_g = needs
+    out, cin, kh, kw = weight.shape
+    G, M = plan.groups, plan.merge
+    gyp = grad_y if plan.contiguous else _channels(grad_y, plan.out_perm)
+    grad_x = grad_w = grad_b = grad_g = None
+    gwg = dwm = None
+    if M == 1:  # one call: input, in-group weight and bias gradients
+        gxp, gwg, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, need_w or need_g, need_b], need_b)
+    else:
+        gxp, _, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, False, need_b], need_b)
+        if need_w or need_g:  # super-group weight gradient: in-group part and merged gates' cross terms
+            fmt = torch.channels_last if _is_channels_last(xp) else torch.contiguous_format
+            shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device, memory_format=fmt)
+            dwm = conv_backward(gyp, xp, shape, *conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
+            gwg = dwm.reshape(-1, kh * kw).index_select(0, plan.within).reshape(out, -1, kh, kw)
+    if need_x:
+        grad_x = gxp if plan.contiguous else _channels(gxp, plan.in_inv)
+    if need_b:
+        grad_b = gbp if plan.contiguous else gbp.index_select(0, plan.out_inv)
+    if need_w:
+        grad_w = torch.zeros_like(weight).reshape(out * cin, kh * kw)
+        grad_w.index_copy_(0, plan.w_index, gwg.reshape(-1, kh * kw))
+        grad_w = grad_w.reshape(weight.shape)
+    if need_g:
+        acc = torch.promote_types(weight.dtype, torch.float32)
+        grad_g = torch.zeros(gate_count, dtype=acc, device=weight.device)
+        if len(plan.block_gates):
+            dblock, wblock = (gwg, wg) if M == 1 else (dwm, _gather(weight, plan.wm_index, out))
+            m = (dblock.to(acc) * wblock.to(acc)).sum(dim=(2, 3)).reshape(-1)  # dL/dU on the block's pairs
+            grad_g.index_add_(0, plan.block_gates, plan.block_masks.to(acc) @ m)
+        gy_s, x_s, scale = gyp, xp, 1.0
+        n_all = xp.shape[0]
+        if plan.partners and fraction < 1.0 and n_all > 1:  # unbiased sub-batch estimate of the cross terms
+            n = max(1, math.ceil(fraction * n_all))
+            pick = torch.randperm(n_all, device=xp.device)[:n]
+            gy_s, x_s, scale = gyp.index_select(0, pick), xp.index_select(0, pick), n_all / n
+        for term in plan.partners:
+            xc = _channels(x_s, term.in_index)  # partner groups' channels in each group's slot
+            wc = _gather(weight, term.w_index, out)
+            gwc = conv_backward(gy_s, xc, wc, *conf, G, [False, True, False])[1]
+            grad_g[term.gate] += scale * (gwc.to(acc) * wc.to(acc)).sum()
+    return grad_x, grad_w, grad_b, grad_g
+
+
 class _GroupedDGConv(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -211,15 +273,12 @@ class _GroupedDGConv(torch.autograd.Function):
         dilation: _Pair,
         fraction: float = 1.0,
     ) -> Tensor:
-        out = weight.shape[0]
-        xp = x if plan.contiguous else _channels(x, plan.in_perm)
-        wg = _gather(weight, plan.w_index, out)
-        bp = bias if bias is None or plan.contiguous else bias.index_select(0, plan.out_perm)
-        yp = F.conv2d(xp, wg, bp, stride, padding, dilation, plan.groups)
+        conf = (stride, padding, dilation)
+        y, xp, wg = grouped_forward(x, weight, bias, plan, conf)
         # Save the sorted input (not x): re-sorting in backward would cost a second pass over the activation.
         ctx.save_for_backward(xp, weight, wg)
-        ctx.conf = (plan, (stride, padding, dilation), bias is not None, gates.shape[0], fraction)
-        return yp if plan.contiguous else _channels(yp, plan.out_inv)
+        ctx.conf = (plan, conf, bias is not None, gates.shape[0], fraction)
+        return y
 
     @staticmethod
     @once_differentiable
@@ -227,48 +286,9 @@ class _GroupedDGConv(torch.autograd.Function):
         xp, weight, wg = ctx.saved_tensors
         plan, conf, has_bias, gate_count, fraction = ctx.conf
         need_x, need_w, need_b, need_g = ctx.needs_input_grad[:4]
-        need_b = need_b and has_bias
-        out, cin, kh, kw = weight.shape
-        G, M = plan.groups, plan.merge
-        gyp = grad_y if plan.contiguous else _channels(grad_y, plan.out_perm)
-        grad_x = grad_w = grad_b = grad_g = None
-        gwg = dwm = None
-        if M == 1:  # one call: input, in-group weight and bias gradients
-            gxp, gwg, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, need_w or need_g, need_b], has_bias)
-        else:
-            gxp, _, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, False, need_b], has_bias)
-            if need_w or need_g:  # super-group weight gradient: in-group part and merged gates' cross terms
-                fmt = torch.channels_last if _is_channels_last(xp) else torch.contiguous_format
-                shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device, memory_format=fmt)
-                dwm = conv_backward(gyp, xp, shape, *conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
-                gwg = dwm.reshape(-1, kh * kw).index_select(0, plan.within).reshape(out, -1, kh, kw)
-        if need_x:
-            grad_x = gxp if plan.contiguous else _channels(gxp, plan.in_inv)
-        if need_b:
-            grad_b = gbp if plan.contiguous else gbp.index_select(0, plan.out_inv)
-        if need_w:
-            grad_w = torch.zeros_like(weight).reshape(out * cin, kh * kw)
-            grad_w.index_copy_(0, plan.w_index, gwg.reshape(-1, kh * kw))
-            grad_w = grad_w.reshape(weight.shape)
-        if need_g:
-            acc = torch.promote_types(weight.dtype, torch.float32)
-            grad_g = torch.zeros(gate_count, dtype=acc, device=weight.device)
-            if len(plan.block_gates):
-                dblock, wblock = (gwg, wg) if M == 1 else (dwm, _gather(weight, plan.wm_index, out))
-                m = (dblock.to(acc) * wblock.to(acc)).sum(dim=(2, 3)).reshape(-1)  # dL/dU on the block's pairs
-                grad_g.index_add_(0, plan.block_gates, plan.block_masks.to(acc) @ m)
-            gy_s, x_s, scale = gyp, xp, 1.0
-            n_all = xp.shape[0]
-            if plan.partners and fraction < 1.0 and n_all > 1:  # unbiased sub-batch estimate of the cross terms
-                n = max(1, math.ceil(fraction * n_all))
-                pick = torch.randperm(n_all, device=xp.device)[:n]
-                gy_s, x_s, scale = gyp.index_select(0, pick), xp.index_select(0, pick), n_all / n
-            for term in plan.partners:
-                xc = _channels(x_s, term.in_index)  # partner groups' channels in each group's slot
-                wc = _gather(weight, term.w_index, out)
-                gwc = conv_backward(gy_s, xc, wc, *conf, G, [False, True, False])[1]
-                grad_g[term.gate] += scale * (gwc.to(acc) * wc.to(acc)).sum()
-        return grad_x, grad_w, grad_b, grad_g, None, None, None, None, None
+        grads = grouped_backward(grad_y, xp, weight, wg, plan, conf, (need_x, need_w, need_b and has_bias, need_g),
+                                 gate_count, fraction)
+        return (*grads, None, None, None, None, None)
 
 
 def _out_size(n: int, k: int, s: int, p: int, d: int) -> int:
@@ -293,10 +313,16 @@ def dgconv2d_grouped(
     estimator. The result and all gradients equal :func:`dgconv.functional.dgconv2d_reference` to float tolerance
     (with ``gate_batch_fraction < 1`` the gate gradient is an unbiased estimate, see the module docstring).
     """
-    positions = x.shape[0] * _out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0]) * _out_size(
-        x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1]
+    plan = plan_for(grouping, x, weight.shape, stride, padding, dilation, gate_batch_fraction)
+    return _GroupedDGConv.apply(x, weight, bias, gate, plan, stride, padding, dilation, gate_batch_fraction)
+
+
+def plan_for(grouping: Grouping, x: Tensor, weight_shape: Sequence[int], stride: _Pair, padding: _Pair, dilation: _Pair,
+             gate_batch_fraction: float = 1.0) -> _Plan:
+    """The (cached) plan of a grouping for an input like ``x``."""
+    positions = x.shape[0] * _out_size(x.shape[2], weight_shape[2], stride[0], padding[0], dilation[0]) * _out_size(
+        x.shape[3], weight_shape[3], stride[1], padding[1], dilation[1]
     )
     # a sub-batch estimate needs every zero gate's cross term on its own (no merged super-groups)
     limit = _merge_limit(x.device, positions) if gate_batch_fraction >= 1.0 else 0
-    plan = _plan(grouping, x.device, limit)
-    return _GroupedDGConv.apply(x, weight, bias, gate, plan, stride, padding, dilation, gate_batch_fraction)
+    return _plan(grouping, x.device, limit)

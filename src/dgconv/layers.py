@@ -23,6 +23,19 @@ GATE_INIT = 1e-8
 _IMPLS = ("auto", "fast", "reference")
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing (the compiled path is used only where ``torch.library.custom_op`` exists)."""
+    try:
+        tracing = torch.compiler.is_compiling()
+    except AttributeError:  # torch < 2.3
+        return False
+    if tracing:
+        from . import compiled
+
+        return compiled.available()
+    return False
+
+
 def _positive_int(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -456,7 +469,9 @@ class DGConv2d(nn.Module):
             bias = bias.to(cast) if bias is not None else None
         x, padding = self._pad(x)
         with torch.autocast(x.device.type, enabled=False) if cast is not None else contextlib.nullcontext():
-            if self._impl == "reference":
+            if _compiling() and self._impl != "reference":
+                y = self._compiled_forward(x, weight, bias, padding)
+            elif self._impl == "reference":
                 y = dgconv2d_reference(
                     x, weight, self.effective_gates(), bias, self.stride, padding, self.dilation, self._factors
                 )
@@ -468,6 +483,16 @@ class DGConv2d(nn.Module):
                     self.gate_batch_fraction,
                 )
         return y.squeeze(0) if unbatched else y
+
+    def _compiled_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int]) -> Tensor:
+        """Under ``torch.compile``: the grouping is chosen inside one opaque op (:mod:`dgconv.compiled`)."""
+        from . import compiled
+
+        binary = (self.gate >= 0).to(self.gate.dtype)
+        gates = self.gate + (binary - self.gate).detach()  # straight-through: value g, gradient to g~ unchanged
+        gates = torch.where(self._held, torch.ones_like(gates), gates)
+        return compiled.grouped_conv(x, weight, bias, gates, self._factors, self.stride, padding, self.dilation,
+                                     self.gate_batch_fraction)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
