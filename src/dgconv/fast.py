@@ -119,14 +119,16 @@ def _build_plan(g: Grouping, device: torch.device, limit: int) -> _Plan:
     # gate and every merged zero gate.
     o_dig = dout[:, out_perm]  # (K, out) digits of sorted output rows
     block_gates = one + merged
-    masks = []
-    for k in block_gates:
-        support = o_dig[k][:, None] != din[k][sup_chan]
-        for m in zero:
-            if m != k:
-                support &= o_dig[m][:, None] == din[m][sup_chan]
-        masks.append(support.reshape(-1))
-    block_masks = torch.stack(masks).float() if masks else torch.zeros(0, cout * ig * M)
+    if block_gates:  # all masks at once: differ[k, o, c] = digit k of output o and input c differ
+        differ = o_dig[:, :, None] != din[:, sup_chan]  # (K, out, ig*M)
+        zero_t = torch.tensor(zero, dtype=torch.long)
+        mismatched_zero_digits = differ.index_select(0, zero_t).sum(0) if zero else torch.zeros_like(differ[0], dtype=torch.long)
+        # one gate k: digit k differs and every zero digit agrees; zero gate k: digit k is the only zero digit differing
+        allowed = torch.tensor([0 if g.gates[k] else 1 for k in block_gates])
+        sel = differ.index_select(0, torch.tensor(block_gates, dtype=torch.long))
+        block_masks = (sel & (mismatched_zero_digits[None] == allowed[:, None, None])).reshape(len(block_gates), -1).float()
+    else:
+        block_masks = torch.zeros(0, cout * ig * M)
 
     # Unmerged zero gates: for each digit shift s the partner groups form another group convolution.
     radices = [g.factors[k] for k in zero]
