@@ -153,14 +153,35 @@ def test_from_conv_equals_nn_conv2d(impl, kwargs):
     x = torch.randn(2, conv.in_channels, 9, 9, requires_grad=True)
     y = layer(x)
     torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-5)
-    # outside the block diagonal the dense weight is zero
+    # outside the block diagonal: fresh initial weights (masked, so the function is conv's), or zeros on request
     u = layer.relationship()
-    assert torch.all(layer.weight[u == 0] == 0)
+    if conv.groups > 1:
+        assert torch.all(layer.weight[u == 0] != 0)
+        zeros = DGConv2d.from_conv(conv, impl=impl, fill="zeros")
+        assert torch.all(zeros.weight[u == 0] == 0)
+        torch.testing.assert_close(zeros(x), y)
     # the gradients agree with nn.Conv2d's inside the groups
     gy = torch.randn_like(y)
     gx_layer, = torch.autograd.grad(y, x, gy)
     gx_conv, = torch.autograd.grad(conv(x), x, gy)
     torch.testing.assert_close(gx_layer, gx_conv, rtol=1e-5, atol=1e-5)
+
+
+def test_a_closed_gate_of_a_converted_layer_feels_a_gradient():
+    """With zeros outside the groups a closed gate's gradient is exactly 0 (the grouping could never merge);
+    with the default fill it is not, while the converted layer still computes exactly what the convolution did."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+    x = torch.randn(4, 16, 6, 6)
+    for fill, expect_zero in (("zeros", True), ("init", False)):
+        layer = DGConv2d.from_conv(conv, fill=fill, gate_magnitude=1.0)
+        closed = [k for k, b in enumerate(layer.binary_gates()) if not b]
+        assert closed and layer.groups == 4
+        torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+        layer(x).square().sum().backward()
+        grads = layer.gate.grad[closed]
+        assert bool(torch.all(grads == 0)) == expect_zero, (fill, grads)
+        assert torch.all(layer.gate.abs() == 1.0)  # a confident start: |g~| = 1
 
 
 def test_from_conv_rejects_transposed_and_others():

@@ -78,3 +78,9 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+# timm.create_model("g_resnext50") after `import dgconv` (registers when timm is imported; timm is optional)
+from .timm_models import install_hook as _install_timm_hook  # noqa: E402
+
+_install_timm_hook()

@@ -92,7 +92,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--seed", type=int)
     a("--amp", action="store_true", help="bfloat16 autocast")
     a("--channels-last", action="store_true")
-    a("--workers", type=int, help="data-loading workers (imagefolder)")
+    a("--workers", type=int, help="data-loading workers (imagefolder; default: the CPU cores less one, at most 8)")
+    a("--image-size", type=_positive_int,
+      help="train and evaluate at this size (default: image folders of small images at their native size, larger ones "
+           "at the model's input size; CIFAR and digits as they are)")
+    a("--resize", choices=["auto", "pad", "crop", "stretch"],
+      help="image folders: pad (pad-and-crop at the size, CIFAR recipe), crop (random-resized crop, ImageNet recipe), "
+           "stretch (resize to the size); auto (default) picks pad for images up to 64 px, crop above")
+    a("--mean", type=float, nargs="+", help="per-channel normalisation mean in [0, 1] (default: computed from the data)")
+    a("--std", type=float, nargs="+", help="per-channel normalisation std (default: computed from the data)")
+    a("--hflip", choices=["auto", "on", "off"], help="random horizontal flips (auto: for colour images only)")
+    a("--download", action="store_true",
+      help="CIFAR-10/100: download the official archive into --data-dir if it is not there (MD5 checked)")
+    a("--init-from", help="start from these weights: a dgconv checkpoint, or a torchvision/timm ResNet/ResNeXt "
+                          "state_dict (group convolutions become DGConv layers at their own grouping)")
+    a("--gate-init", type=_positive_float,
+      help="|g~| of gates converted by --init-from (default 1.0: keep the pretrained grouping until the loss says otherwise)")
     a("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     a("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
     a("--resume", help="continue the run in this directory (or from this checkpoint)")

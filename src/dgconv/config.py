@@ -33,7 +33,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 #: Fields a resumed run may change; every other field comes from the checkpoint.
-RESUMABLE_OVERRIDES = ("epochs", "workers", "progress", "tensorboard", "device", "resume")
+RESUMABLE_OVERRIDES = ("epochs", "workers", "progress", "tensorboard", "device", "resume", "download")
 
 
 @dataclass
@@ -62,6 +62,14 @@ class TrainConfig:
     dual_lr: float = 0.05
     min_group_width: int | None = None
     max_groups: int | None = None
+    image_size: int | None = None
+    resize: str = "auto"
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    hflip: str = "auto"
+    download: bool = False
+    init_from: str | None = None
+    gate_init: float | None = None
     freeze_groups_at: str | None = None
     gate_batch_fraction: float = 1.0
     gate_every: int = 1
@@ -165,6 +173,23 @@ class TrainConfig:
         if isinstance(cfg.gate_every, bool) or not isinstance(cfg.gate_every, int) or cfg.gate_every < 1:
             raise ConfigError(f"gate-every must be a positive integer (1: every step), got {cfg.gate_every!r}")
         cfg.freeze_epoch()  # validates
+        if cfg.image_size is not None and (isinstance(cfg.image_size, bool) or cfg.image_size < 1):
+            raise ConfigError(f"image size must be a positive integer, got {cfg.image_size!r}")
+        from .data_folder import RESIZE_POLICIES
+
+        if cfg.resize not in RESIZE_POLICIES:
+            raise ConfigError(f"--resize must be one of {list(RESIZE_POLICIES)}, got {cfg.resize!r}")
+        if cfg.hflip not in ("auto", "on", "off"):
+            raise ConfigError(f"--hflip must be 'auto', 'on' or 'off', got {cfg.hflip!r}")
+        if (cfg.mean is None) != (cfg.std is None):
+            raise ConfigError("give --mean and --std together (one value per image channel each)")
+        if cfg.mean is not None and (len(cfg.mean) != len(cfg.std) or any(not s > 0 for s in cfg.std)):  # type: ignore[arg-type]
+            raise ConfigError(f"--mean and --std need the same number of values (one per channel), std positive; got "
+                              f"{cfg.mean} and {cfg.std}")
+        if cfg.download and cfg.dataset not in ("cifar10", "cifar100"):
+            raise ConfigError(f"--download fetches CIFAR-10/100; {cfg.dataset} is not downloadable")
+        if cfg.gate_init is not None and not cfg.gate_init > 0:
+            raise ConfigError(f"--gate-init must be positive, got {cfg.gate_init}")
         if cfg.workers is not None and cfg.workers < 0:
             raise ConfigError(f"workers must be 0 or more, got {cfg.workers}")
         if cfg.dataset in ("cifar10", "cifar100", "imagefolder") and not cfg.data_dir:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from .constraint import dgconv_layers, learned_groups
-from .layers import DGConv2d
+from .layers import GATE_INIT, DGConv2d
 from .models.registry import create_model, model_info
 
 __all__ = [
     "groupify",
+    "GroupifyReport",
     "deploy",
     "register_fold_rule",
     "FoldSites",
@@ -45,6 +47,8 @@ __all__ = [
 ]
 
 SPEC_FORMAT = "dgconv.deployed/1"
+
+_logger = logging.getLogger(__name__)
 
 
 class ChannelPermutation(nn.Module):
@@ -83,22 +87,48 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def groupify(model: nn.Module, include: Selector = "grouped", impl: str = "auto") -> nn.Module:
+@dataclass(frozen=True)
+class GroupifyReport:
+    """What :func:`groupify` did: the layers it converted, and the selected ones it left as they were (and why)."""
+
+    converted: list[str]
+    skipped: dict[str, str]
+
+
+@overload
+def groupify(model: nn.Module, include: Selector = ..., impl: str = ..., *, fill: str = ..., gate_magnitude: float = ...,
+             strict: bool = ..., report: Literal[False] = False) -> nn.Module: ...
+@overload
+def groupify(model: nn.Module, include: Selector = ..., impl: str = ..., *, fill: str = ..., gate_magnitude: float = ...,
+             strict: bool = ..., report: Literal[True]) -> tuple[nn.Module, GroupifyReport]: ...
+
+
+def groupify(model: nn.Module, include: Selector = "grouped", impl: str = "auto", *, fill: str = "init",
+             gate_magnitude: float = GATE_INIT, strict: bool = False, report: bool = False
+             ) -> nn.Module | tuple[nn.Module, GroupifyReport]:
     """A copy of ``model`` whose selected ``nn.Conv2d`` layers are :class:`DGConv2d` (``from_conv``).
 
     The copy computes exactly the same function at conversion time (each DGConv starts at its conv's
     grouping, weights in the block diagonal) and can then learn its groups.
 
+    Only plain ``nn.Conv2d`` modules are converted. A selected *subclass* of ``nn.Conv2d`` (timm's ``Conv2dSame``
+    pads in its own ``forward``, for instance) could compute something a DGConv2d would not reproduce, so it is
+    left as it was and listed: in a logged warning, in the report, and as an error with ``strict=True``.
+
     Args:
         model: any module (left untouched).
         include: which convolutions: ``"grouped"`` (default: k x k convolutions with ``groups > 1``, e.g. every
-            ResNeXt 3x3), ``"3x3"`` (all 3x3 convolutions), ``"all"``, a list of module-name patterns
-            (``["layer*.conv2"]``), or a callable ``(name, conv) -> bool``.
+            ResNeXt 3x3 and depthwise convolution), ``"3x3"`` (all 3x3 convolutions), ``"all"``, a list of
+            module-name patterns (``["layer*.conv2"]``), or a callable ``(name, conv) -> bool``.
         impl: the DGConv implementation for the new layers.
+        fill, gate_magnitude: the start of the out-of-group weights and the gates' confidence
+            (:meth:`DGConv2d.load_conv`).
+        strict: raise instead of skipping layers that cannot be converted.
+        report: also return a :class:`GroupifyReport`.
 
     Raises:
         TypeError: a name pattern selects something that is not an ``nn.Conv2d`` (a transposed or 1-D/3-D
-            convolution, a linear layer); DGConv is a 2-D convolution.
+            convolution, a linear layer); DGConv is a 2-D convolution. With ``strict``, also a subclass.
         ValueError: nothing was selected.
 
     Example::
@@ -117,13 +147,23 @@ def groupify(model: nn.Module, include: Selector = "grouped", impl: str = "auto"
             raise TypeError(f"groupify: {name} is a {kind}, not an nn.Conv2d; DGConv replaces 2-D convolutions only")
     if not chosen:
         raise ValueError(f"groupify: include={include!r} selects no nn.Conv2d in {type(model).__name__}")
+    skipped = {name: f"{type(m).__module__}.{type(m).__name__} is a subclass of nn.Conv2d with its own forward"
+               for name, m in chosen if type(m) is not nn.Conv2d and not isinstance(m, nn.ConvTranspose2d)}
+    if skipped:
+        listing = "; ".join(f"{n} ({r.split(' is ')[0]})" for n, r in list(skipped.items())[:5])
+        if strict:
+            raise TypeError(f"groupify: {len(skipped)} selected layer(s) cannot be converted exactly: {listing}")
+        _logger.warning("groupify left %d selected layer(s) as they were (not plain nn.Conv2d): %s%s", len(skipped),
+                        listing, " ..." if len(skipped) > 5 else "")
+    converted = [name for name, _ in chosen if name not in skipped]
     for name, m in chosen:
-        _set_module(out, name, DGConv2d.from_conv(m, impl=impl))
+        if name not in skipped:
+            _set_module(out, name, DGConv2d.from_conv(m, impl=impl, fill=fill, gate_magnitude=gate_magnitude))
     names = getattr(out, "group_conv_names", None)
     if isinstance(names, list):
         order = [n for n, _ in out.named_modules()]
-        out.group_conv_names = sorted(set(names) | {n for n, _ in chosen}, key=order.index)
-    return out
+        out.group_conv_names = sorted(set(names) | set(converted), key=order.index)
+    return (out, GroupifyReport(converted, skipped)) if report else out
 
 
 # ------------------------------------------------------------------------------------------------ deploy
@@ -471,12 +511,15 @@ def save_deployed(model: nn.Module, path: str | Path) -> tuple[Path, Path]:
     """
     if any(isinstance(m, DGConv2d) for m in model.modules()):
         raise ValueError("save_deployed expects a deployed model: call dgconv.deploy(model) first")
+    from ._files import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     spec = architecture_spec(model)
-    torch.save(model.state_dict(), path)
+    state = model.state_dict()
+    atomic_write(path, lambda f: torch.save(state, f))
     spec_path = path.with_name(path.name + ".json")
-    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    text = json.dumps(spec, indent=2) + "\n"
+    atomic_write(spec_path, lambda f: f.write(text.encode()))
     return path, spec_path
 
 

@@ -13,12 +13,14 @@ user files.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +37,8 @@ __all__ = [
     "TensorLoader",
     "augment_crop_flip",
     "DATASETS",
+    "Loaders",
+    "make_loaders",
 ]
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
@@ -76,6 +80,23 @@ class TensorDataset:
     @property
     def input_size(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+    def with_statistics(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> TensorDataset:
+        """The same data normalised with the given per-channel ``mean``/``std`` (in the [0, 1] scale) instead.
+
+        Raises:
+            DataError: a list of the wrong length.
+        """
+        if mean is None and std is None:
+            return self
+        c = self.input_size[0]
+        mean, std = list(mean or self.mean), list(std or self.std)
+        if len(mean) != c or len(std) != c:
+            raise DataError(f"--mean/--std need {c} values for {self.name} ({c} channel{'s' * (c > 1)}), got "
+                            f"{len(mean)} and {len(std)}")
+        if any(not v > 0 for v in std):
+            raise DataError(f"--std values must be positive, got {std}")
+        return dataclasses.replace(self, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
 
     def subset(self, train: int | None = None, test: int | None = None) -> TensorDataset:
         """The first ``train``/``test`` examples (for smoke tests and quick runs)."""
@@ -231,6 +252,52 @@ def load_cifar(name: str, data_dir: str | Path, limit_train: int | None = None, 
     return ds.subset(limit_train, limit_test) if limit_train or limit_test else ds
 
 
+# ------------------------------------------------------------------------------------------------ loaders
+@dataclass
+class Loaders:
+    """The train and test loaders of a run, its class count, the input size the model sees, and a record of how
+    the data is read (for ``config.json``)."""
+
+    train: Any
+    test: Any
+    num_classes: int
+    input_size: tuple[int, int, int]
+    info: dict[str, Any]
+
+
+def make_loaders(cfg: Any, env: Any, model_size: Sequence[int] | None = None) -> Loaders:
+    """Loaders for ``cfg.dataset`` (digits, CIFAR-10/100 in memory; image folders streamed), split over the
+    processes of ``env``. ``model_size`` is the model's designed input size (image folders use it for large images)."""
+    per_rank = cfg.batch_size // env.world_size
+    if cfg.dataset == "imagefolder":
+        from .data_folder import folder_loaders
+
+        train, test, classes, size, folder = folder_loaders(cfg, env, per_rank, model_size)
+        return Loaders(train, test, classes, size, {"source": "imagefolder", **dataclasses.asdict(folder)})
+    if cfg.dataset == "digits":
+        ds = load_digits()
+    elif cfg.dataset in ("cifar10", "cifar100"):
+        if getattr(cfg, "download", False):
+            from .download import download_cifar
+
+            download_cifar(cfg.dataset, cfg.data_dir)
+        ds = load_cifar(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test)
+    else:
+        raise DataError(f"unknown dataset {cfg.dataset!r}: choose from {list(DATASETS)}")
+    if cfg.limit_train or cfg.limit_test:
+        ds = ds.subset(cfg.limit_train, cfg.limit_test)
+    ds = ds.with_statistics(getattr(cfg, "mean", None), getattr(cfg, "std", None))
+    size = getattr(cfg, "image_size", None)
+    args = (per_rank, env.device, cfg.seed, env.rank, env.world_size, cfg.channels_last, size)
+    train, test = TensorLoader(ds, True, *args), TensorLoader(ds, False, *args)
+    if len(train) == 0:
+        raise DataError(f"{len(ds.train_x)} training examples make no full batch of {per_rank} per process")
+    shape = (ds.input_size[0], size or ds.input_size[1], size or ds.input_size[2])
+    info = {"source": cfg.dataset, "native_size": list(ds.input_size[1:]), "image_size": shape[-1],
+            "mean": list(ds.mean), "std": list(ds.std), "augment": ds.augment}
+    return Loaders(train, test, ds.num_classes, shape, info)  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------------------------------------ batches
 def augment_crop_flip(x: Tensor, gen: torch.Generator, pad: int = 4) -> Tensor:
     """Random crop with ``pad``-pixel zero padding and random horizontal flip, per image, on x's device."""
@@ -260,6 +327,8 @@ class TensorLoader:
         rank, world_size: shard of the data for distributed training (each rank sees ``ceil(N / world)``
             examples per epoch; the permutation is padded by wrapping, as ``DistributedSampler`` does).
         channels_last: return batches in ``torch.channels_last`` memory format.
+        image_size: resize every batch to ``image_size x image_size`` (bilinear, after augmentation); ``None``:
+            the dataset's own size.
     """
 
     def __init__(
@@ -272,6 +341,7 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        image_size: int | None = None,
     ) -> None:
         self.x = (ds.train_x if train else ds.test_x).to(device)
         self.y = (ds.train_y if train else ds.test_y).to(device)
@@ -283,6 +353,7 @@ class TensorLoader:
         self.world_size = world_size
         self.augment = ds.augment if train else "none"
         self.channels_last = channels_last
+        self.image_size = image_size if image_size and image_size != ds.input_size[-1] else None
         self.mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1) * ds.scale
         self.std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1) * ds.scale
         n = len(self.x)
@@ -317,6 +388,9 @@ class TensorLoader:
             if gen is not None:
                 x = augment_crop_flip(x, gen)
             x = (x.float() - self.mean) / self.std
+            if self.image_size is not None:
+                x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                                    align_corners=False)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.y.index_select(0, sel)

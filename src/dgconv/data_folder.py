@@ -1,13 +1,33 @@
-"""ImageNet-style folders (``DIR/train/<class>/*.jpg``, ``DIR/val/<class>/*.jpg``) through torchvision.
+"""Image folders (``DIR/train/<class>/*``, ``DIR/val/<class>/*``) through torchvision, at the data's own size.
 
-torchvision is an optional extra (``pip install 'dgconv[vision]'``, matching your torch build). Training uses
-the paper's augmentation (random-resized crop to 224 and horizontal flip); evaluation resizes to 256 and
-takes the 224 centre crop. Shuffling is seeded by ``(seed, epoch)`` and sharded over processes.
+Defaults follow the data, not ImageNet:
+
+* **size and policy** (``--resize auto``): the images' native size is read from a sample of the training folder.
+  Small images (at most 64 pixels on their longer side) train at their native size with the CIFAR recipe
+  (``pad``: zero-pad by an eighth and random-crop back, evaluation as is); larger ones with the ImageNet recipe at the
+  model's input size (``crop``: random-resized crop, evaluation resize + centre crop). ``--resize stretch`` resizes
+  every image to the size instead. ``--image-size`` sets the size for any policy.
+* **channels**: grayscale folders train with 1 channel, anything else as RGB.
+* **normalisation**: per-channel mean and standard deviation computed from (a sample of up to 2,000 of) the training
+  images at the training size, recorded in ``config.json``; ``--mean``/``--std`` override them.
+* **flips** (``--hflip auto``): random horizontal flips for colour images, none for grayscale ones (digits and
+  documents change meaning when mirrored).
+* **workers**: one fewer than the CPU cores this process may use (at most 8), so a 2-core machine runs 1 worker.
+
+Corrupt or unreadable images are **skipped and counted**, never fatal: a ten-hour ImageNet epoch should not die on
+one truncated JPEG. Each epoch the trainer logs how many were skipped and names the first few (``metrics.jsonl``
+records ``skipped_images``). A folder in which no image can be read is an error.
+
+torchvision is an optional extra (``pip install 'dgconv[vision]'``, matching your torch build). Shuffling is seeded by
+``(seed, epoch)`` and sharded over processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import statistics
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +37,19 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .data import DataError
 
-__all__ = ["folder_loaders", "FolderLoader"]
+__all__ = ["folder_loaders", "FolderLoader", "FolderInfo", "default_workers", "RESIZE_POLICIES"]
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+RESIZE_POLICIES = ("auto", "pad", "crop", "stretch")
+SMALL = 64  # images no larger than this (longer side) train at their native size by default
+
+
+def default_workers() -> int:
+    """Data-loading workers when none are asked for: the usable CPU cores minus one for the training loop, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(8, cores - 1))
 
 
 class _Shard(Sampler[int]):
@@ -38,65 +68,206 @@ class _Shard(Sampler[int]):
         pass
 
 
-class FolderLoader:
-    """Wraps a DataLoader with the ``len()`` / ``epoch(e)`` interface of :class:`dgconv.data.TensorLoader`."""
+def _open(path: str, mode: str) -> Any:
+    """A PIL image in ``mode``, or ``None`` when the file cannot be read as an image."""
+    from PIL import Image
 
-    def __init__(self, loader: DataLoader, sampler: DistributedSampler | _Shard, device: torch.device, channels_last: bool) -> None:
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert(mode)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+class _SkippingFolder:
+    """``torchvision.datasets.ImageFolder`` whose unreadable images come back as ``(None, path)``."""
+
+    def __init__(self, root: Path, mode: str, transform: Any) -> None:
+        from torchvision import datasets
+
+        self.folder = datasets.ImageFolder(str(root))  # only its scan (classes, samples) is used; images open here
+        self.mode, self.transform = mode, transform
+        self.classes = self.folder.classes
+
+    def __len__(self) -> int:
+        return len(self.folder.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        path, target = self.folder.samples[i]
+        img = _open(path, self.mode)
+        if img is None:
+            return None, path
+        return self.transform(img), target
+
+
+def _collate(batch: list[tuple[Any, Any]]) -> tuple[Tensor, Tensor, list[str]]:
+    good = [(x, y) for x, y in batch if x is not None]
+    bad = [path for x, path in batch if x is None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
+
+
+class FolderLoader:
+    """Wraps a DataLoader with the ``len()`` / ``epoch(e)`` interface of :class:`dgconv.data.TensorLoader`; counts
+    the images it skipped since :meth:`take_skipped` was last called."""
+
+    def __init__(self, loader: DataLoader, sampler: DistributedSampler | _Shard, device: torch.device,
+                 channels_last: bool, batch_size: int) -> None:
         self.loader, self.sampler, self.device, self.channels_last = loader, sampler, device, channels_last
+        self.batch_size = batch_size
         self.size = len(loader.dataset)  #: examples in the split (all processes together)
+        self._skipped: list[str] = []
 
     def __len__(self) -> int:
         return len(self.loader)
 
+    def take_skipped(self) -> list[str]:
+        """The unreadable files met since the last call (and forget them)."""
+        out, self._skipped = self._skipped, []
+        return out
+
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         self.sampler.set_epoch(epoch)
-        for x, y in self.loader:
+        for x, y, bad in self.loader:
+            self._skipped.extend(bad)
+            if len(y) == 0:
+                continue
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y.to(self.device, non_blocking=True)
 
 
-def folder_loaders(cfg: Any, env: Any, per_rank_batch: int) -> tuple[FolderLoader, FolderLoader, int, tuple[int, int, int]]:
+@dataclass
+class FolderInfo:
+    """What the folder turned out to be, and how it is read (recorded in ``config.json``)."""
+
+    native_size: tuple[int, int]
+    image_size: int
+    policy: str
+    channels: int
+    mean: list[float]
+    std: list[float]
+    hflip: bool
+    workers: int
+    classes: list[str] = field(default_factory=list)
+
+
+def _scan(root: Path, sample: int = 64) -> tuple[tuple[int, int], str]:
+    """Median (height, width) of a sample of the folder's images and their PIL mode family ("L" or "RGB")."""
+    from PIL import Image
+
+    sizes, modes = [], []
+    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    step = max(1, len(files) // sample)
+    for p in files[::step][:sample]:
+        try:
+            with Image.open(p) as img:
+                sizes.append((img.height, img.width))
+                modes.append(img.mode)
+        except (OSError, ValueError, SyntaxError):
+            continue
+    if not sizes:
+        raise DataError(f"imagefolder: no readable image in a sample of {root}")
+    h = int(statistics.median(s[0] for s in sizes))
+    w = int(statistics.median(s[1] for s in sizes))
+    gray = all(m in ("L", "1", "I;16", "I", "F", "LA") for m in modes)
+    return (h, w), ("L" if gray else "RGB")
+
+
+def _statistics(dataset: Any, limit: int = 2000) -> tuple[list[float], list[float]]:
+    n = len(dataset)
+    step = max(1, n // limit)
+    xs = [dataset[i][0] for i in range(0, n, step)][:limit]
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        raise DataError("imagefolder: no readable training image to compute the normalisation from")
+    x = torch.stack(xs)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+
+
+def folder_loaders(cfg: Any, env: Any, per_rank_batch: int, model_size: Sequence[int] | None = None
+                   ) -> tuple[FolderLoader, FolderLoader, int, tuple[int, int, int], FolderInfo]:
+    """Train and validation loaders of ``cfg.data_dir``, the class count, the input size and how it is read."""
     try:
-        from torchvision import datasets, transforms
+        from torchvision import transforms
     except Exception as e:  # ImportError, or a torchvision built for another torch
         raise DataError(
             f"--dataset imagefolder needs torchvision matching your torch ({torch.__version__}): "
-            f"pip install 'dgconv[vision]' ({type(e).__name__}: {e})"
+            f"pip install 'dgconv[vision]' ({type(e).__name__}: {str(e)[:200]})"
         ) from None
     root = Path(cfg.data_dir).expanduser()
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(
                 f"imagefolder: no '{split}' folder under {root}. Expected {root}/train/<class>/<image> and "
-                f"{root}/val/<class>/<image> (the ImageNet layout torchvision's ImageFolder reads)"
+                f"{root}/val/<class>/<image> (the layout torchvision's ImageFolder reads)"
             )
-    norm = transforms.Normalize(MEAN, STD)
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm])
-    eval_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm])
+    native, mode = _scan(root / "train")
+    policy = cfg.resize
+    if policy == "auto":
+        policy = "pad" if max(native) <= SMALL else "crop"
+    if cfg.image_size:
+        size = int(cfg.image_size)
+    elif policy == "pad" or (policy == "stretch" and max(native) <= SMALL):
+        size = max(native)
+    else:
+        size = int(model_size[-1]) if model_size else 224
+    channels = 1 if mode == "L" else 3
+    hflip = {"on": True, "off": False}.get(cfg.hflip, channels == 3)
+    flip = [transforms.RandomHorizontalFlip()] if hflip else []
+    square = native[0] != native[1] or native[0] != size
+    if policy == "pad":
+        base = [transforms.Resize((size, size))] if square else []
+        train_tf = [*base, transforms.RandomCrop(size, padding=max(1, size // 8)), *flip]
+        eval_tf = list(base)
+    elif policy == "crop":
+        train_tf = [transforms.RandomResizedCrop(size), *flip]
+        eval_tf = [transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size)]
+    elif policy == "stretch":
+        train_tf = [transforms.Resize((size, size)), *flip]
+        eval_tf = [transforms.Resize((size, size))]
+    else:
+        raise DataError(f"--resize must be one of {RESIZE_POLICIES}, got {cfg.resize!r}")
+    to_tensor = transforms.ToTensor()
     try:
-        train_set = datasets.ImageFolder(str(root / "train"), train_tf)
-        val_set = datasets.ImageFolder(str(root / "val"), eval_tf)
+        plain = _SkippingFolder(root / "train", mode, transforms.Compose([*eval_tf, to_tensor]))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"imagefolder: {e}") from None
+    mean, std = (list(cfg.mean), list(cfg.std)) if cfg.mean else _statistics(plain)
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(f"--mean/--std need {channels} values for these {'grayscale' if channels == 1 else 'RGB'} images, "
+                        f"got {len(mean)} and {len(std)}")
+    norm = transforms.Normalize(mean, std)
+    try:
+        train_set = _SkippingFolder(root / "train", mode, transforms.Compose([*train_tf, to_tensor, norm]))
+        val_set = _SkippingFolder(root / "val", mode, transforms.Compose([*eval_tf, to_tensor, norm]))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"imagefolder: {e}") from None
     if train_set.classes != val_set.classes:
         raise DataError(f"imagefolder: train has {len(train_set.classes)} classes and val {len(val_set.classes)}; they must match")
+    train_data: Any = train_set
+    val_data: Any = val_set
     if cfg.limit_train:
-        train_set = torch.utils.data.Subset(train_set, range(min(cfg.limit_train, len(train_set))))
+        train_data = torch.utils.data.Subset(train_set, range(min(cfg.limit_train, len(train_set))))
     if cfg.limit_test:
-        val_set = torch.utils.data.Subset(val_set, range(min(cfg.limit_test, len(val_set))))
-    tr_s = DistributedSampler(train_set, env.world_size, env.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    va_s = _Shard(len(val_set), env.rank, env.world_size)
-    pin = env.device.type == "cuda"
-    kw = dict(num_workers=cfg.workers, pin_memory=pin, persistent_workers=cfg.workers > 0)
-    train = DataLoader(train_set, per_rank_batch, sampler=tr_s, drop_last=True, **kw)
-    val = DataLoader(val_set, per_rank_batch, sampler=va_s, **kw)
+        val_data = torch.utils.data.Subset(val_set, range(min(cfg.limit_test, len(val_set))))
+    workers = default_workers() if cfg.workers is None else int(cfg.workers)
+    tr_s = DistributedSampler(train_data, env.world_size, env.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    va_s = _Shard(len(val_data), env.rank, env.world_size)
+    kw = dict(num_workers=workers, pin_memory=env.device.type == "cuda", persistent_workers=workers > 0, collate_fn=_collate)
+    train = DataLoader(train_data, per_rank_batch, sampler=tr_s, drop_last=True, **kw)
+    val = DataLoader(val_data, per_rank_batch, sampler=va_s, **kw)
     if len(train) == 0:
-        raise DataError(f"imagefolder: {len(train_set)} training images make no full batch of {per_rank_batch}")
+        raise DataError(f"imagefolder: {len(train_data)} training images make no full batch of {per_rank_batch}")
+    info = FolderInfo(native, size, policy, channels, [float(v) for v in mean], [float(v) for v in std], hflip, workers,
+                      list(train_set.classes))
     return (
-        FolderLoader(train, tr_s, env.device, cfg.channels_last),
-        FolderLoader(val, va_s, env.device, cfg.channels_last),
-        len(val_set.dataset.classes if isinstance(val_set, torch.utils.data.Subset) else val_set.classes),
-        (3, 224, 224),
+        FolderLoader(train, tr_s, env.device, cfg.channels_last, per_rank_batch),
+        FolderLoader(val, va_s, env.device, cfg.channels_last, per_rank_batch),
+        len(train_set.classes),
+        (channels, size, size),
+        info,
     )

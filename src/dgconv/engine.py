@@ -34,11 +34,11 @@ from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .config import DATASET_DEFAULTS, TrainConfig, merge_resume
 from .constraint import ResourceConstraint, configure_optimizer
 from .freeze import freeze_groups, restore_grouping
-from .data import DataError, TensorDataset, TensorLoader, load_cifar, load_digits
+from .data import Loaders, make_loaders
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .errors import ConfigError, DGConvError, Interrupted, RunDirError
 from .layers import cached_gates, gate_gradients, set_gate_batch_fraction
-from .models import create_model
+from .models import create_model, model_info
 from .progress import Progress
 from .rundir import LAST, RunWriter, checkpoint_path, read_groups, read_metrics
 
@@ -63,33 +63,6 @@ def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
     return cfg.lr * (0.1 ** (int(t >= 0.5) + int(t >= 0.75)))  # step: x0.1 at 50% and 75%
-
-
-def _load_dataset(cfg: TrainConfig) -> TensorDataset:
-    if cfg.dataset == "digits":
-        ds = load_digits()
-    elif cfg.dataset in ("cifar10", "cifar100"):
-        ds = load_cifar(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test)  # type: ignore[arg-type]
-    else:
-        raise DataError("imagefolder data is streamed, not loaded in memory")  # handled by _loaders
-    if cfg.limit_train or cfg.limit_test:
-        ds = ds.subset(cfg.limit_train, cfg.limit_test)
-    return ds
-
-
-def _loaders(cfg: TrainConfig, env: DistEnv):
-    """(train_loader, test_loader, num_classes, input_size) for the dataset."""
-    per_rank = cfg.batch_size // env.world_size
-    if cfg.dataset == "imagefolder":
-        from .data_folder import folder_loaders
-
-        return folder_loaders(cfg, env, per_rank)
-    ds = _load_dataset(cfg)
-    train = TensorLoader(ds, True, per_rank, env.device, cfg.seed, env.rank, env.world_size, cfg.channels_last)
-    test = TensorLoader(ds, False, per_rank, env.device, cfg.seed, env.rank, env.world_size, cfg.channels_last)
-    if len(train) == 0:
-        raise DataError(f"{len(ds.train_x)} training examples make no full batch of {per_rank} per process")
-    return train, test, ds.num_classes, ds.input_size
 
 
 @torch.no_grad()
@@ -228,6 +201,7 @@ class _Run:
     num_classes: int
     input_size: tuple[int, ...]
     model_kwargs: dict[str, Any]
+    data: Loaders
     start_epoch: int = 0
     step: int = 0
     best_acc: float = 0.0
@@ -247,7 +221,9 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
     torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.manual_seed(cfg.seed)
 
-    train_loader, test_loader, num_classes, input_size = _loaders(cfg, env)
+    data = make_loaders(cfg, env, model_info(cfg.model).input_size)
+    train_loader, test_loader, num_classes, input_size = data.train, data.test, data.num_classes, data.input_size
+    _check_input_size(cfg.model, input_size)
     spec: int | dict[str, int] | None = cfg.groups
     if cfg.groups_from:
         try:
@@ -264,6 +240,12 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
         if isinstance(e, DGConvError):
             raise
         raise ConfigError(f"cannot build {cfg.model}: {e}") from None
+    if cfg.init_from and ckpt is None:
+        from .pretrained import GATE_INIT_PRETRAINED, load_pretrained
+
+        for note in load_pretrained(model, cfg.init_from, cfg.gate_init or GATE_INIT_PRETRAINED):
+            if env.is_main:
+                _logger.info("%s", note)
     if ckpt is not None and ckpt["num_classes"] != num_classes:
         raise TrainingError(
             f"class count mismatch: the checkpoint has {ckpt['num_classes']} classes, the data has {num_classes}"
@@ -278,7 +260,7 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
     opt = configure_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     set_gate_batch_fraction(model, cfg.gate_batch_fraction)
     run = _Run(cfg, env, out, writer, model, model, opt, constraint, train_loader, test_loader, num_classes, input_size,
-               model_kwargs)
+               model_kwargs, data)
     if ckpt is not None:
         if ckpt.get("frozen"):  # the groups were frozen before this checkpoint: rebuild that structure first
             try:
@@ -303,6 +285,24 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     run.net = _wrap(model, cfg, env)
     return run
+
+
+def _take_skipped(loader: Any) -> list[str]:
+    take = getattr(loader, "take_skipped", None)
+    return take() if take is not None else []
+
+
+def _check_input_size(model: str, size: tuple[int, ...]) -> None:
+    """Warn when the data is far from the size the model is designed for (its stem and strides assume that size)."""
+    want = model_info(model).input_size
+    ratio = max(size[-1], want[-1]) / max(1, min(size[-1], want[-1]))
+    if ratio >= 2:
+        _logger.warning(
+            "%s is designed for %dx%d inputs and the data is %dx%d: its stem and strides %s. Pick a model made for "
+            "this size (`dgconv models` lists the input size of each) or set --image-size %d.",
+            model, want[-2], want[-1], size[-2], size[-1],
+            "shrink these images to almost nothing" if size[-1] < want[-1] else "waste compute on them", want[-1],
+        )
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
@@ -387,6 +387,9 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
     if not constraint.gates_in_sync(all_reduce_sum):
         raise TrainingError("DGConv gates differ between processes; this is a bug, please report it")
     state = constraint.summary()
+    skipped = [*_take_skipped(run.train_loader), *_take_skipped(run.test_loader)]
+    if skipped and run.env.is_main:
+        _logger.warning("epoch %d skipped %d unreadable image(s), e.g. %s", epoch + 1, len(skipped), ", ".join(skipped[:3]))
     best = test_acc > run.best_acc
     if best:
         run.best_acc, run.best_epoch = test_acc, epoch + 1
@@ -396,7 +399,8 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
         "cost": state["cost"], "zeta": state["zeta"], "o": state["o"], "zeta_over_o": state["zeta_over_o"],
         "zeta_before_projection": zeta_before, "gates_closed_by_projection": [[n, k] for n, k in closed],
         "lambda": state["lambda"], "macs": state["macs"], "dgconv_macs": state["dgconv_macs"], "groups": state["groups"],
-        "gates": state["gates"], "gates_in_sync": True, "frozen": run.constraint.frozen, "time": time.time() - started,
+        "gates": state["gates"], "gates_in_sync": True, "frozen": run.constraint.frozen, "skipped_images": len(skipped),
+        "time": time.time() - started,
     }
     return record, best
 
@@ -437,7 +441,7 @@ def _train(cfg: TrainConfig, env: DistEnv, writer: RunWriter | None, ckpt: dict[
             "input_size": list(run.input_size), "o": run.constraint.o if run.constraint.constrained else None,
             "cost": run.constraint.cost.name, "cost_unit": run.constraint.cost.unit,
             "train_images_per_epoch": len(run.train_loader) * cfg.batch_size,
-            "test_images": getattr(run.test_loader, "size", None),
+            "test_images": getattr(run.test_loader, "size", None), "data": run.data.info,
         }
         writer.write_config(config_doc, resumed_from=run.start_epoch if ckpt is not None else None)
         _logger.info(

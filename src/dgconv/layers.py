@@ -400,12 +400,13 @@ class DGConv2d(nn.Module):
 
     # ------------------------------------------------------------------ conversion
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, impl: str = "auto") -> DGConv2d:
+    def from_conv(cls, conv: nn.Conv2d, impl: str = "auto", fill: str = "init",
+                  gate_magnitude: float = GATE_INIT) -> DGConv2d:
         """A ``DGConv2d`` computing exactly what ``conv`` computes (any ``groups``, bias and padding mode).
 
-        The weights of ``conv`` are placed in the block diagonal of the dense weight, zeros outside, and
-        the gates are set with :meth:`set_groups` to ``conv.groups``. Regular (``groups=1``), group and
-        depthwise convolutions are all special cases. Device and dtype follow ``conv``.
+        The weights of ``conv`` are placed in the block diagonal of the dense weight and the gates are set with
+        :meth:`set_groups` to ``conv.groups``. Regular (``groups=1``), group and depthwise convolutions are all
+        special cases. Device and dtype follow ``conv``. See :meth:`load_conv` for ``fill`` and ``gate_magnitude``.
         """
         if not isinstance(conv, nn.Conv2d) or isinstance(conv, nn.ConvTranspose2d):
             raise TypeError(f"from_conv needs an nn.Conv2d (not transposed), got {type(conv).__name__}")
@@ -424,15 +425,46 @@ class DGConv2d(nn.Module):
             w.dtype,
             impl=impl,
         )
-        with torch.no_grad():
-            g = conv.groups
-            ig, og = conv.in_channels // g, conv.out_channels // g
-            layer.weight.zero_()
-            for j in range(g):
-                layer.weight[j * og : (j + 1) * og, j * ig : (j + 1) * ig] = w[j * og : (j + 1) * og]
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
+        layer.load_conv(w, conv.bias, conv.groups, fill=fill, gate_magnitude=gate_magnitude)
         return layer
+
+    @torch.no_grad()
+    def load_conv(self, weight: Tensor, bias: Tensor | None, groups: int, fill: str = "init",
+                  gate_magnitude: float = GATE_INIT) -> None:
+        """Become the group convolution with ``weight`` ``(out, in/groups, kh, kw)``, ``bias`` and ``groups`` (its
+        function, exactly), e.g. to start from pretrained weights.
+
+        Args:
+            fill: what the weights outside the groups start as. ``"init"`` (default): the layer's fresh
+                initialisation (Kaiming-uniform over the dense fan-in), so a closed gate feels a gradient and can open
+                -- they are masked while it is closed, so the function is unchanged; ``"zeros"``: zeros (a closed
+                gate's gradient is then exactly 0 and the grouping can only split further, never merge).
+            gate_magnitude: ``|g~|`` of the gates (:meth:`set_groups`). A converted network should start confident
+                (``dgconv train --init-from`` uses 1.0) so that the first optimizer steps do not regroup it before the
+                loss has a say; the paper's ``1e-8`` is for training from scratch.
+
+        Raises:
+            ValueError: shapes that do not fit this layer, or an unknown ``fill``.
+        """
+        if fill not in ("init", "zeros"):
+            raise ValueError(f"fill must be 'init' or 'zeros', got {fill!r}")
+        g = int(groups)
+        ig, og = self.in_channels // g, self.out_channels // g
+        want = (self.out_channels, ig, *self.kernel_size)
+        if tuple(weight.shape) != want:
+            raise ValueError(f"a {g}-group weight for this layer has shape {want}, got {tuple(weight.shape)}")
+        self.set_groups(g, magnitude=gate_magnitude)
+        if fill == "zeros":
+            self.weight.zero_()
+        else:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        for j in range(g):
+            self.weight[j * og : (j + 1) * og, j * ig : (j + 1) * ig] = weight[j * og : (j + 1) * og].to(self.weight)
+        if self.bias is not None:
+            if bias is None:
+                self.bias.zero_()
+            else:
+                self.bias.copy_(bias)
 
     # ------------------------------------------------------------------ forward
     def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:

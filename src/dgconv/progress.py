@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,8 +40,12 @@ class Progress:
             return
         from tqdm import tqdm
 
-        bar = tqdm(total=total * unit_scale, desc=desc, unit="img", unit_scale=True, leave=False, dynamic_ncols=True,
-                   file=sys.stderr, smoothing=0.1)
+        try:  # a terminal that reports no size (a bare pseudo-terminal) gets a fixed width
+            sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        except OSError:
+            sized = False
+        bar = tqdm(total=total * unit_scale, desc=desc, unit="img", unit_scale=True, leave=False, dynamic_ncols=sized,
+                   ncols=None if sized else 100, nrows=None if sized else 50, file=sys.stderr, smoothing=0.1)
 
         def update(steps: int = 1, **postfix: Any) -> None:
             bar.update(steps * unit_scale)

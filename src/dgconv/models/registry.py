@@ -81,7 +81,8 @@ def model_info(name: str) -> ModelInfo:
         close = list(dict.fromkeys(prefixes + similar))[:5]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UnknownModelError(
-            f"unknown model {name!r}.{hint} dgconv.models.list_models() shows all {len(_REGISTRY)} names."
+            f"unknown model {name!r}.{hint} `dgconv models` lists all {len(_REGISTRY)} names "
+            f"(in Python: dgconv.list_models())."
         ) from None
 
 

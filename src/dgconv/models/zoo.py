@@ -95,6 +95,12 @@ def g_resnext50(**kwargs: Any) -> ResNet:
     return _imagenet(Bottleneck, [3, 4, 6, 3], cardinality=32, base_width=4, dgconv=True, **kwargs)
 
 
+@register_model(input_size=IMAGENET, dgconv=True, budget=4, plain="resnet50")
+def g_resnet50(**kwargs: Any) -> ResNet:
+    """G-ResNet-50: ResNet-50 with every bottleneck 3x3 a DGConv2d (start from ResNet-50 weights: --init-from)."""
+    return _imagenet(Bottleneck, [3, 4, 6, 3], dgconv=True, **kwargs)
+
+
 @register_model(input_size=IMAGENET, dgconv=True, budget=32, plain="resnext101_32x4d")
 def g_resnext101(**kwargs: Any) -> ResNet:
     """G-ResNeXt-101 with the widths of ResNeXt-101 32x4d."""

@@ -1,0 +1,165 @@
+"""dgconv in the torchvision / timm world: image folders at their own size (corrupt images skipped), pretrained
+ResNet(X)t weights as a start, groupify and deploy of torchvision and timm networks, our models in timm's registry.
+
+These need torchvision (and timm) built for the installed torch; CI runs them in a second environment that has
+them (``.ci/run``), and they skip elsewhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dgconv import DGConv2d, create_model, deploy, groupify
+from dgconv.constraint import dgconv_layers
+from tests.helpers import cli, metrics
+
+pytestmark = pytest.mark.ecosystem
+
+
+def tv():
+    return pytest.importorskip("torchvision", exc_type=ImportError)
+
+
+def timm():
+    return pytest.importorskip("timm", exc_type=ImportError)
+
+
+def write_folder(root: Path, size: tuple[int, int], n: int, mode: str = "L", classes: int = 3, seed: int = 0) -> None:
+    """A small image folder: class c has a bright square at a class-specific place (learnable), plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for split, count in (("train", n), ("val", max(2, n // 4))):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                img = rng.integers(0, 60, (h, w, 3 if mode == "RGB" else 1), dtype=np.uint8)
+                y0 = (c * h) // classes
+                img[y0: y0 + h // classes, : w // 2] = 230
+                Image.fromarray(img.squeeze(-1) if mode == "L" else img, mode).save(d / f"{i}.png")
+
+
+def test_a_folder_of_small_images_trains_at_its_native_size(tmp_path):
+    tv()
+    write_folder(tmp_path / "data", (28, 28), 24, "L")
+    (tmp_path / "data" / "val" / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # every val image is read
+    r = cli("train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--model", "g_resnext_cifar_tiny",
+            "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "run"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    data = cfg["data"]
+    assert data["native_size"] == [28, 28] and data["image_size"] == 28 and data["policy"] == "pad"
+    assert data["channels"] == 1 and cfg["input_size"] == [1, 28, 28] and data["hflip"] is False
+    assert len(data["mean"]) == 1 and 0 < data["mean"][0] < 1 and data["workers"] >= 0
+    row = metrics(tmp_path / "run")[0]
+    assert row["skipped_images"] == 1 and "broken.png" in r.stderr and "unreadable" in r.stderr
+    # mean/std of the wrong length, and an ImageNet model on 28x28 images: a warning with the fix
+    r = cli("train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--model", "g_resnext_cifar_tiny",
+            "--mean", "0.5", "0.5", "0.5", "--std", "0.2", "0.2", "0.2", "--epochs", "1", "--out", str(tmp_path / "r2"))
+    assert r.returncode == 2 and "need 1 values" in r.stderr
+    r = cli("train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--model", "g_resnext50",
+            "--epochs", "1", "--batch-size", "16", "--limit-train", "16", "--out", str(tmp_path / "r3"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "designed for 224x224 inputs and the data is 28x28" in r.stderr
+
+
+def test_large_colour_images_use_the_imagenet_recipe_at_the_models_size(tmp_path):
+    tv()
+    write_folder(tmp_path / "data", (80, 96), 8, "RGB", classes=2)
+    r = cli("train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--model", "g_resnext_cifar_tiny",
+            "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "run"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert data["policy"] == "crop" and data["image_size"] == 32 and data["channels"] == 3 and data["hflip"] is True
+    r = cli("train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--model", "g_resnext_cifar_tiny",
+            "--image-size", "48", "--resize", "stretch", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "r2"),
+            "--no-progress")
+    assert r.returncode == 0 and json.loads((tmp_path / "r2" / "config.json").read_text())["input_size"] == [3, 48, 48]
+
+
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_init_from_pretrained_resnext_and_resnet_state_dicts(tmp_path, source):
+    """A ResNeXt-50 / ResNet-50 state_dict of torchvision or timm starts our G-network with its function unchanged."""
+    if source == "torchvision":
+        models = tv().models
+        nets = {"g_resnext50": models.resnext50_32x4d(num_classes=10), "g_resnet50": models.resnet50(num_classes=10)}
+    else:
+        t = timm()
+        nets = {"g_resnext50": t.create_model("resnext50_32x4d", num_classes=10),
+                "g_resnet50": t.create_model("resnet50", num_classes=10)}
+    from dgconv.pretrained import load_pretrained
+
+    x = torch.randn(2, 3, 64, 64)
+    for name, net in nets.items():
+        net.eval()
+        torch.save({"state_dict": net.state_dict()}, tmp_path / f"{name}.pth")
+        ours = create_model(name, num_classes=10).eval()
+        notes = load_pretrained(ours, tmp_path / f"{name}.pth")
+        assert any("became DGConv layers" in n for n in notes)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), net(x), rtol=1e-4, atol=1e-4)
+        assert all(torch.all(m.gate.abs() == 1.0) for _, m in dgconv_layers(ours))
+        # another class count: the classifier starts fresh, said so
+        fresh = create_model(name, num_classes=7)
+        assert any("classifier fc left at its fresh initialisation" in n for n in load_pretrained(fresh, tmp_path / f"{name}.pth"))
+    # a state_dict of another architecture: the first mismatches, counted
+    from dgconv.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"does not fit this model: \d+ missing from the file"):
+        load_pretrained(create_model("g_resnext101", num_classes=10), tmp_path / "g_resnext50.pth")
+
+
+TV_MODELS = ["resnext50_32x4d", "mobilenet_v2", "regnet_x_400mf"]
+TIMM_MODELS = ["resnext26ts", "regnetx_002", "mobilenetv3_small_050", "tf_mobilenetv3_small_minimal_100"]
+
+
+def _check_groupify_and_deploy(net: nn.Module, size: int = 64) -> tuple[int, int]:
+    net.eval()
+    x = torch.randn(2, 3, size, size)
+    g, report = groupify(net, report=True)
+    g.eval()
+    assert report.converted, "nothing converted"
+    with torch.no_grad():
+        torch.testing.assert_close(g(x), net(x), rtol=1e-4, atol=1e-4)  # function preserved
+    gen = torch.Generator().manual_seed(0)
+    for _, m in dgconv_layers(g):  # learned, non-adjacent groupings
+        m.gate.data = torch.randn(len(m.factors), generator=gen) * torch.tensor(
+            [0.0 if h else 1.0 for h in m.held]) + torch.tensor([1.0 if h else 0.0 for h in m.held])
+    d, summary = deploy(g, summary=True)
+    assert not any(isinstance(m, DGConv2d) for m in d.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(d.eval()(x), g(x), rtol=1e-4, atol=1e-4)  # deploy exact
+    return len(report.converted), len(report.skipped)
+
+
+@pytest.mark.parametrize("name", TV_MODELS)
+def test_groupify_and_deploy_torchvision_models(name):
+    models = tv().models
+    converted, skipped = _check_groupify_and_deploy(getattr(models, name)(num_classes=10))
+    assert converted > 0 and skipped == 0
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_groupify_and_deploy_timm_models(name, caplog):
+    t = timm()
+    converted, skipped = _check_groupify_and_deploy(t.create_model(name, num_classes=10))
+    assert converted > 0
+    if name.startswith("tf_"):  # TF "same" padding lives in Conv2dSame.forward: left as it was, and listed
+        assert skipped > 0 and "left" in caplog.text and "Conv2dSame" in caplog.text
+
+
+def test_timm_builds_our_models_in_either_import_order():
+    timm()
+    for order in ("import dgconv, timm", "import timm, dgconv"):
+        code = f"{order}; m = timm.create_model('g_resnext_cifar_tiny', num_classes=10); print(type(m).__name__, m.fc.out_features)"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and r.stdout.split() == ["ResNet", "10"], r.stderr
