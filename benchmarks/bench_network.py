@@ -28,7 +28,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment, interleaved  # noqa: E402
 
-from dgconv import DGConv2d, cached_gates, create_model, deploy, learned_groups  # noqa: E402
+from dgconv import DGConv2d, cached_gates, configure_optimizer, create_model, deploy, learned_groups  # noqa: E402
+from dgconv.freeze import freeze_groups  # noqa: E402
+from dgconv.layers import set_gate_batch_fraction  # noqa: E402
 
 
 def random_groups(model: torch.nn.Module, seed: int) -> None:
@@ -50,8 +52,13 @@ def prep(model, args):  # type: ignore[no-untyped-def]
 
 
 def train_step(model, x, y, args, cache: bool = False):  # type: ignore[no-untyped-def]
-    """One SGD step; ``cache``: read all gates once per step (dgconv.cached_gates, as the trainer does)."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    """One SGD step (momentum, weight decay, no decay on gates: ``dgconv.configure_optimizer``, the policy `dgconv
+    train` uses, or plain ``torch.optim.SGD`` with ``--optimizer torch``); ``cache``: read all gates once per step
+    (dgconv.cached_gates, as the trainer does)."""
+    if args.optimizer == "torch":
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    else:
+        opt = configure_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=1e-4)
 
     def f():
         with cached_gates(model) if cache else _Null(), torch.autocast(
@@ -71,6 +78,45 @@ class _Null:
 
     def __exit__(self, *exc):
         return None
+
+
+_PEAK = r"""
+import resource, sys, torch, torch.nn.functional as F
+sys.path.insert(0, {bench!r})
+from dgconv import create_model, learned_groups, configure_optimizer, DGConv2d
+from dgconv.freeze import freeze_groups
+from bench_network import random_groups
+which, batch, size, device = {which!r}, {batch}, {size}, {device!r}
+if which in ("g_resnext50", "frozen"):
+    model = create_model("g_resnext50"); random_groups(model, 1)
+    if which == "frozen":
+        freeze_groups(model)
+elif which == "resnext*":
+    model = create_model("resnext50_32x4d", groups={groups!r})
+else:
+    model = create_model("resnext50_32x4d")
+model = model.to(device)
+opt = configure_optimizer(model, lr=1e-3)
+x, y = torch.randn(batch, 3, size, size, device=device), torch.randint(0, 1000, (batch,), device=device)
+for _ in range(2):
+    loss = F.cross_entropy(model(x), y); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+if device == "cuda":
+    print(torch.cuda.max_memory_allocated() / 2**20)
+else:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def peak_memory(which: str, args) -> float:  # type: ignore[no-untyped-def]
+    """Peak memory (MiB) of two train steps in a fresh process: CPU resident set, or CUDA allocated memory."""
+    import subprocess
+
+    g = create_model("g_resnext50")  # the random learned groups, built here so the measured process holds one model
+    random_groups(g, 1)
+    code = _PEAK.format(bench=str(Path(__file__).resolve().parent), which=which, batch=args.batch, size=args.size,
+                        device=args.device, groups=learned_groups(g))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
 
 
 def infer(model, x, args):  # type: ignore[no-untyped-def]
@@ -100,38 +146,63 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--small-batch", type=int, default=128)
-    ap.add_argument("--only", choices=["train50", "infer50", "cifar29", "small"], action="append")
+    ap.add_argument("--only", choices=["train50", "memory50", "infer50", "cifar29", "small"], action="append")
+    ap.add_argument("--optimizer", choices=["dgconv", "torch"], default="dgconv",
+                    help="dgconv.configure_optimizer (fused SGD where available; default) or torch.optim.SGD")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.manual_seed(0)
     results = {"environment": environment(), "args": vars(args)}
     print(f"# {environment()}; device {args.device}, amp {args.amp}, channels_last {args.channels_last}, "
           f"{args.reps} interleaved rounds, medians")
-    todo = args.only or ["train50", "infer50", "cifar29", "small"]
+    todo = args.only or ["train50", "memory50", "infer50", "cifar29", "small"]
+    print(f"# optimizer: {args.optimizer}")
 
     if "train50" in todo:
         x, y = batch(args.batch, 3, args.size, 1000, args)
         g32 = create_model("g_resnext50")
         all_groups(g32, 32)
+        g32f = create_model("g_resnext50")
+        all_groups(g32f, 32)
+        set_gate_batch_fraction(g32f, 0.125)
         grnd = create_model("g_resnext50")
         random_groups(grnd, 1)
         spec = learned_groups(grnd)
         star = create_model("resnext50_32x4d", groups=spec)
+        frozen = create_model("g_resnext50")
+        random_groups(frozen, 1)
+        freeze_groups(frozen)  # the same groups, frozen: what --freeze-groups-at trains after the switch
         c = {"resnext50_32x4d": train_step(prep(create_model("resnext50_32x4d"), args), x, y, args),
              "g_resnext50 @32": train_step(prep(g32, args), x, y, args),
+             "g_resnext50 @32, gate batch fraction 0.125": train_step(prep(g32f, args), x, y, args),
              "resnext* (random groups)": train_step(prep(star, args), x, y, args),
-             "g_resnext50 (same random groups)": train_step(prep(grnd, args), x, y, args)}
+             "g_resnext50 (same random groups)": train_step(prep(grnd, args), x, y, args),
+             "frozen g_resnext50 (same random groups)": train_step(prep(frozen, args), x, y, args)}
         t = interleaved(c, reps=args.reps, device=args.device)
         results["train50"] = t
+        base, st = t["resnext50_32x4d"], t["resnext* (random groups)"]
         print(f"\n## G-ResNeXt-50 train step, batch {args.batch} at {args.size}x{args.size}\n")
         print("| network | ms / step | ratio |\n|---|---:|---:|")
-        print(f"| ResNeXt-50 32x4d | {t['resnext50_32x4d'] * 1e3:.0f} | 1.00 |")
-        print(f"| G-ResNeXt-50, all DGConv at 32 groups | {t['g_resnext50 @32'] * 1e3:.0f} | "
-              f"{t['g_resnext50 @32'] / t['resnext50_32x4d']:.2f} |")
-        print(f"| ResNeXt-50* with random learned groups | {t['resnext* (random groups)'] * 1e3:.0f} | 1.00 |")
-        print(f"| G-ResNeXt-50 at those groups (non-adjacent) | {t['g_resnext50 (same random groups)'] * 1e3:.0f} | "
-              f"{t['g_resnext50 (same random groups)'] / t['resnext* (random groups)']:.2f} |", flush=True)
-        del g32, grnd, star, c
+        print(f"| ResNeXt-50 32x4d | {base * 1e3:.0f} | 1.00 |")
+        for k, label in (("g_resnext50 @32", "G-ResNeXt-50, all DGConv at 32 groups (exact)"),
+                         ("g_resnext50 @32, gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125")):
+            print(f"| {label} | {t[k] * 1e3:.0f} | {t[k] / base:.2f} |")
+        print(f"| ResNeXt-50* with random learned groups | {st * 1e3:.0f} | 1.00 |")
+        for k, label in (("g_resnext50 (same random groups)", "G-ResNeXt-50 at those groups (non-adjacent, exact)"),
+                         ("frozen g_resnext50 (same random groups)", "the same after freeze_groups (search, then train)")):
+            print(f"| {label} | {t[k] * 1e3:.0f} | {t[k] / st:.2f} |", flush=True)
+        del g32, g32f, grnd, star, frozen, c
+
+    if "memory50" in todo:
+        print(f"\n## Peak memory of a G-ResNeXt-50 train step, batch {args.batch} at {args.size}x{args.size}\n")
+        print("| network | peak memory (MiB) | ratio |\n|---|---:|---:|")
+        peaks = {k: peak_memory(k, args) for k in ("resnext50_32x4d", "g_resnext50", "resnext*", "frozen")}
+        results["memory50"] = peaks
+        for k, label, ref in (("resnext50_32x4d", "ResNeXt-50 32x4d", "resnext50_32x4d"),
+                              ("g_resnext50", "G-ResNeXt-50 (random learned groups)", "resnext50_32x4d"),
+                              ("resnext*", "ResNeXt-50* with those groups", "resnext*"),
+                              ("frozen", "G-ResNeXt-50 after freeze_groups", "resnext*")):
+            print(f"| {label} | {peaks[k]:.0f} | {peaks[k] / peaks[ref]:.2f} |", flush=True)
 
     if "infer50" in todo:
         x, _ = batch(args.infer_batch, 3, 224, 1000, args)

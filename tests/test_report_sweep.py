@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_protocols_plan_tables_3_5_6():
     old = Protocol("x", "x", "g_resnext_cifar_tiny", "resnext_cifar_tiny", 1, 8, 0.1)
     assert [str(r.name) for r in planned_runs(old)] == [
         "resnext-g32", "g-b32", "g-b64", "g-b96", "g-b128", "g-b32-s1", "g-b32-s2", "star-b32", "star-b96"]
-    for p in PROTOCOLS.values():  # both costs side by side, three seeds for the baseline and b = 32
+    for p in (PROTOCOLS["cpu"], PROTOCOLS["gpu"]):  # both costs side by side, three seeds for the baseline and b = 32
         runs = planned_runs(p)
         names = [str(r.name) for r in runs]
         for cost in ("", "-macs"):
@@ -65,6 +66,13 @@ def test_protocols_plan_tables_3_5_6():
         assert "--cost" not in by["g-b64"].args
         assert [r.phase for r in runs] == sorted(r.phase for r in runs)
     assert PROTOCOLS["gpu"].amp and PROTOCOLS["gpu"].channels_last and PROTOCOLS["gpu"].device == "cuda"
+    # gpu-fast: the key arms (dense, fixed G = 16, learned under MACs b = 16) with 8 seeds, the others with 3
+    fast = [str(r.name) for r in planned_runs(PROTOCOLS["gpu-fast"])]
+    for key in ("fastnet-g1", "fastnet-g16", "g-macs-b16"):
+        assert sum(n == key or n.startswith(key + "-s") for n in fast) == 8, key
+    for other in ("fastnet-g4", "g-macs-b4", "g-b4", "g-b16", "star-macs-b4", "star-macs-b16"):
+        assert sum(n == other or n.startswith(other + "-s") for n in fast) == 3, other
+    assert "star-macs-b16-s2" in fast and "{sweep}/g-macs-b16-s2/groups.json" in planned_runs(PROTOCOLS["gpu-fast"])[-1].args
 
 
 def test_short_schedules_keep_warmup_valid():
@@ -93,52 +101,81 @@ def test_spearman_against_scipy():
             assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
 
 
+REHEARSAL = ["--epochs", "1", "--limit-train", "128", "--limit-test", "128", "--batch-size", "64", "--device", "cpu",
+             "--no-amp", "--max-seeds", "2", "--parallel", "2"]
+
+
+def _acc(run) -> float:
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["test_acc"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 copy not present (set DGCONV_SHARED_DATA)")
-def test_miniature_cpu_sweep_and_results(tmp_path):
-    """A CPU rehearsal of the cpu protocol (1 epoch, 256 images): every arm trains, the document renders from the
-    run directories, its statistics match an independent recomputation, unfinished runs show as missing."""
+def test_cpu_protocol_rehearsal_with_a_deadline_and_independent_statistics(tmp_path):
+    """The cpu protocol at rehearsal size: a first invocation stopped by its deadline leaves runs to do, the next one
+    finishes them from the run directories, and the document's statistics match SciPy recomputed from metrics.jsonl."""
     stats = pytest.importorskip("scipy.stats")
     out = tmp_path / "sweep"
-    args = ["sweep", "--protocol", "cpu", "--data-dir", str(SHARED), "--out", str(out), "--epochs", "1",
-            "--limit-train", "256", "--limit-test", "256", "--results", str(tmp_path / "results.md")]
-    r = run_cli(*args)
+    args = ["sweep", "--protocol", "cpu", "--data-dir", str(SHARED), "--out", str(out), *REHEARSAL]
+    r = run_cli(*args, "--deadline", "3")
     assert r.returncode == 0, r.stdout + r.stderr
-    planned = [str(p.name) for p in planned_runs(PROTOCOLS["cpu"])]
-    assert r.stdout.count(" done") == len(planned) == 18 and "FAILED" not in r.stdout
+    assert "not run before the deadline" in r.stdout
+    assert "Missing runs" in (out / "results.md").read_text()  # what did not finish is missing, not a number
+    r = run_cli(*args, "--results", str(tmp_path / "results.md"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    planned = [str(p.name) for p in planned_runs(dataclasses.replace(PROTOCOLS["cpu"], max_seeds=2))]
+    assert all((out / n / "metrics.jsonl").exists() for n in planned) and "FAILED" not in r.stdout
     text = (out / "results.md").read_text()
     assert text == (tmp_path / "results.md").read_text() == render_results([out])  # regenerated from the run dirs
     for heading in ("Table 3 analogue", "Table 5 analogue", "Table 6 analogue", "claims, measured here"):
         assert heading in text
-    assert "256 test images" in text and "Verdict:" in text and "Missing runs" not in text
+    assert "128 test images" in text and "Verdict:" in text and "Missing runs" not in text
     assert "not the official CIFAR-10 files" in text  # provenance from the checksums, not a fixed sentence
-
-    def acc(name):
-        return json.loads((out / name / "metrics.jsonl").read_text().splitlines()[-1])["test_acc"]
-
-    # the baseline arm's mean and 95 % interval, recomputed from metrics.jsonl with SciPy
-    base = np.array([acc(n) for n in ("resnext-g32", "resnext-g32-s1", "resnext-g32-s2")])
-    lo, hi = stats.t.interval(0.95, 2, loc=base.mean(), scale=stats.sem(base))
-    assert f"| ResNeXt | 32 groups | - | 3 | {100 * base.mean():.2f} | {100 * base.std(ddof=1):.2f} | [{100 * lo:.2f}, {100 * hi:.2f}] |" in text
-    # claim 1 per cost: Welch interval of G-ResNeXt (b = 32, 3 seeds) minus the baseline
-    for prefix, cost in (("g", "connections"), ("g-macs", "macs")):
-        g = np.array([acc(n) for n in (f"{prefix}-b32", f"{prefix}-b32-s1", f"{prefix}-b32-s2")])
+    base = np.array([_acc(out / n) for n in ("resnext-g32", "resnext-g32-s1")])
+    lo, hi = stats.t.interval(0.95, 1, loc=base.mean(), scale=stats.sem(base))
+    assert f"| ResNeXt | 32 groups | - | 2 | {100 * base.mean():.2f} | {100 * base.std(ddof=1):.2f} | [{100 * lo:.2f}, {100 * hi:.2f}] |" in text
+    for prefix, cost in (("g", "connections"), ("g-macs", "macs")):  # claim 1: Welch interval, G - ResNeXt
+        g = np.array([_acc(out / n) for n in (f"{prefix}-b32", f"{prefix}-b32-s1")])
         ci = stats.ttest_ind(g, base, equal_var=False).confidence_interval(0.95)
         assert f"[{cost}] G-ResNeXt at b = 32 vs ResNeXt: {100 * (g.mean() - base.mean()):+.2f} points (95 % CI " \
-               f"[{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]; n = 3 vs 3)" in text
+               f"[{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]; n = 2 vs 2)" in text
     star = json.loads((out / "star-macs-b32" / "config.json").read_text())["config"]
     assert star["model"] == "resnext_cifar_tiny" and star["groups_from"].endswith("g-macs-b32/groups.json")
     r = run_cli("results", str(out))
     assert r.returncode == 0 and r.stdout == text
-    # resumable: a second invocation finds every run finished and starts none, and keeps the start date
     started = json.loads((out / "sweep.json").read_text())["started"]
-    r = run_cli(*args[:-2])
+    r = run_cli(*args)  # everything finished: starts none, keeps the start date
     assert r.returncode == 0 and "start" not in r.stdout
     meta = json.loads((out / "sweep.json").read_text())
-    assert meta["started"] == started and len(meta["resumed"]) == 1
-    assert f"sweep started {started}, resumed {meta['resumed'][0]}." in (out / "results.md").read_text()
-    # a run that did not finish is missing, never a number
-    (out / "g-b64" / "metrics.jsonl").write_text("")
-    text = render_results([out])
-    assert "Missing runs (planned, not finished; not in any table or statistic): g-b64 (0/1 epochs)." in text
-    assert "| G-ResNeXt | b = 64 | connections |" not in text
+    assert meta["started"] == started and len(meta["resumed"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 copy not present (set DGCONV_SHARED_DATA)")
+@pytest.mark.parametrize("protocol", ["gpu-fast", "gpu"])
+def test_gpu_protocols_rehearse_on_the_cpu(tmp_path, protocol):
+    """Both GPU protocols run end to end on the CPU at rehearsal size (1 epoch, 128 images, 2 seeds per arm)."""
+    stats = pytest.importorskip("scipy.stats")
+    out = tmp_path / protocol
+    smaller = [] if protocol == "gpu-fast" else [  # ResNeXt-29 costs minutes per run on 2 cores: its CPU-sized sibling
+        "--model", "g_resnext_cifar_small", "--plain-model", "resnext_cifar_small", "--limit-train", "64", "--limit-test",
+        "64", "--batch-size", "32"]
+    r = run_cli("sweep", "--protocol", protocol, "--data-dir", str(SHARED), "--out", str(out), *REHEARSAL, *smaller,
+                "--results", str(tmp_path / "results.md"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = render_results([out], tmp_path / "figures")
+    assert "Missing runs" not in text and f"## Protocol `{protocol}`" in text
+    assert (tmp_path / "figures" / f"groups_{protocol}.png").exists() and f"(figures/groups_{protocol}.png)" in text
+    if protocol == "gpu-fast":
+        fixed = np.array([_acc(out / n) for n in ("fastnet-g16", "fastnet-g16-s1")])
+        learned = np.array([_acc(out / n) for n in ("g-macs-b16", "g-macs-b16-s1")])
+        ci = stats.ttest_ind(learned, fixed, equal_var=False).confidence_interval(0.95)
+        assert "At equal cost: learned groups against fixed uniform groups" in text
+        assert f"G-FastNet learned under a macs budget b = 16 vs fixed G = 16: {100 * (learned.mean() - fixed.mean()):+.2f} " \
+               f"points (95 % CI [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]; n = 2 vs 2)" in text
+        cfg = json.loads((out / "g-macs-b16" / "config.json").read_text())["config"]
+        assert cfg["nesterov"] and cfg["tta"] == "flip" and cfg["lookahead"] == 5 and cfg["cost"] == "macs"
+    else:
+        cfg = json.loads((out / "g-b32" / "config.json").read_text())["config"]
+        assert cfg["freeze_groups_at"] == "0.3" and cfg["label_smoothing"] == 0.1
+        assert "Training options beyond the schedule: `--freeze-groups-at 0.3` for the runs that learn groups" in text

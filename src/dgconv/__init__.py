@@ -55,13 +55,23 @@ __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from . import models  # noqa: F401
-    from .constraint import ResourceConstraint, learned_groups, parameter_groups  # noqa: F401
-    from .constraint import configure_optimizer  # noqa: F401
-    from .convert import architecture_spec, deploy, groupify, load_deployed, register_fold_rule, save_deployed  # noqa: F401
+    from .constraint import (  # noqa: F401
+        ResourceConstraint,
+        configure_optimizer,  # noqa: F401
+        learned_groups,
+        parameter_groups,
+    )
+    from .convert import (  # noqa: F401
+        architecture_spec,
+        deploy,
+        groupify,
+        load_deployed,
+        register_fold_rule,
+        save_deployed,
+    )
     from .freeze import freeze_groups  # noqa: F401
     from .latency import LatencyTable  # noqa: F401
-    from .layers import gate_gradients, set_gate_batch_fraction  # noqa: F401
-    from .layers import DGConv2d, cached_gates  # noqa: F401
+    from .layers import DGConv2d, cached_gates, gate_gradients, set_gate_batch_fraction  # noqa: F401  # noqa: F401
     from .models import create_model, list_models  # noqa: F401
     from .profile import Profile, profile  # noqa: F401
 

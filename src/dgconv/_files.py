@@ -10,6 +10,7 @@ other tool's.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -21,7 +22,7 @@ from typing import BinaryIO
 
 from ._faults import fault
 
-__all__ = ["atomic_write", "atomic_link", "TEMP_SUFFIX"]
+__all__ = ["atomic_write", "atomic_link", "md5_file", "TEMP_SUFFIX"]
 
 #: Temporaries of :func:`atomic_write` are named ``.<name>.<random>.tmp`` beside their target.
 TEMP_SUFFIX = ".tmp"
@@ -94,8 +95,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
         OSError: the file system refused (its ``filename`` is set); nothing is left behind.
     """
     path = Path(path)
-    fd, tmp = _temporary(path)
-    try:
+
+    def fill(fd: int, tmp: str) -> None:
         with os.fdopen(fd, "wb") as f:
             rec = _Recorder(f)
             try:
@@ -106,24 +107,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
                 raise
             f.flush()
             os.fsync(f.fileno())
-        fault(f"write:{path.name}")
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise _with_path(e, path) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_dir(path.parent)
+
+    _replace_via_temporary(path, fill)
 
 
 def atomic_link(source: str | Path, path: str | Path) -> None:
     """Make ``path`` an atomic copy of ``source``: a hard link when the file system has them (no bytes copied;
     ``source`` may be replaced later by :func:`atomic_write` without touching ``path``), else a full copy."""
     source, path = Path(source), Path(path)
-    fd, tmp = _temporary(path)
-    os.close(fd)
-    try:
+
+    def fill(fd: int, tmp: str) -> None:
+        os.close(fd)
         os.unlink(tmp)
         try:
             os.link(source, tmp)
@@ -131,6 +125,16 @@ def atomic_link(source: str | Path, path: str | Path) -> None:
             shutil.copyfile(source, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+
+    _replace_via_temporary(path, fill)
+
+
+def _replace_via_temporary(path: Path, fill: Callable[[int, str], None]) -> None:
+    """Create a temporary beside ``path``, let ``fill(fd, name)`` write it, rename it over ``path`` and make the
+    rename durable; on any failure remove the temporary (an ``OSError`` gets ``path`` as its file name)."""
+    fd, tmp = _temporary(path)
+    try:
+        fill(fd, tmp)
         fault(f"write:{path.name}")
         os.replace(tmp, path)
     except OSError as e:
@@ -140,3 +144,12 @@ def atomic_link(source: str | Path, path: str | Path) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _sync_dir(path.parent)
+
+
+def md5_file(path: str | Path) -> str:
+    """The MD5 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

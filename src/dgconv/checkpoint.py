@@ -29,6 +29,7 @@ from .errors import DGConvError
 
 __all__ = [
     "CheckpointError",
+    "load_weights_only",
     "atomic_write",
     "atomic_link",
     "save_checkpoint",
@@ -50,6 +51,29 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def load_weights_only(path: str | Path, what: str = "weights file") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with a :class:`CheckpointError` that says what is
+    wrong -- missing, corrupt, or holding objects outside the weights-only format -- and never PyTorch's advice to
+    retry with ``weights_only=False`` (that would run whatever code the file carries)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no {what} at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = _unpickler_detail(str(e))
+        if "GLOBAL" in detail or detail.startswith("Unsupported global"):
+            raise CheckpointError(
+                f"{path} is not a dgconv {what}: it holds objects outside the weights-only format, which dgconv "
+                f"never unpickles (a dgconv {what} holds only tensors and plain data). Detail: {detail[:200]}"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable {what} (corrupt or truncated?): {detail[:200]}") from None
+    except OSError as e:
+        raise _with_path(e, path) from None
+    except Exception as e:  # torch raises many types for a damaged file
+        raise CheckpointError(f"{path} is not a readable {what} (corrupt or truncated?): {type(e).__name__}: {str(e)[:300]}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a dgconv checkpoint (on the CPU) with ``weights_only=True`` and check that it is one.
 
@@ -57,23 +81,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         CheckpointError: the file is missing, unreadable, or lacks the dgconv format marker and keys.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # Never PyTorch's advice to retry with weights_only=False: that would run whatever code the file carries.
-        detail = _unpickler_detail(str(e))
-        if "GLOBAL" in detail or detail.startswith("Unsupported global"):
-            raise CheckpointError(
-                f"{path} is not a dgconv checkpoint: it holds objects outside the weights-only format, which dgconv "
-                f"never unpickles (a dgconv checkpoint holds only tensors and plain data). Detail: {detail[:200]}"
-            ) from None
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {detail[:200]}") from None
-    except OSError as e:
-        raise _with_path(e, path) from None
-    except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {str(e)[:300]}") from None
+    obj = load_weights_only(path, "checkpoint")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dgconv checkpoint (expected format {FORMAT!r}; a foreign file?)")
     missing = [k for k in ("model_name", "num_classes", "model", "epoch", "config") if k not in obj]

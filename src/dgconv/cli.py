@@ -86,9 +86,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--lr", type=_positive_float, help="peak learning rate")
     a("--momentum", type=float, help="SGD momentum (default 0.9)")
     a("--weight-decay", type=float, help="weight decay of all parameters but the gates (default 1e-4)")
-    a("--schedule", choices=["cosine", "step", "constant"], help="default: cosine")
+    a("--schedule", choices=["cosine", "step", "constant", "triangle"],
+      help="default: cosine; triangle: 0.2x -> 1x at the end of warm-up -> 0, linearly")
     a("--warmup-epochs", type=float, help="linear warm-up epochs (default 0)")
     a("--label-smoothing", type=float)
+    a("--nesterov", action="store_true", help="Nesterov momentum")
+    a("--lookahead", type=int, metavar="K", help="lookahead every K steps (0: off)")
+    a("--lookahead-alpha", type=float, help="how far the slow weights move each time (default 0.5)")
+    a("--tta", choices=["none", "flip"], help="test-time augmentation: average with the mirror image (default none)")
+    a("--crop-padding", type=int, help="CIFAR: zero padding of the random crop (default 4)")
     a("--seed", type=int)
     a("--amp", action="store_true", help="bfloat16 autocast")
     a("--channels-last", action="store_true")
@@ -309,7 +315,6 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from .convert import deploy, save_deployed
     from .models import model_info
     from .profile import profile
-
     from .rundir import checkpoint_path
 
     src = checkpoint_path(args.source, best=args.best)
@@ -364,8 +369,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
         help="run the paper's CIFAR experiments (Tables 3, 5, 6 analogues) as a named protocol",
-        description="Protocols: 'cpu' (g_resnext_cifar_tiny, about an hour on 2 CPU cores; a smoke test) and 'gpu' "
-        "(g_resnext29_32x4d, about ten minutes on one H200). Resumable: finished runs are skipped.",
+        description="Protocols: 'cpu' (g_resnext_cifar_tiny, 3 epochs on 2 CPU cores; a smoke test), 'gpu' "
+        "(g_resnext29_32x4d, 30 epochs on one H200, over several sessions) and 'gpu-fast' (g_fastnet, a fast recipe, "
+        "many seeds). Resumable: finished runs are skipped.",
     )
     from .sweep import PROTOCOLS
 
@@ -378,6 +384,14 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parallel", type=_positive_int, help="override how many runs train at once")
     p.add_argument("--limit-train", type=_positive_int, help="override: first N training images only")
     p.add_argument("--limit-test", type=_positive_int, help="override: first N test images only")
+    p.add_argument("--batch-size", type=_positive_int, help="override the protocol's batch size")
+    p.add_argument("--device", help="override the protocol's device (e.g. cpu, to rehearse a GPU protocol)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="override: no bf16 autocast")
+    p.add_argument("--max-seeds", type=_positive_int, help="override: only the first N seeds of every arm (a rehearsal)")
+    p.add_argument("--model", help="override the G-network (a rehearsal with a smaller one)")
+    p.add_argument("--plain-model", help="override the plain network (with --model)")
+    p.add_argument("--deadline", type=_positive_float, metavar="SECONDS",
+                   help="start no run that would not finish within SECONDS; stop running ones then (they resume next time)")
     p.set_defaults(func=_cmd_sweep)
 
 
@@ -385,7 +399,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
     path = run_sweep(args.protocol, args.out, args.data_dir, data_note=args.data_note, results=args.results,
-                     epochs=args.epochs, parallel=args.parallel, limit_train=args.limit_train, limit_test=args.limit_test)
+                     deadline=args.deadline, epochs=args.epochs, parallel=args.parallel, limit_train=args.limit_train,
+                     limit_test=args.limit_test, batch_size=args.batch_size, device=args.device, amp=args.amp,
+                     max_seeds=args.max_seeds, model=args.model, plain=args.plain_model)
     print(f"wrote {path}" + (f" and {args.results}" if args.results else ""))
     return 0
 
@@ -394,20 +410,20 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="render the results document from sweep directories")
     p.add_argument("sweeps", nargs="+", help="sweep directories (with sweep.json)")
     p.add_argument("--out", help="write here instead of printing")
+    p.add_argument("--figures", help="also draw the learned-groups figures into this folder (beside --out, e.g. docs/figures)")
     p.set_defaults(func=_cmd_results)
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .errors import ConfigError
     from .results import render_results
-    from .rundir import write_text
+    from .rundir import SWEEP, is_sweep, write_text
 
     for s in args.sweeps:
-        if not (Path(s) / "sweep.json").exists():
-            raise ConfigError(f"{s} is not a sweep directory (no sweep.json)")
-    text = render_results(args.sweeps)
+        if not is_sweep(s):
+            raise ConfigError(f"{s} is not a sweep directory (no {SWEEP})")
+    text = render_results(args.sweeps, args.figures)
     if args.out:
         write_text(args.out, text)
         print(f"wrote {args.out}")

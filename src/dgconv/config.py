@@ -82,6 +82,11 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    nesterov: bool = False
+    lookahead: int = 0
+    lookahead_alpha: float = 0.5
+    tta: str = "none"
+    crop_padding: int = 4
     seed: int = 0
     amp: bool = False
     channels_last: bool = False
@@ -152,8 +157,18 @@ class TrainConfig:
                     raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
                 if not info.dgconv:
                     raise ConfigError(f"--{name.replace('_', '-')} limits learned groups: model {cfg.model!r} has no DGConv layers")
-        if cfg.schedule not in ("cosine", "step", "constant"):
-            raise ConfigError(f"schedule must be 'cosine', 'step' or 'constant', got {cfg.schedule!r}")
+        if cfg.schedule not in ("cosine", "step", "constant", "triangle"):
+            raise ConfigError(f"schedule must be 'cosine', 'step', 'constant' or 'triangle', got {cfg.schedule!r}")
+        if cfg.nesterov and not cfg.momentum > 0:
+            raise ConfigError("--nesterov needs a positive --momentum")
+        if isinstance(cfg.lookahead, bool) or not isinstance(cfg.lookahead, int) or cfg.lookahead < 0:
+            raise ConfigError(f"--lookahead takes a step count (0: off), got {cfg.lookahead!r}")
+        if not 0 < cfg.lookahead_alpha <= 1:
+            raise ConfigError(f"--lookahead-alpha must be in (0, 1], got {cfg.lookahead_alpha}")
+        if cfg.tta not in ("none", "flip"):
+            raise ConfigError(f"--tta must be 'none' or 'flip', got {cfg.tta!r}")
+        if isinstance(cfg.crop_padding, bool) or not isinstance(cfg.crop_padding, int) or cfg.crop_padding < 0:
+            raise ConfigError(f"--crop-padding must be 0 or more pixels, got {cfg.crop_padding!r}")
         if not 0 <= cfg.warmup_epochs < cfg.epochs:
             raise ConfigError(f"warmup epochs must be in [0, epochs), got {cfg.warmup_epochs}")
         if not 0 <= cfg.label_smoothing < 1:

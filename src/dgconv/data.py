@@ -129,7 +129,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     if path.is_file():
         d = np.loadtxt(path, delimiter=",")
         return d[:, :-1].reshape(-1, 8, 8), d[:, -1]
-    from sklearn.datasets import load_digits as _sk_digits  # a layout this shortcut does not know
+    from sklearn.datasets import (
+        load_digits as _sk_digits,  # a layout this shortcut does not know
+    )
 
     d = _sk_digits()
     return d.images, d.target
@@ -288,13 +290,15 @@ def make_loaders(cfg: Any, env: Any, model_size: Sequence[int] | None = None) ->
         ds = ds.subset(cfg.limit_train, cfg.limit_test)
     ds = ds.with_statistics(getattr(cfg, "mean", None), getattr(cfg, "std", None))
     size = getattr(cfg, "image_size", None)
-    args = (per_rank, env.device, cfg.seed, env.rank, env.world_size, cfg.channels_last, size)
+    args = (per_rank, env.device, cfg.seed, env.rank, env.world_size, cfg.channels_last, size,
+            getattr(cfg, "crop_padding", 4))
     train, test = TensorLoader(ds, True, *args), TensorLoader(ds, False, *args)
     if len(train) == 0:
         raise DataError(f"{len(ds.train_x)} training examples make no full batch of {per_rank} per process")
     shape = (ds.input_size[0], size or ds.input_size[1], size or ds.input_size[2])
     info = {"source": cfg.dataset, "native_size": list(ds.input_size[1:]), "image_size": shape[-1],
-            "mean": list(ds.mean), "std": list(ds.std), "augment": ds.augment}
+            "mean": list(ds.mean), "std": list(ds.std), "augment": ds.augment,
+            "crop_padding": getattr(cfg, "crop_padding", 4) if ds.augment != "none" else None}
     return Loaders(train, test, ds.num_classes, shape, info)  # type: ignore[arg-type]
 
 
@@ -329,6 +333,7 @@ class TensorLoader:
         channels_last: return batches in ``torch.channels_last`` memory format.
         image_size: resize every batch to ``image_size x image_size`` (bilinear, after augmentation); ``None``:
             the dataset's own size.
+        crop_padding: zero padding of the random crop (CIFAR augmentation); 0 keeps only the flips.
     """
 
     def __init__(
@@ -342,6 +347,7 @@ class TensorLoader:
         world_size: int = 1,
         channels_last: bool = False,
         image_size: int | None = None,
+        crop_padding: int = 4,
     ) -> None:
         self.x = (ds.train_x if train else ds.test_x).to(device)
         self.y = (ds.train_y if train else ds.test_y).to(device)
@@ -354,6 +360,7 @@ class TensorLoader:
         self.augment = ds.augment if train else "none"
         self.channels_last = channels_last
         self.image_size = image_size if image_size and image_size != ds.input_size[-1] else None
+        self.crop_padding = int(crop_padding)
         self.mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1) * ds.scale
         self.std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1) * ds.scale
         n = len(self.x)
@@ -386,7 +393,7 @@ class TensorLoader:
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.x.index_select(0, sel)
             if gen is not None:
-                x = augment_crop_flip(x, gen)
+                x = augment_crop_flip(x, gen, self.crop_padding)
             x = (x.float() - self.mean) / self.std
             if self.image_size is not None:
                 x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",

@@ -10,7 +10,6 @@ the tests' local server.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ._files import md5_file
 from .data import DataError, find_cifar_dir
 
 __all__ = ["download_cifar", "ARCHIVES"]
@@ -31,14 +31,6 @@ ARCHIVES = {
     "cifar100": ("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
 }
 BASE_URL = "https://www.cs.toronto.edu/~kriz"
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _safe_extract(archive: Path, dest: Path) -> None:
@@ -86,7 +78,7 @@ def download_cifar(name: str, data_dir: str | Path, url: str | None = None, md5:
     except (urllib.error.URLError, OSError, ValueError) as e:
         part.unlink(missing_ok=True)
         raise DataError(f"could not download {url}: {e}") from None
-    got = _md5(part)
+    got = md5_file(part)
     if got != expected:
         part.unlink(missing_ok=True)
         raise DataError(f"{url}: checksum mismatch (MD5 {got}, expected {expected}); the download was removed. "

@@ -33,10 +33,10 @@ from ._env import cpu_name
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .config import DATASET_DEFAULTS, TrainConfig, merge_resume
 from .constraint import ResourceConstraint, configure_optimizer
-from .freeze import freeze_groups, restore_grouping
 from .data import Loaders, make_loaders
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .errors import ConfigError, DGConvError, Interrupted, RunDirError
+from .freeze import freeze_groups, restore_grouping
 from .layers import cached_gates, gate_gradients, set_gate_batch_fraction
 from .models import create_model, model_info
 from .progress import Progress
@@ -51,10 +51,39 @@ class TrainingError(DGConvError, RuntimeError):
     """A run cannot start or continue; the message says why and what was kept."""
 
 
+class Lookahead:
+    """Lookahead over a model's parameters: every K steps the slow weights move ``alpha`` of the way to the fast
+    ones, and the fast weights restart from them (Zhang et al. 2019; the fast recipe uses it as an EMA)."""
+
+    def __init__(self, model: nn.Module, alpha: float) -> None:
+        self.params = dict(model.named_parameters())
+        self.alpha = alpha
+        self.slow = {n: p.detach().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for n, p in self.params.items():
+            slow = self.slow[n]
+            slow.add_(p.detach() - slow, alpha=self.alpha)
+            p.copy_(slow)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.slow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for n, t in state.items():
+            if n in self.slow:
+                self.slow[n].copy_(t)
+
+
 # ------------------------------------------------------------------------------------------ helpers
 def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     total = cfg.epochs * steps_per_epoch
     warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "triangle":  # 0.2 -> 1 (peak at the end of warm-up) -> 0, linearly (the fast recipe's)
+        if step < warm:
+            return cfg.lr * (0.2 + 0.8 * step / warm)
+        return cfg.lr * max(0.0, (total - step) / max(1, total - warm))
     if step < warm:
         return cfg.lr * (step + 1) / warm
     if cfg.schedule == "constant":
@@ -66,8 +95,10 @@ def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, amp: bool = False, progress: Progress | None = None) -> tuple[float, float]:
-    """``(mean loss, accuracy)`` of ``model`` over a loader's test split, summed over all processes."""
+def evaluate(model: nn.Module, loader: Any, amp: bool = False, progress: Progress | None = None,
+             tta: str = "none") -> tuple[float, float]:
+    """``(mean loss, accuracy)`` of ``model`` over a loader's test split, summed over all processes. ``tta="flip"``
+    averages the logits of each image and its mirror image."""
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -78,6 +109,8 @@ def evaluate(model: nn.Module, loader: Any, amp: bool = False, progress: Progres
             for x, y in loader.epoch(0):
                 with cached_gates(model), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                     out = model(x)
+                    if tta == "flip":
+                        out = (out.float() + model(x.flip(-1)).float()) / 2
                 sums[0] += F.cross_entropy(out.float(), y, reduction="sum")
                 sums[1] += (out.argmax(1) == y).sum()
                 sums[2] += len(y)
@@ -202,6 +235,7 @@ class _Run:
     input_size: tuple[int, ...]
     model_kwargs: dict[str, Any]
     data: Loaders
+    lookahead: Lookahead | None = None
     start_epoch: int = 0
     step: int = 0
     best_acc: float = 0.0
@@ -257,7 +291,9 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
         model, budget=cfg.budget, alpha=cfg.alpha, cost=cfg.cost, target=cfg.target, input_size=input_size,
         latency_table=cfg.latency_table, objective=cfg.objective, dual_lr=cfg.dual_lr,
     )  # bad costs, tables and unreachable budgets are ConfigErrors, before any training
-    opt = configure_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = configure_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if ckpt is None and hasattr(model, "initialize_from_data"):  # e.g. FastNet's whitening layer, from training images
+        model.initialize_from_data(_initial_images(train_loader))
     set_gate_batch_fraction(model, cfg.gate_batch_fraction)
     run = _Run(cfg, env, out, writer, model, model, opt, constraint, train_loader, test_loader, num_classes, input_size,
                model_kwargs, data)
@@ -283,6 +319,10 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
         torch.set_rng_state(ckpt["rng"]["torch"])
         if env.device.type == "cuda" and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if cfg.lookahead:
+        run.lookahead = Lookahead(model, cfg.lookahead_alpha)
+        if ckpt is not None and ckpt.get("lookahead"):
+            run.lookahead.load_state_dict(ckpt["lookahead"])
     run.net = _wrap(model, cfg, env)
     return run
 
@@ -290,6 +330,17 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
 def _take_skipped(loader: Any) -> list[str]:
     take = getattr(loader, "take_skipped", None)
     return take() if take is not None else []
+
+
+def _initial_images(loader: Any, n: int = 5000) -> torch.Tensor:
+    """Up to ``n`` training images as the model sees them (normalised), for data-dependent initialisation."""
+    got, count = [], 0
+    for x, _ in loader.epoch(0):
+        got.append(x)
+        count += len(x)
+        if count >= n:
+            break
+    return torch.cat(got)[:n]
 
 
 def _check_input_size(model: str, size: tuple[int, ...]) -> None:
@@ -322,6 +373,8 @@ def _freeze(run: _Run, epoch: int) -> None:
     """Search, then train: every DGConv layer becomes its group convolution (optimizer state carried)."""
     run.constraint.freeze()
     freeze_groups(run.model, run.opt)
+    if run.lookahead is not None:  # the parameters changed: the slow weights start again from them
+        run.lookahead = Lookahead(run.model, run.cfg.lookahead_alpha)
     run.net = _wrap(run.model, run.cfg, run.env)
     if run.env.is_main:
         groups = run.constraint.summary()["groups"]
@@ -361,6 +414,8 @@ def _train_epoch(run: _Run, epoch: int, progress: Progress) -> tuple[float, torc
                 loss.backward()
             run.opt.step()
             run.step += 1
+            if run.lookahead is not None and run.step % cfg.lookahead == 0:
+                run.lookahead.step()
             n = torch.tensor(len(y), device=env.device)
             sums += torch.stack([task.detach() * len(y), loss.detach() * len(y), (logits.argmax(1) == y).sum(), n]).double()
             if i % 25 == 0 or i == steps - 1:  # checked every few steps: each check is a device sync
@@ -378,7 +433,7 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
     this epoch has the best test accuracy so far."""
     all_reduce_sum(sums)
     train_loss, train_closs, train_acc = (sums[:3] / sums[3]).tolist()
-    test_loss, test_acc = evaluate(run.net, run.test_loader, run.cfg.amp, progress)
+    test_loss, test_acc = evaluate(run.net, run.test_loader, run.cfg.amp, progress, run.cfg.tta)
     if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
         raise TrainingError(f"non-finite loss at the end of epoch {epoch + 1}; stopping, {_kept(run)}.")
     constraint = run.constraint
@@ -414,6 +469,7 @@ def _commit_epoch(run: _Run, record: dict[str, Any], best: bool, writer: Any) ->
         "input_size": list(run.input_size), "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
         "epoch": record["epoch"], "step": run.step, "best_acc": run.best_acc, "best_epoch": run.best_epoch,
         "constraint": run.constraint.state_dict(),
+        "lookahead": run.lookahead.state_dict() if run.lookahead is not None else None,
         "frozen": getattr(run.model, "dgconv_frozen", None),
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if env.device.type == "cuda" else []},
         "config": dataclasses.asdict(cfg),

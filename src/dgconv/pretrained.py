@@ -19,7 +19,6 @@ the from-scratch one, a budget, and a few epochs; ``--freeze-groups-at`` once th
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import FORMAT, CheckpointError
+from .checkpoint import FORMAT, CheckpointError, load_weights_only
 from .constraint import dgconv_layers
 from .layers import DGConv2d
 
@@ -45,15 +44,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
             parameter names to tensors.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"--init-from: no file at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"--init-from: {path} holds objects outside the weights-only format (or is not a "
-                              f"weights file); dgconv never unpickles those: {str(e).splitlines()[-1][:200]}") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise CheckpointError(f"--init-from: {path} is not a readable weights file: {type(e).__name__}: {str(e)[:200]}") from None
+    obj = load_weights_only(path, "weights file (--init-from)")
     ckpt = obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None
     sd: Any = obj
     if ckpt is not None:

@@ -66,11 +66,13 @@ class Protocol:
     limit_train: int | None = None
     limit_test: int | None = None
     extra: tuple[str, ...] = field(default_factory=tuple)
+    g_extra: tuple[str, ...] = field(default_factory=tuple)  # options of the runs that learn groups only
     costs: tuple[str, ...] = ("connections",)
     budgets_by_cost: dict[str, tuple[float, ...]] = field(default_factory=dict)  # a cost's own budgets (else budgets)
     baseline_seeds: tuple[int, ...] = (0,)
     family: str = "resnext"
     arms: tuple[Arm, ...] = ()
+    max_seeds: int | None = None  # keep only the first N seeds of every arm (a rehearsal)
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -94,12 +96,13 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "gpu": Protocol(
         name="gpu",
-        label="one H200, ResNeXt-29 32x4d class, a short schedule (about ten minutes)",
+        label="one H200, ResNeXt-29 32x4d class, 30 epochs, search then train (split over several GPU sessions)",
         model="g_resnext29_32x4d",
         plain="resnext29_32x4d",
-        # Measured on one H200 (results/gpu): ~59 s per epoch of all nine runs, plus ~16 s first-epoch warm-up
-        # and ~5 s start-up per run: 7 epochs take about ten minutes.
-        epochs=7,
+        # Measured on one H200 in 0.1 (3-epoch runs): ~4 s per ResNeXt-29 epoch and ~7.5 s per exact G-ResNeXt-29
+        # epoch. With the groups frozen after 30 % of the schedule a G run costs about 2.5 minutes, the 19 runs
+        # about 45 minutes: several sessions, each resuming from the run directories the last brought back.
+        epochs=30,
         batch_size=256,
         lr=0.2,
         warmup_epochs=1.0,
@@ -107,8 +110,45 @@ PROTOCOLS: dict[str, Protocol] = {
         channels_last=True,
         device="cuda",
         parallel=1,  # measured on an H200: 7 runs at once had less total throughput than one alone
+        extra=("--label-smoothing", "0.1"),
+        g_extra=("--freeze-groups-at", "0.3"),
         costs=("connections", "macs"),
         baseline_seeds=(0, 1, 2),
+    ),
+    # The fast-recipe arm: at equal cost, do learned groups beat fixed uniform groups? A small VGG-like net
+    # (dgconv.models.fastnet) trained 10 epochs with a fast recipe; key arms with 8 seeds, the others with 3.
+    "gpu-fast": Protocol(
+        name="gpu-fast",
+        label="one H200, FastNet with a fast recipe (10 epochs): learned vs fixed uniform groups at equal cost",
+        model="g_fastnet",
+        plain="fastnet",
+        family="fastnet",
+        epochs=10,
+        batch_size=1024,
+        lr=1.5,
+        weight_decay=5e-5,
+        warmup_epochs=2.0,
+        baseline_groups=1,
+        budgets=(4, 16),
+        star_budgets=(4, 16),
+        amp=True,
+        channels_last=True,
+        device="cuda",
+        parallel=4,  # a small net leaves an H200 mostly idle: several runs at once (to be measured in the session)
+        extra=("--momentum", "0.85", "--nesterov", "--schedule", "triangle", "--label-smoothing", "0.2",
+               "--lookahead", "5", "--tta", "flip", "--crop-padding", "2"),
+        costs=("macs", "connections"),
+        arms=(
+            Arm("plain", 1, seeds=tuple(range(8))),      # dense
+            Arm("plain", 16, seeds=tuple(range(8))),     # fixed G = 16 everywhere (8 in the first convolution)
+            Arm("g", 16, "macs", tuple(range(8))),       # learned under a MAC budget as expensive as G = 16
+            Arm("plain", 4, seeds=(0, 1, 2)),
+            Arm("g", 4, "macs", (0, 1, 2)),
+            Arm("g", 4, "connections", (0, 1, 2)),
+            Arm("g", 16, "connections", (0, 1, 2)),
+            Arm("star", 4, "macs", (0, 1, 2)),           # the groups learned under MACs, retrained as fixed groups
+            Arm("star", 16, "macs", (0, 1, 2)),
+        ),
     ),
 }
 
@@ -131,9 +171,14 @@ def protocol_from_dict(d: dict[str, Any]) -> Protocol:
 
 
 def arms_of(p: Protocol) -> list[Arm]:
-    """The arms of a protocol, baseline first."""
-    if p.arms:
-        return list(p.arms)
+    """The arms of a protocol, baseline first (each cut to ``p.max_seeds`` seeds when that is set)."""
+    arms = list(p.arms) if p.arms else _derived_arms(p)
+    if p.max_seeds:
+        arms = [dataclasses.replace(a, seeds=a.seeds[: p.max_seeds]) for a in arms]
+    return arms
+
+
+def _derived_arms(p: Protocol) -> list[Arm]:
     arms = [Arm("plain", p.baseline_groups, seeds=tuple(p.baseline_seeds))]
     for cost in p.costs:
         for i, b in enumerate(p.budgets_by_cost.get(cost, p.budgets)):
@@ -185,7 +230,7 @@ def planned_runs(p: Protocol) -> list[PlannedRun]:
                 args = ("--model", p.plain, "--budget", "none", "--groups", str(int(arm.value)), *seed, *common)
             elif arm.kind == "g":
                 cost = () if arm.cost == "connections" else ("--cost", arm.cost)
-                args = ("--model", p.model, "--budget", f"{arm.value:g}", *cost, *seed, *common)
+                args = ("--model", p.model, "--budget", f"{arm.value:g}", *cost, *seed, *common, *p.g_extra)
             else:
                 source = f"{{sweep}}/{name.source}/groups.json"
                 phase2.append(PlannedRun(name, 2, ("--model", p.plain, "--budget", "none", "--groups-from", source, *seed, *common)))

@@ -34,9 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .protocols import PROTOCOLS, Arm, Protocol, arms_of, planned_runs, protocol_from_dict
+import numpy as np
+
+from .protocols import (
+    PROTOCOLS,
+    Arm,
+    Protocol,
+    arms_of,
+    planned_runs,
+    protocol_from_dict,
+)
 from .report import plain_model
-from .rundir import Run, RunName, is_run, load_run, read_groups, read_json
+from .rundir import SWEEP, Run, RunName, is_run, load_run, read_groups, read_json
 from .stats import Difference, Summary, Verdict, summarize, verdict, welch
 
 __all__ = ["render_results", "load_sweep", "SweepResult", "ArmResult", "RunRow", "spearman"]
@@ -151,7 +160,7 @@ def _row(name: RunName, run: Run, sweep: Path) -> RunRow:
 def load_sweep(path: str | Path) -> SweepResult:
     """Parse a sweep directory: ``sweep.json``, the protocol it ran, and every planned run (finished or missing)."""
     path = Path(path)
-    meta = read_json(path / "sweep.json", "sweep.json")
+    meta = read_json(path / SWEEP, SWEEP)
     protocol = protocol_from_dict(meta["protocol"])
     arms = [ArmResult(a) for a in arms_of(protocol)]
     by_name = {str(n): arm for arm in arms for n in arm.arm.names(protocol.family)}
@@ -187,12 +196,20 @@ def _diff(d: Difference) -> str:
     return f"{100 * d.diff:+.2f} points ({ci}; n = {d.n_a} vs {d.n_b}{note})"
 
 
+_NAMES = {"resnext": ("ResNeXt", "G-ResNeXt", "ResNeXt*"), "fastnet": ("FastNet", "G-FastNet", "FastNet*")}
+
+
+def _names(p: Protocol) -> tuple[str, str, str]:
+    """Display names of the plain network, the G-network and the retrained learned architecture."""
+    return _NAMES.get(p.family, (p.plain, p.model, f"{p.plain}*"))
+
+
 def _setting(arm: Arm, p: Protocol) -> tuple[str, str]:
+    plain, g, star = _names(p)
     if arm.kind == "plain":
-        return ("ResNeXt" if p.family == "resnext" else p.plain), f"{int(arm.value)} groups"
-    net = "G-ResNeXt" if arm.kind == "g" else "ResNeXt*"
+        return plain, ("dense" if arm.value == 1 else f"{int(arm.value)} groups")
     what = f"b = {arm.value:g}" if arm.kind == "g" else f"learned by b = {arm.value:g}"
-    return net, what
+    return (g if arm.kind == "g" else star), what
 
 
 def _ratio(a: ArmResult, base: ArmResult) -> str:
@@ -211,10 +228,15 @@ def _header(s: SweepResult) -> list[str]:
     base = PROTOCOLS.get(p.name)
     flags = "".join(
         f" {flag} {getattr(p, key)}" for key, flag in (("epochs", "--epochs"), ("parallel", "--parallel"),
-                                                       ("limit_train", "--limit-train"), ("limit_test", "--limit-test"))
+                                                       ("limit_train", "--limit-train"), ("limit_test", "--limit-test"),
+                                                       ("batch_size", "--batch-size"), ("device", "--device"),
+                                                       ("max_seeds", "--max-seeds"), ("model", "--model"),
+                                                       ("plain", "--plain-model"))
         if getattr(p, key) is not None and (base is None or getattr(p, key) != getattr(base, key))
     )
     resumed = f", resumed {', '.join(meta['resumed'])}" if meta.get("resumed") else ""
+    modes = [f"`{' '.join(p.g_extra)}` for the runs that learn groups"] if p.g_extra else []
+    modes += [f"`{' '.join(p.extra)}` for all runs"] if p.extra else []
     test_images = any_run.extra.get("test_images")
     train_images = any_run.extra.get("train_images_per_epoch")
     out = [
@@ -225,11 +247,13 @@ def _header(s: SweepResult) -> list[str]:
         f"- Schedule: {used['epochs']} epochs, batch {used['batch_size']}, SGD momentum 0.9, lr {used['lr']} cosine{warm}, "
         f"weight decay {p.weight_decay} (not on gates), alpha -0.02, budget projection at epoch ends; "
         f"{'bf16 autocast, ' if p.amp else ''}{'channels_last, ' if p.channels_last else ''}{p.parallel} run(s) at a time.",
-        f"- Models: `{p.model}` (G-ResNeXt) and `{p.plain}` (ResNeXt, {p.baseline_groups} groups in every group "
-        f"convolution). Accuracy is top-1 on {f'{test_images:,}' if isinstance(test_images, int) else 'the'} test images "
+        f"- Models: `{p.model}` ({_names(p)[1]}, learned groups) and `{p.plain}` ({_names(p)[0]}, the same number of "
+        f"groups in every group convolution: {', '.join(str(int(a.arm.value)) for a in s.arms if a.arm.kind == 'plain')}). "
+        f"Accuracy is top-1 on {f'{test_images:,}' if isinstance(test_images, int) else 'the'} test images "
         f"after the last epoch; {f'{train_images:,}' if isinstance(train_images, int) else 'all'} training images per epoch.",
         f"- Reproduce: `dgconv sweep --protocol {p.name}{flags} --data-dir DATA --out DIR`, then "
         f"`dgconv results DIR --out docs/results.md`.",
+        *([f"- Training options beyond the schedule: {'; '.join(modes)}."] if modes else []),
         f"- Data: {_data_line(meta)}",
         "",
     ]
@@ -404,20 +428,85 @@ def _claims(s: SweepResult) -> list[str]:
     return out + [""]
 
 
+def _fast_claims(s: SweepResult) -> list[str]:
+    """At equal cost, do learned groups beat fixed uniform groups? (protocols with explicit fixed-G arms)"""
+    plain_name, g_name, star_name = _names(s.protocol)
+    out = ["### At equal cost: learned groups against fixed uniform groups", ""]
+    dense = s.arm("plain", 1)
+    if dense is not None and dense.rows:
+        out.append(f"- Dense {plain_name} (groups = 1): {_pct(dense.acc.mean)} % over {len(dense.rows)} seeds, 95 % "  # type: ignore[union-attr]
+                   f"interval {_ci(dense.acc)}.")
+    for b in s.protocol.budgets:
+        fixed = s.arm("plain", b)
+        if fixed is None or not fixed.rows:
+            continue
+        fixed_macs = fixed.mean_of("macs")
+        contenders = [(f"{g_name} learned under a {cost} budget b = {b:g}", s.arm("g", b, cost)) for cost in ("macs", "connections")]
+        contenders.append((f"{star_name}: the groups learned under the MAC budget, retrained as fixed groups", s.arm("star", b, "macs")))
+        for label, arm in contenders:
+            if arm is None or not arm.rows:
+                continue
+            d = welch(arm.accs, fixed.accs)
+            v = verdict(d, scale=100, unit=" points")
+            out.append(f"- {label} vs fixed G = {b:g}: {_diff(d)} at {arm.mean_of('macs') / fixed_macs:.2f}x its MACs. "
+                       f"Learned at least as accurate: **{v.word}** ({v.reason}).")
+    return out + [""]
+
+
 def _missing(s: SweepResult) -> list[str]:
     missing = [m for a in s.arms for m in a.missing]
     return [f"Missing runs (planned, not finished; not in any table or statistic): {', '.join(missing)}.", ""] if missing else []
 
 
-def _section(path: Path) -> list[str]:
+def _figure(s: SweepResult, figures: Path | None) -> list[str]:
+    """Learned groups by depth, one line per budget and cost (mean of log2 groups over seeds, range shaded)."""
+    arms = [a for a in s.arms if a.arm.kind == "g" and a.rows]
+    if figures is None or not arms:
+        return []
+    from .report import _plt
+
+    plt = _plt()
+    layers = list(arms[0].rows[0].run.groups)
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.5 * len(layers) + 3), 4.2))
+    for a in arms:
+        logs = np.array([[math.log2(r.run.groups[n]) for n in layers] for r in a.rows])
+        x = np.arange(len(layers))
+        line = ax.plot(x, 2 ** logs.mean(0), marker="o", lw=1.5, label=f"b = {a.arm.value:g}, {a.arm.cost} ({len(a.rows)} seeds)")[0]
+        if len(a.rows) > 1:
+            ax.fill_between(x, 2 ** logs.min(0), 2 ** logs.max(0), color=line.get_color(), alpha=0.12)
+    for a in s.arms:
+        if a.arm.kind == "plain" and a.arm.value > 1:
+            ax.axhline(a.arm.value, color="gray", ls="--", lw=1)
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([n.replace(".conv", ".c") for n in layers], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("learned groups (geometric mean over seeds; range shaded)")
+    ax.set_title(f"Protocol {s.protocol.name}: learned groups by depth (dashed: fixed-groups arms)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    figures.mkdir(parents=True, exist_ok=True)
+    name = f"groups_{s.protocol.name}.png"
+    fig.savefig(figures / name, dpi=110)
+    plt.close(fig)
+    return [f"![Learned groups by depth, protocol {s.protocol.name}]({figures.name}/{name})", ""]
+
+
+def _section(path: Path, figures: Path | None = None) -> list[str]:
     s = load_sweep(path)
     if not s.rows():
-        return [f"## Protocol `{s.protocol.name}`", "", f"No finished runs in `{path}`.", ""]
-    return _header(s) + _table3(s) + _table5(s) + _table6(s) + _claims(s) + _missing(s)
+        return [f"## Protocol `{s.protocol.name}`: {s.protocol.label}", "", "No run has finished yet.", ""] + _missing(s)
+    claims = _claims(s) if s.protocol.family == "resnext" else _fast_claims(s)
+    return _header(s) + _table3(s) + _table5(s) + _table6(s) + claims + _figure(s, figures) + _missing(s)
 
 
-def render_results(sweeps: Iterable[str | Path]) -> str:
-    """The markdown results document for the given sweep directories."""
+def render_results(sweeps: Iterable[str | Path], figures: str | Path | None = None) -> str:
+    """The markdown results document for the given sweep directories.
+
+    ``figures``: also draw each sweep's learned-groups-by-depth figure into this folder and link it as
+    ``<folder name>/groups_<protocol>.png`` (so the document belongs in the folder's parent: docs/results.md with
+    docs/figures)."""
     lines = [
         "# Results: the paper's CIFAR-size experiments",
         "",
@@ -428,5 +517,5 @@ def render_results(sweeps: Iterable[str | Path]) -> str:
         "",
     ]
     for s in sweeps:
-        lines += _section(Path(s))
+        lines += _section(Path(s), Path(figures) if figures is not None else None)
     return "\n".join(lines).rstrip() + "\n"

@@ -73,11 +73,15 @@ __all__ = [
     "write_text",
     "read_json",
     "iter_runs",
+    "SWEEP",
+    "RESULTS",
+    "is_sweep",
 ]
 
 _logger = logging.getLogger(__name__)
 
 CONFIG, METRICS, GROUPS = "config.json", "metrics.jsonl", "groups.json"
+SWEEP, RESULTS = "sweep.json", "results.md"  # a sweep directory: its record and its rendered results
 LAST, BEST, LOCK, LOG, TENSORBOARD = "last.pt", "best.pt", ".lock", "train.log", "tensorboard"
 RUN_FORMAT = "dgconv.run/1"
 GROUPS_FORMAT = "dgconv.groups/1"
@@ -329,6 +333,11 @@ class Run:
     def checkpoint(self, best: bool = False) -> Path:
         """The path of the run's ``last.pt`` (or the consistent best checkpoint, :func:`best_checkpoint`)."""
         return best_checkpoint(self.path) if best else checkpoint_path(self.path)
+
+
+def is_sweep(path: str | Path) -> bool:
+    """Whether ``path`` is a sweep directory (it has a ``sweep.json``)."""
+    return (Path(path) / SWEEP).is_file()
 
 
 def is_run(path: str | Path) -> bool:

@@ -13,25 +13,37 @@ the official ones, plus any ``--data-note``), when the sweep started and every r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ._files import md5_file
 from .errors import ConfigError, DGConvError
 from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs
 from .results import render_results
-from .rundir import LAST, LOG, finished_epochs, read_json, write_json, write_text
+from .rundir import (
+    LAST,
+    LOG,
+    RESULTS,
+    SWEEP,
+    finished_epochs,
+    is_run,
+    load_run,
+    read_json,
+    read_metrics,
+    write_json,
+    write_text,
+)
 
 __all__ = ["run_sweep", "SweepError", "data_provenance", "OFFICIAL_MD5"]
 
 _logger = logging.getLogger(__name__)
 
-SWEEP = "sweep.json"
 
 #: MD5 of the official CIFAR python files (https://www.cs.toronto.edu/~kriz/cifar.html; the values torchvision checks).
 OFFICIAL_MD5 = {
@@ -51,14 +63,6 @@ class SweepError(DGConvError, RuntimeError):
     """Some runs of a sweep failed."""
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def data_provenance(dataset: str, data_dir: str | Path, note: str | None = None) -> dict[str, Any]:
     """What a sweep records about its data: the MD5 of each file, whether all match the official release, the
     first line of a ``readme.txt`` beside them (if any), and the user's ``note``."""
@@ -66,17 +70,17 @@ def data_provenance(dataset: str, data_dir: str | Path, note: str | None = None)
 
     folder = find_cifar_dir(dataset, data_dir)
     official = OFFICIAL_MD5.get(dataset, {})
-    md5 = {name: _md5(folder / name) for name in sorted(official)}
+    md5 = {name: md5_file(folder / name) for name in sorted(official)}
     readme = folder / "readme.txt"
     first = readme.read_text(errors="replace").strip().splitlines()[0] if readme.is_file() and readme.stat().st_size else None
     return {"dataset": dataset, "md5": md5, "official": bool(official) and md5 == official, "readme": first, "note": note}
 
 
-def _command(run: PlannedRun, out: Path, data_dir: str | Path) -> list[str]:
+def _command(run: PlannedRun, out: Path, data_dir: str | Path, epochs: int) -> list[str]:
     """The ``dgconv train`` arguments of a run: a fresh start, or ``--resume`` where a checkpoint exists."""
     rd = out / str(run.name)
     if (rd / LAST).exists():
-        return ["train", "--resume", str(rd), "--no-progress"]
+        return ["train", "--resume", str(rd), "--epochs", str(epochs), "--no-progress"]
     args = [a.replace("{sweep}", str(out)) for a in run.args]
     return ["train", *args, "--data-dir", str(data_dir), "--out", str(rd)]
 
@@ -87,6 +91,7 @@ def run_sweep(
     data_dir: str | Path,
     data_note: str | None = None,
     results: str | Path | None = None,
+    deadline: float | None = None,
     **overrides: Any,
 ) -> Path:
     """Run (or finish) a protocol's runs under ``out`` and render ``out/results.md``; return its path.
@@ -95,7 +100,12 @@ def run_sweep(
 
     ``overrides`` replace protocol fields (``epochs=1, limit_train=512`` for a smoke run); they are recorded in
     ``sweep.json``. Progress goes to the ``dgconv.sweep`` logger.
+
+    ``deadline``: seconds from now. Runs that would not finish in time (judged from the wall time of finished runs of
+    their kind) are not started, and runs still going at the deadline stop at their last checkpoint; the next
+    invocation continues them.
     """
+    started = time.time()
     if isinstance(protocol, str) and protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}: choose from {sorted(PROTOCOLS)}")
     p = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
@@ -112,19 +122,22 @@ def run_sweep(
             meta["started"] = old.get("started", now)
             meta["resumed"] = [*old.get("resumed", []), now]
     write_json(out / SWEEP, meta)
-    failed = _run_all(p, planned_runs(p), out, data_dir)
+    failed, deferred = _run_all(p, planned_runs(p), out, data_dir, None if deadline is None else started + deadline)
+    if deferred:
+        _logger.info("[sweep %s] not run before the deadline (the next invocation continues): %s", p.name, ", ".join(deferred))
     text = render_results([out])
-    write_text(out / "results.md", text)
+    write_text(out / RESULTS, text)
     if results is not None:
         write_text(results, text)
     if failed:
         raise SweepError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their train.log (results.md has the rest)")
-    return out / "results.md"
+    return out / RESULTS
 
 
 def _train_in_worker(args: list[str], log: str) -> int:
     """One ``dgconv train`` in a worker process (torch imported once per worker, not once per run), its console
     output appended to ``log``. Returns the exit status."""
+    import signal
     import traceback
 
     from .cli import main
@@ -147,12 +160,29 @@ def _train_in_worker(args: list[str], log: str) -> int:
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
             os.close(f)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # between runs a signal ends the idle worker
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def _worker_init(threads: int) -> None:
+    _die_with_parent()
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the sweep process dies, however it dies (its run stops at a checkpoint)."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent is already gone
+            os.kill(os.getpid(), signal.SIGTERM)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
 
 
 def _executor(parallel: int) -> Any:
@@ -165,53 +195,88 @@ def _executor(parallel: int) -> Any:
 
 
 def _stop(executor: Any) -> None:
-    """Stop the workers: SIGTERM (each run stops at a checkpoint-safe point), then SIGKILL after two minutes."""
+    """Stop the workers: SIGTERM (each run stops at a checkpoint-safe point; an idle worker ends), again if a worker
+    is still there after a minute, then SIGKILL."""
     executor.shutdown(wait=False, cancel_futures=True)
     procs = list(getattr(executor, "_processes", {}).values())  # ProcessPoolExecutor keeps its workers here
     for proc in procs:
         proc.terminate()
     for proc in procs:
-        proc.join(120)
+        proc.join(60)
+        if proc.is_alive():  # its run stopped at a checkpoint and the worker went idle: end it
+            proc.terminate()
+            proc.join(10)
         if proc.is_alive():
             proc.kill()
 
 
-def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Path) -> list[str]:
-    """Train the unfinished runs, ``p.parallel`` at a time, phase by phase; return the names of failed runs."""
+def _estimate(out: Path, run: PlannedRun, runs: list[PlannedRun]) -> float | None:
+    """Seconds a run will take: the mean wall time of finished runs of the same kind (plain or learning groups)."""
+    kind = run.name.arm == "g"
+    times = []
+    for r in runs:
+        if (r.name.arm == "g") == kind and is_run(out / str(r.name)):
+            rows = read_metrics(out / str(r.name))
+            if rows and len(rows) >= int(load_run(out / str(r.name)).epochs):
+                times.append(sum(m.get("time", 0.0) for m in rows))
+    return 1.15 * statistics.fmean(times) + 15.0 if times else None
+
+
+def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Path, deadline: float | None = None
+             ) -> tuple[list[str], list[str]]:
+    """Train the unfinished runs, ``p.parallel`` at a time, phase by phase; return the failed runs and the runs not
+    started because they would not have finished before ``deadline`` (a ``time.time()`` value)."""
     from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
     failed: list[str] = []
-    executor = _executor(max(1, p.parallel))
+    deferred: list[str] = []
+    width = max(1, p.parallel)
+    executor = _executor(width)
     try:
         for phase in (1, 2):
             pending = [r for r in runs if r.phase == phase and finished_epochs(out / str(r.name)) < p.epochs]
             running: dict[Any, PlannedRun] = {}
             while pending or running:
-                while pending and len(running) < max(1, p.parallel):
+                while pending and len(running) < width:
                     r = pending.pop(0)
+                    guess = _estimate(out, r, runs)
+                    if deadline is not None and (time.time() >= deadline or (guess and time.time() + guess > deadline)):
+                        deferred.append(str(r.name))
+                        continue
                     rd = out / str(r.name)
-                    cmd = _command(r, out, data_dir)
+                    cmd = _command(r, out, data_dir, p.epochs)
                     rd.mkdir(parents=True, exist_ok=True)
                     _logger.info("[sweep %s] start %s: %s", p.name, r.name, " ".join(cmd))
                     running[executor.submit(_train_in_worker, cmd, str(rd / LOG))] = r
+                if deadline is not None and running and time.time() >= deadline:
+                    _logger.info("[sweep %s] deadline: stopping %s at their last checkpoint", p.name,
+                                 ", ".join(str(r.name) for r in running.values()))
+                    deferred += [str(r.name) for r in running.values()]
+                    _stop(executor)
+                    executor = _executor(width)
+                    running = {}
+                    continue
                 done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+                broken = False
                 for fut in done:
                     r = running.pop(fut)
                     try:
                         code = fut.result()
                     except BrokenProcessPool:  # a worker died (killed, out of memory): that run failed, go on
-                        code = -1
-                        executor.shutdown(wait=False, cancel_futures=True)
-                        executor = _executor(max(1, p.parallel))
-                        pending = [running.pop(f) for f in list(running)] + pending
+                        code, broken = -1, True
                     if code:
                         failed.append(str(r.name))
                         _logger.info("[sweep %s] %s FAILED (exit %d; see %s)", p.name, r.name, code, out / str(r.name) / LOG)
                     else:
                         _logger.info("[sweep %s] %s done", p.name, r.name)
+                if broken:  # the other runs of the dead pool start again (from their checkpoints)
+                    pending = list(running.values()) + pending
+                    running = {}
+                    executor.shutdown(wait=False, cancel_futures=True)
+                    executor = _executor(width)
     except BaseException:
         _stop(executor)
         raise
     executor.shutdown(wait=True)
-    return failed
+    return failed, deferred

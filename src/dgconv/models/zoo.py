@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .fastnet import FastNet
 from .registry import register_model
 from .resnet import BasicBlock, Bottleneck, ResNet
 
@@ -193,3 +194,18 @@ def resnext_digits(**kwargs: Any) -> ResNet:
 def g_resnext_digits(**kwargs: Any) -> ResNet:
     """G-ResNeXt-11 for 8x8 grayscale digits (the default of `dgconv train`)."""
     return _cifar([1, 1, 1], dgconv=True, **{**_DIGITS, **kwargs})
+
+
+# ----------------------------------------------------------------------------------------- fast-recipe CIFAR net
+@register_model(input_size=CIFAR)
+def fastnet(**kwargs: Any) -> FastNet:
+    """FastNet for CIFAR: frozen patch whitening, 3 conv blocks 64/256/256 (dense unless groups=), fast-recipe net."""
+    kwargs.pop("zero_init_residual", None)  # no residual branches
+    return FastNet(**kwargs)
+
+
+@register_model(input_size=CIFAR, dgconv=True, budget=16, plain="fastnet")
+def g_fastnet(**kwargs: Any) -> FastNet:
+    """G-FastNet: FastNet whose six 3x3 convolutions are DGConv2d (the gpu-fast protocol)."""
+    kwargs.pop("zero_init_residual", None)
+    return FastNet(dgconv=True, **kwargs)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU protocols of docs/results.md (issue: statistically powered GPU protocol), one GPU command per call, resumable.
+#
+#   bash experiments/gpu_protocols.sh DEADLINE_SECONDS [PROTOCOL ...]      # default protocols: gpu-fast gpu
+#
+# Needs: this repository with results/<protocol>/ as the last session left it (finished runs are skipped: only their
+# JSON files are kept, so they travel), .devdata/cifar10_webp.npz (experiments/cifar_webp.py pack, carried), an
+# NVIDIA GPU with PyTorch. Every protocol gets the time that is left; a run that would not finish before the
+# deadline is not started (judged from the finished runs' wall times), and runs still going at the deadline stop
+# at their last checkpoint and start again next time (their checkpoints are too large to bring back).
+#
+# Writes into $OUT (at most 8 files come back): checks.log, <protocol>.log for each protocol, results.tar.gz (every
+# run directory without checkpoints, plus the rendered results). Back on the development machine:
+#   tar xzf results.tar.gz -C . && dgconv results results/gpu-fast results/gpu ... --out docs/results.md --figures docs/figures
+set -u
+START=$(date +%s)
+DEADLINE=${1:-450}
+shift || true
+PROTOCOLS=${*:-gpu-fast gpu}
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+PY=python3
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+say() { echo "[$(date +%T) +$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/checks.log"; }
+NOTE="GPU protocol data: the shared copy's test images bit-exact (lossless WebP); its training images re-encoded as WebP quality 95 (mean absolute pixel error 1.56/255) to fit the 64 MiB transfer to the GPU machine (experiments/cifar_webp.py)."
+
+say "environment"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $PY -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+} >> "$OUT/checks.log" 2>&1
+say "unpack CIFAR-10"
+$PY experiments/cifar_webp.py unpack .devdata/cifar10_webp.npz /tmp/data >> "$OUT/checks.log" 2>&1 || { say "unpack FAILED"; exit 1; }
+
+for P in $PROTOCOLS; do
+  REMAIN=$(( $(left) - 40 ))  # keep time to pack the results
+  if [ "$REMAIN" -lt 30 ]; then say "no time left for $P"; continue; fi
+  say "sweep $P with ${REMAIN}s"
+  timeout $(( REMAIN + 30 )) $PY -m dgconv sweep --protocol "$P" --data-dir /tmp/data --out "results/$P" \
+      --deadline "$REMAIN" --data-note "$NOTE" > "$OUT/$P.log" 2>&1
+  say "sweep $P rc=$?: $(grep -c ' done' "$OUT/$P.log") runs finished in this call"
+done
+
+tar czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude='.lock' $(for P in $PROTOCOLS; do [ -d "results/$P" ] && echo "results/$P"; done)
+say "packed $(du -h "$OUT/results.tar.gz" | cut -f1)"
