@@ -21,6 +21,18 @@ def sync(device: torch.device | str) -> None:
 
 def interleaved(cands: dict[str, Callable[[], object]], reps: int = 15, warmup: int = 2, device: str = "cpu") -> dict[str, float]:
     """Median seconds per call of each candidate, timed round-robin."""
+    return {k: statistics.median(v) for k, v in interleaved_rounds(cands, reps, warmup, device).items()}
+
+
+def round_ratio(rounds: dict[str, list[float]], num: str, den: str) -> float:
+    """The median over rounds of ``num / den`` measured in the same round (steadier than a ratio of medians when the
+    machine's speed drifts between rounds)."""
+    return statistics.median(a / b for a, b in zip(rounds[num], rounds[den]))
+
+
+def interleaved_rounds(cands: dict[str, Callable[[], object]], reps: int = 15, warmup: int = 2,
+                       device: str = "cpu") -> dict[str, list[float]]:
+    """Seconds of each call of each candidate, ``reps`` rounds timed round-robin after ``warmup`` rounds."""
     for _ in range(warmup):
         for fn in cands.values():
             fn()
@@ -33,7 +45,7 @@ def interleaved(cands: dict[str, Callable[[], object]], reps: int = 15, warmup: 
             fn()
             sync(device)
             times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 def environment() -> str:

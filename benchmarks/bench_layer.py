@@ -7,7 +7,9 @@ For every (C, G) it times, round-robin in one run (see _timing.py):
 * ``dg-strided``-- ``DGConv2d`` at G groups from random gates: non-adjacent groups, permutations included;
 * ``dense``     -- ``DGConv2d(impl="reference")``: the masked dense convolution public implementations run.
 
-Ratios are of medians from the same rounds. On CUDA it also reports peak memory of one forward+backward.
+Ratios are medians over rounds of the ratio measured in each round. On CUDA it also reports peak memory of one
+forward+backward. ``--repeat N`` runs the 64x256x16x16, G = 32 target case N times (separately warmed up) and
+prints the median of the N runs' ratios.
 
     python benchmarks/bench_layer.py                      # CPU, the default sizes
     python benchmarks/bench_layer.py --device cuda --amp --channels-last --batch 64
@@ -18,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import environment, interleaved, sync  # noqa: E402
+from _timing import environment, interleaved_rounds, round_ratio, sync  # noqa: E402
 
 from dgconv import DGConv2d  # noqa: E402
 
@@ -51,9 +54,9 @@ def case(c: int, s: int, n: int, groups: int, args: argparse.Namespace) -> dict:
     x = torch.randn(n, c, s, s, device=dev).contiguous(memory_format=fmt).requires_grad_()
     mods = {
         "conv": torch.nn.Conv2d(c, c, 3, padding=1, groups=groups, bias=False),
-        "dg": DGConv2d(c, c, 3, padding=1, groups=groups),
-        "dg-strided": DGConv2d(c, c, 3, padding=1),
-        "dense": DGConv2d(c, c, 3, padding=1, groups=groups, impl="reference"),
+        "dg": DGConv2d(c, c, 3, padding=1, groups=groups, bias=False),
+        "dg-strided": DGConv2d(c, c, 3, padding=1, bias=False),
+        "dense": DGConv2d(c, c, 3, padding=1, groups=groups, bias=False, impl="reference"),
     }
     for m in mods.values():
         m.to(dev, memory_format=fmt)
@@ -70,12 +73,13 @@ def case(c: int, s: int, n: int, groups: int, args: argparse.Namespace) -> dict:
             m.zero_grad(set_to_none=True)
         return f
 
-    times = interleaved({k: step(m) for k, m in mods.items()}, reps=args.reps, warmup=2, device=args.device)
+    rounds = interleaved_rounds({k: step(m) for k, m in mods.items()}, reps=args.reps, warmup=2, device=args.device)
+    times = {k: statistics.median(v) for k, v in rounds.items()}
     row = {"C": c, "HxW": s, "N": n, "G": groups, **{f"{k}_ms": v * 1e3 for k, v in times.items()}}
-    row["dg/conv"] = times["dg"] / times["conv"]
-    row["dg/dense"] = times["dg"] / times["dense"]
+    row["dg/conv"] = round_ratio(rounds, "dg", "conv")
+    row["dg/dense"] = round_ratio(rounds, "dg", "dense")
     if "dg-strided" in times:
-        row["strided/conv"] = times["dg-strided"] / times["conv"]
+        row["strided/conv"] = round_ratio(rounds, "dg-strided", "conv")
     if dev.type == "cuda":
         for k, m in mods.items():
             sync(dev)
@@ -95,10 +99,12 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of the target case (the median of their ratios is reported)")
+    ap.add_argument("--target-only", action="store_true", help="only the 64x256x16x16, G = 32 case")
     args = ap.parse_args()
     n = args.batch or (64 if args.device == "cuda" else 8)
-    cases = [(256, 16, 64, 32)]  # the issue's target: 64x256x16x16, G = 32
-    for c, s in STAGES:
+    cases = [(256, 16, 64, 32)] * args.repeat  # the target: 64x256x16x16, G = 32
+    for c, s in [] if args.target_only else STAGES:
         for g in (1, 4, 32, c):
             cases.append((c, s, n, g))
     rows = []
@@ -115,6 +121,12 @@ def main() -> None:
                if args.device == "cuda" else "")
         print(f"| {c} | {s} | {nn_} | {g} | {r['conv_ms']:.2f} | {r['dg_ms']:.2f} | {r['dg/conv']:.2f} | "
               f"{r['dg/dense']:.2f} | {strided} | {r['dense_ms']:.2f} |{mem}", flush=True)
+    target = rows[: args.repeat]
+    if args.repeat > 1:
+        for key in ("dg/conv", "strided/conv"):
+            runs = [r[key] for r in target]
+            print(f"target case, {key} over {args.repeat} runs: median {statistics.median(runs):.2f} "
+                  f"(runs: {', '.join(f'{v:.2f}' for v in runs)})")
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": environment(), "args": vars(args), "rows": rows}, indent=2))
 
