@@ -6,11 +6,11 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results/cpu-$(git rev-parse --short HEAD)
 mkdir -p "$OUT"
-PY=${PYTHON:-python}
+PY=${PYTHON:-.venv/bin/python}
 VPY=${1:-}
 lscpu > "$OUT/machine.txt"
 { echo "started $(date -u)"; $PY -c "import torch; print('torch', torch.__version__, torch.get_num_threads(), 'threads')"; } >> "$OUT/machine.txt"
-run() { local name=$1; shift; echo "[$(date +%T)] $name"; "$@" > "$OUT/$name.log" 2>&1; echo "[$(date +%T)] $name rc=$?"; }
+run() { local name=$1 rc; shift; echo "[$(date +%T)] $name"; "$@" > "$OUT/$name.log" 2>&1; rc=$?; echo "[$(date +%T)] $name rc=$rc"; }
 run bench_layer $PY benchmarks/bench_layer.py --repeat 5 --json "$OUT/bench_layer.json"
 run bench_network $PY benchmarks/bench_network.py --only train50 --only memory50 --only infer50 --reps 7 --json "$OUT/bench_network.json"
 run profile_train_step $PY benchmarks/profile_train_step.py --steps 3
