@@ -4,7 +4,8 @@ No MNIST without a download, so the folder is built from scikit-learn's 1,797 di
 28x28 and randomly shifted, rotated (up to 10 degrees) and scaled (0.9-1.1) into 4,000 training and 1,000 validation
 images -- distinct source digits in the two splits. Then `dgconv train --dataset imagefolder --model
 g_resnext_cifar_tiny --epochs 5` runs with nothing else set; this script reports the size and policy the trainer chose,
-the seconds per epoch, the peak memory of the trainer and its data-loading workers together (sampled from /proc),
+the seconds per epoch, the peak memory of the trainer and its data-loading workers together (proportional set size,
+sampled from /proc: memory a forked worker shares with the trainer counts once),
 and the validation accuracy after each epoch. Needs torchvision (and Pillow).
 
     python benchmarks/bench_folder.py --out /tmp/folder_bench
@@ -47,8 +48,9 @@ def build(root: Path, n_train: int = 4000, n_val: int = 1000, seed: int = 0) -> 
             canvas.save(folder / f"{i}.png")
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident memory (bytes) of a process and all its descendants."""
+def _tree_pss(pid: int) -> int:
+    """Proportional set size (bytes) of a process and all its descendants: pages a forked data-loading worker
+    shares with the trainer count once, not once per process (as summed RSS would)."""
     children: dict[int, list[int]] = {}
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
@@ -61,8 +63,8 @@ def _tree_rss(pid: int) -> int:
     while todo:
         q = todo.pop()
         try:
-            for line in Path(f"/proc/{q}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{q}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
         except OSError:
             pass
@@ -88,7 +90,7 @@ def main() -> None:
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            peak[0] = max(peak[0], _tree_pss(proc.pid))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample)
@@ -106,7 +108,8 @@ def main() -> None:
     print("| epoch | seconds | val accuracy |\n|---:|---:|---:|")
     for r in rows:
         print(f"| {r['epoch']} | {r['time']:.1f} | {100 * r['test_acc']:.2f} % |")
-    print(f"\npeak memory (trainer + workers): {peak[0] / 2**30:.2f} GiB; wall time {time.time() - started:.0f} s")
+    print(f"\npeak memory (trainer + workers, proportional set size): {peak[0] / 2**30:.2f} GiB; batch {d['batch_size']}; "
+          f"wall time {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

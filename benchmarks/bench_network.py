@@ -81,7 +81,7 @@ class _Null:
 
 
 _PEAK = r"""
-import resource, sys, torch, torch.nn.functional as F
+import sys, torch, torch.nn.functional as F
 sys.path.insert(0, {bench!r})
 from dgconv import create_model, learned_groups, configure_optimizer, DGConv2d
 from dgconv.freeze import freeze_groups
@@ -102,8 +102,8 @@ for _ in range(2):
     loss = F.cross_entropy(model(x), y); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
 if device == "cuda":
     print(torch.cuda.max_memory_allocated() / 2**20)
-else:
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+else:  # VmHWM: this process's peak resident set (ru_maxrss would start at the parent's peak, inherited at fork)
+    print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024)
 """
 
 
@@ -146,7 +146,8 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--small-batch", type=int, default=128)
-    ap.add_argument("--only", choices=["train50", "memory50", "infer50", "cifar29", "small"], action="append")
+    ap.add_argument("--only", choices=["train50", "memory50", "infer50", "cifar29", "small", "compile"], action="append")
+    ap.add_argument("--compile-model", default="g_resnext_cifar_small", help="the model of the compile section")
     ap.add_argument("--optimizer", choices=["dgconv", "torch"], default="dgconv",
                     help="dgconv.configure_optimizer (fused SGD where available; default) or torch.optim.SGD")
     ap.add_argument("--json")
@@ -258,6 +259,29 @@ def main() -> None:
             results["small"][plain] = t
             print(f"| `{plain}` | {groups} | {n / t['plain']:.0f} | `{gname}` | {n / t['g']:.0f} | "
                   f"{t['plain'] / t['g']:.2f} |", flush=True)
+
+    if "compile" in todo:
+        import time
+
+        n = args.cifar_batch
+        x, y = batch(n, 3, 32, 10, args)
+        eager = prep(create_model(args.compile_model, num_classes=10), args)
+        random_groups(eager, 4)
+        comp_model = prep(create_model(args.compile_model, num_classes=10), args)
+        comp_model.load_state_dict(eager.state_dict())
+        compiled = torch.compile(comp_model)
+        step_c = train_step(compiled, x, y, args)
+        started = time.perf_counter()
+        step_c()  # compiles
+        compile_s = time.perf_counter() - started
+        t = interleaved({"eager": train_step(eager, x, y, args, cache=True), "compiled": step_c}, reps=args.reps,
+                        device=args.device)
+        results["compile"] = {**t, "compile_seconds": compile_s}
+        print(f"\n## torch.compile of a {args.compile_model} train step, batch {n} at 32x32 (compile took {compile_s:.0f} s)\n")
+        print("| network | ms / step | ratio |\n|---|---:|---:|")
+        print(f"| eager | {t['eager'] * 1e3:.0f} | 1.00 |")
+        print(f"| torch.compile (DGConv layers as one op each, no graph break) | {t['compiled'] * 1e3:.0f} | "
+              f"{t['compiled'] / t['eager']:.2f} |", flush=True)
 
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -13,6 +13,7 @@ lscpu > "$OUT/machine.txt"
 run() { local name=$1 rc; shift; echo "[$(date +%T)] $name"; "$@" > "$OUT/$name.log" 2>&1; rc=$?; echo "[$(date +%T)] $name rc=$rc"; }
 run bench_layer $PY benchmarks/bench_layer.py --repeat 5 --json "$OUT/bench_layer.json"
 run bench_network $PY benchmarks/bench_network.py --only train50 --only memory50 --only infer50 --reps 7 --json "$OUT/bench_network.json"
+run bench_compile $PY benchmarks/bench_network.py --only compile --reps 7 --json "$OUT/bench_compile.json"
 run profile_train_step $PY benchmarks/profile_train_step.py --steps 3
 run bench_latency $PY benchmarks/bench_latency.py --json "$OUT/bench_latency.json"
 run finetune_first_step $PY experiments/finetune.py first-step

@@ -29,7 +29,8 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"model": "g_resnext_digits", "epochs": 30, "batch_size": 64, "lr": 0.1},
     "cifar10": {"model": "g_resnext_cifar_tiny", "epochs": 30, "batch_size": 128, "lr": 0.1},
     "cifar100": {"model": "g_resnext_cifar_tiny", "epochs": 30, "batch_size": 128, "lr": 0.1},
-    "imagefolder": {"model": "g_resnext50", "epochs": 100, "batch_size": 256, "lr": 0.1},
+    # batch "auto": chosen from the folder's size (dgconv.data_folder.default_batch_size)
+    "imagefolder": {"model": "g_resnext50", "epochs": 100, "batch_size": "auto", "lr": 0.1},
 }
 
 #: Fields a resumed run may change; every other field comes from the checkpoint.
@@ -75,7 +76,7 @@ class TrainConfig:
     gate_every: int = 1
     compile: bool = False
     epochs: int | None = None
-    batch_size: int | None = None
+    batch_size: int | str | None = None
     lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -131,7 +132,8 @@ class TrainConfig:
                 raise ConfigError(f"model {cfg.model!r} has no DGConv layers: a budget needs a g_* model (or --budget none)")
         if not isinstance(cfg.epochs, int) or isinstance(cfg.epochs, bool) or cfg.epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {cfg.epochs!r}")
-        if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
+        auto = cfg.batch_size == "auto" and cfg.dataset == "imagefolder"
+        if not auto and (not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1):
             raise ConfigError(f"batch size must be a positive integer, got {cfg.batch_size!r}")
         if not cfg.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {cfg.lr}")

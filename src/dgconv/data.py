@@ -270,12 +270,13 @@ class Loaders:
 def make_loaders(cfg: Any, env: Any, model_size: Sequence[int] | None = None) -> Loaders:
     """Loaders for ``cfg.dataset`` (digits, CIFAR-10/100 in memory; image folders streamed), split over the
     processes of ``env``. ``model_size`` is the model's designed input size (image folders use it for large images)."""
-    per_rank = cfg.batch_size // env.world_size
     if cfg.dataset == "imagefolder":
         from .data_folder import folder_loaders
 
-        train, test, classes, size, folder = folder_loaders(cfg, env, per_rank, model_size)
+        per = None if cfg.batch_size == "auto" else cfg.batch_size // env.world_size
+        train, test, classes, size, folder = folder_loaders(cfg, env, per, model_size)
         return Loaders(train, test, classes, size, {"source": "imagefolder", **dataclasses.asdict(folder)})
+    per_rank = cfg.batch_size // env.world_size
     if cfg.dataset == "digits":
         ds = load_digits()
     elif cfg.dataset in ("cifar10", "cifar100"):

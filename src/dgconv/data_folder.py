@@ -13,6 +13,8 @@ Defaults follow the data, not ImageNet:
 * **flips** (``--hflip auto``): random horizontal flips for colour images, none for grayscale ones (digits and
   documents change meaning when mirrored).
 * **workers**: one fewer than the CPU cores this process may use (at most 8), so a 2-core machine runs 1 worker.
+* **batch** (``--batch-size`` not given): a power of two between 32 and 256 that gives at least about 50 steps
+  per epoch (ImageNet 256; 4,000 images 64).
 
 Corrupt or unreadable images are **skipped and counted**, never fatal: a ten-hour ImageNet epoch should not die on
 one truncated JPEG. Each epoch the trainer logs how many were skipped and names the first few (``metrics.jsonl``
@@ -37,7 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .data import DataError
 
-__all__ = ["folder_loaders", "FolderLoader", "FolderInfo", "default_workers", "RESIZE_POLICIES"]
+__all__ = ["folder_loaders", "FolderLoader", "FolderInfo", "default_workers", "default_batch_size", "RESIZE_POLICIES"]
 
 RESIZE_POLICIES = ("auto", "pad", "crop", "stretch")
 SMALL = 64  # images no larger than this (longer side) train at their native size by default
@@ -152,6 +154,7 @@ class FolderInfo:
     std: list[float]
     hflip: bool
     workers: int
+    batch_size: int
     classes: list[str] = field(default_factory=list)
 
 
@@ -188,9 +191,23 @@ def _statistics(dataset: Any, limit: int = 2000) -> tuple[list[float], list[floa
     return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
 
 
-def folder_loaders(cfg: Any, env: Any, per_rank_batch: int, model_size: Sequence[int] | None = None
+def default_batch_size(n_train: int) -> int:
+    """The global batch when none is given: about 50 steps per epoch or more, a power of two in [32, 256] (ImageNet:
+    256; 4,000 images: 64).
+
+    >>> default_batch_size(1_281_167), default_batch_size(4000), default_batch_size(500)
+    (256, 64, 32)
+    """
+    b = 32
+    while b * 2 <= min(256, n_train / 50):
+        b *= 2
+    return b
+
+
+def folder_loaders(cfg: Any, env: Any, per_rank_batch: int | None, model_size: Sequence[int] | None = None
                    ) -> tuple[FolderLoader, FolderLoader, int, tuple[int, int, int], FolderInfo]:
-    """Train and validation loaders of ``cfg.data_dir``, the class count, the input size and how it is read."""
+    """Train and validation loaders of ``cfg.data_dir``, the class count, the input size and how it is read.
+    ``per_rank_batch=None``: :func:`default_batch_size` of the (limited) training set, split over the processes."""
     try:
         from torchvision import transforms
     except Exception as e:  # ImportError, or a torchvision built for another torch
@@ -254,6 +271,8 @@ def folder_loaders(cfg: Any, env: Any, per_rank_batch: int, model_size: Sequence
         train_data = torch.utils.data.Subset(train_set, range(min(cfg.limit_train, len(train_set))))
     if cfg.limit_test:
         val_data = torch.utils.data.Subset(val_set, range(min(cfg.limit_test, len(val_set))))
+    if per_rank_batch is None:
+        per_rank_batch = max(1, default_batch_size(len(train_data)) // env.world_size)
     workers = default_workers() if cfg.workers is None else int(cfg.workers)
     tr_s = DistributedSampler(train_data, env.world_size, env.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     va_s = _Shard(len(val_data), env.rank, env.world_size)
@@ -263,7 +282,7 @@ def folder_loaders(cfg: Any, env: Any, per_rank_batch: int, model_size: Sequence
     if len(train) == 0:
         raise DataError(f"imagefolder: {len(train_data)} training images make no full batch of {per_rank_batch}")
     info = FolderInfo(native, size, policy, channels, [float(v) for v in mean], [float(v) for v in std], hflip, workers,
-                      list(train_set.classes))
+                      per_rank_batch * env.world_size, list(train_set.classes))
     return (
         FolderLoader(train, tr_s, env.device, cfg.channels_last, per_rank_batch),
         FolderLoader(val, va_s, env.device, cfg.channels_last, per_rank_batch),

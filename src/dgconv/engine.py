@@ -243,7 +243,7 @@ class _Run:
 
 
 def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, ckpt: dict[str, Any] | None) -> _Run:
-    if cfg.batch_size % env.world_size:
+    if isinstance(cfg.batch_size, int) and cfg.batch_size % env.world_size:
         raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {env.world_size} processes")
     if writer is not None:
         if ckpt is None:
@@ -257,6 +257,8 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
 
     data = make_loaders(cfg, env, model_info(cfg.model).input_size)
     train_loader, test_loader, num_classes, input_size = data.train, data.test, data.num_classes, data.input_size
+    if cfg.batch_size == "auto":  # chosen from the data; recorded like a given value (a resume reuses it)
+        cfg.batch_size = train_loader.batch_size * env.world_size
     _check_input_size(cfg.model, input_size)
     spec: int | dict[str, int] | None = cfg.groups
     if cfg.groups_from:
