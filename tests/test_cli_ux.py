@@ -43,7 +43,7 @@ def test_progress_on_a_terminal_and_the_final_summary(tmp_path):
     pid, fd = pty.fork()
     if pid == 0:  # the child: dgconv train on the terminal
         os.chdir(tmp_path)
-        os.execve(sys.executable, [sys.executable, "-m", "dgconv", "train", "--epochs", "1", "--limit-train", "640",
+        os.execve(sys.executable, [sys.executable, "-m", "dgconv", "train", "--epochs", "1", "--limit-train", "320",
                                    "--batch-size", "32", "--out", "run"], {**ENV, "COLUMNS": "120"})
     out = b""
     deadline = time.time() + 300

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -186,14 +184,13 @@ def test_groupify_torchvision_model():
 
 
 def test_cli_deploy_and_groups_from(tmp_path):
+    from tests.helpers import cli
+
     run = tmp_path / "run"
-    env_cmd = [sys.executable, "-m", "dgconv"]
-    r = subprocess.run([*env_cmd, "train", "--epochs", "2", "--limit-train", "256", "--budget", "4", "--out", str(run)],
-                       capture_output=True, text=True, timeout=600)
+    r = cli("train", "--epochs", "2", "--limit-train", "256", "--budget", "4", "--out", str(run))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "deployed.pt"
-    r = subprocess.run([*env_cmd, "deploy", str(run), "--out", str(out), "--torchscript", str(tmp_path / "ts.pt")],
-                       capture_output=True, text=True, timeout=600)
+    r = cli("deploy", str(run), "--out", str(out), "--torchscript", str(tmp_path / "ts.pt"))
     assert r.returncode == 0, r.stderr
     assert "layer1.0.conv2" in r.stdout and "model total" in r.stdout and "->" in r.stdout
     groups = json.loads((run / "groups.json").read_text())["groups"]
@@ -206,9 +203,8 @@ def test_cli_deploy_and_groups_from(tmp_path):
     assert_same_function(rebuilt, torch.jit.load(str(tmp_path / "ts.pt")), x)
     # ResNeXt* (Table 6): the plain model trained from scratch with the learned groups
     star = tmp_path / "star"
-    r = subprocess.run([*env_cmd, "train", "--model", "resnext_digits", "--budget", "none", "--groups-from",
-                        str(run / "groups.json"), "--epochs", "1", "--limit-train", "256", "--out", str(star)],
-                       capture_output=True, text=True, timeout=600)
+    r = cli("train", "--model", "resnext_digits", "--budget", "none", "--groups-from", str(run / "groups.json"),
+            "--epochs", "1", "--limit-train", "256", "--out", str(star))
     assert r.returncode == 0, r.stderr
     m = model_from_checkpoint(star / "last.pt")
     assert {n: mod.groups for n, mod in m.named_modules() if n in groups} == groups

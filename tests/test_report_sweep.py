@@ -12,6 +12,7 @@ import pytest
 
 from dgconv.protocols import PROTOCOLS, Protocol, planned_runs
 from dgconv.results import render_results, spearman
+from tests.helpers import cli
 from tests.test_data import HAS_CIFAR, SHARED
 
 plt = pytest.importorskip("matplotlib")
@@ -29,9 +30,9 @@ def png_pixels(path):
 
 def test_report_of_two_runs(tmp_path):
     for name, budget in (("a", "4"), ("b", "16")):
-        r = run_cli("train", "--epochs", "3", "--limit-train", "256", "--budget", budget, "--out", str(tmp_path / name))
+        r = cli("train", "--epochs", "3", "--limit-train", "256", "--budget", budget, "--out", str(tmp_path / name))
         assert r.returncode == 0, r.stderr
-    r = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep"))
+    r = cli("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep"))
     assert r.returncode == 0, r.stderr
     for fig in ("groups.png", "dynamics.png", "training.png", "macs.png"):
         px = png_pixels(tmp_path / "rep" / fig)
@@ -41,7 +42,7 @@ def test_report_of_two_runs(tmp_path):
     for name, g in groups.items():
         assert f"| {name} |" in text and f"| {g} |" in text
     assert "MACs deployed" in text and "zeta/o" in text and "MACs in the ResNeXt counterpart" in text
-    r = run_cli("report", str(tmp_path / "missing"))
+    r = cli("report", str(tmp_path / "missing"))
     assert r.returncode == 2 and "not a run directory" in r.stderr
 
 
@@ -101,7 +102,7 @@ def test_spearman_against_scipy():
             assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
 
 
-REHEARSAL = ["--epochs", "1", "--limit-train", "128", "--limit-test", "128", "--batch-size", "64", "--device", "cpu",
+REHEARSAL = ["--epochs", "1", "--limit-train", "64", "--limit-test", "64", "--batch-size", "32", "--device", "cpu",
              "--no-amp", "--max-seeds", "2", "--parallel", "2"]
 
 
@@ -129,7 +130,7 @@ def test_cpu_protocol_rehearsal_with_a_deadline_and_independent_statistics(tmp_p
     assert text == (tmp_path / "results.md").read_text() == render_results([out])  # regenerated from the run dirs
     for heading in ("Table 3 analogue", "Table 5 analogue", "Table 6 analogue", "claims, measured here"):
         assert heading in text
-    assert "128 test images" in text and "Verdict:" in text and "Missing runs" not in text
+    assert "64 test images" in text and "Verdict:" in text and "Missing runs" not in text
     assert "not the official CIFAR-10 files" in text  # provenance from the checksums, not a fixed sentence
     base = np.array([_acc(out / n) for n in ("resnext-g32", "resnext-g32-s1")])
     lo, hi = stats.t.interval(0.95, 1, loc=base.mean(), scale=stats.sem(base))
@@ -158,8 +159,7 @@ def test_gpu_protocols_rehearse_on_the_cpu(tmp_path, protocol):
     stats = pytest.importorskip("scipy.stats")
     out = tmp_path / protocol
     smaller = [] if protocol == "gpu-fast" else [  # ResNeXt-29 costs minutes per run on 2 cores: its CPU-sized sibling
-        "--model", "g_resnext_cifar_small", "--plain-model", "resnext_cifar_small", "--limit-train", "64", "--limit-test",
-        "64", "--batch-size", "32"]
+        "--model", "g_resnext_cifar_small", "--plain-model", "resnext_cifar_small"]
     r = run_cli("sweep", "--protocol", protocol, "--data-dir", str(SHARED), "--out", str(out), *REHEARSAL, *smaller,
                 "--results", str(tmp_path / "results.md"))
     assert r.returncode == 0, r.stdout + r.stderr
