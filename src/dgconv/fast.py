@@ -20,9 +20,11 @@ Gate gradients (identity STE, ``dL/dg~_k = dL/dg_k``) equal ``<dL/dU, dU/dg_k>``
   ``sum_{k: g_k=0} (p_k - 1)`` grouped weight gradients.
 
 Cheaper gate gradients (opt-in, unbiased): with ``gate_batch_fraction = f < 1`` the cross terms of the zero gates
-are computed on a random sub-batch of ``n = ceil(f N)`` of the ``N`` examples and scaled by ``N / n``. Each term is a
-sum over examples, so the estimate is unbiased (its mean over draws is the full-batch gradient); the one-gate
-terms still come exactly from the full-batch in-group weight gradient, which the weights need anyway.
+that need their own pass (those not merged into the super-group) are computed on a random sub-batch of
+``n = ceil(f N)`` of the ``N`` examples and scaled by ``N / n``. Each term is a sum over examples, so the estimate is
+unbiased (its mean over draws is the full-batch gradient); the one-gate and merged zero-gate terms still come
+exactly from the full-batch (super-group) weight gradient, which the weights need anyway. So the mode never costs
+more than the exact path: it saves ``1 - f`` of the separate passes.
 
 Only :func:`dgconv2d_grouped` is public; the layer calls it for ``impl="auto"``/``"fast"``.
 """
@@ -325,6 +327,4 @@ def plan_for(grouping: Grouping, x: Tensor, weight_shape: Sequence[int], stride:
     positions = x.shape[0] * _out_size(x.shape[2], weight_shape[2], stride[0], padding[0], dilation[0]) * _out_size(
         x.shape[3], weight_shape[3], stride[1], padding[1], dilation[1]
     )
-    # a sub-batch estimate needs every zero gate's cross term on its own (no merged super-groups)
-    limit = _merge_limit(x.device, positions) if gate_batch_fraction >= 1.0 else 0
-    return _plan(grouping, x.device, limit)
+    return _plan(grouping, x.device, _merge_limit(x.device, positions))
