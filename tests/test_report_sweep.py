@@ -179,3 +179,34 @@ def test_gpu_protocols_rehearse_on_the_cpu(tmp_path, protocol):
         cfg = json.loads((out / "g-b32" / "config.json").read_text())["config"]
         assert cfg["freeze_groups_at"] == "0.3" and cfg["label_smoothing"] == 0.1
         assert "Training options beyond the schedule: `--freeze-groups-at 0.3` for the runs that learn groups" in text
+
+
+def _sleep(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_stopping_a_sweep_ends_its_busy_workers():
+    # A SIGTERM to `dgconv sweep` ends the pool through _stop while a run is in flight; shutdown() drops the
+    # executor's process table, so _stop must take the workers first (it once failed there with a traceback).
+    import time
+
+    from dgconv.sweep import _executor, _stop
+
+    ex = _executor(1)
+    future = ex.submit(_sleep, 600)
+    deadline = time.time() + 60
+    while not getattr(ex, "_processes", None) and time.time() < deadline:
+        time.sleep(0.05)
+    procs = list(ex._processes.values())
+    assert procs and future.running() or not future.done()
+    started = time.time()
+    try:
+        _stop(ex)
+        assert all(not p.is_alive() for p in procs)
+        assert time.time() - started < 30  # terminated, not waited out
+    finally:  # whatever happened, leave no sleeping worker behind
+        for p in procs:
+            p.kill()

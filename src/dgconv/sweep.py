@@ -197,8 +197,9 @@ def _executor(parallel: int) -> Any:
 def _stop(executor: Any) -> None:
     """Stop the workers: SIGTERM (each run stops at a checkpoint-safe point; an idle worker ends), again if a worker
     is still there after a minute, then SIGKILL."""
+    # ProcessPoolExecutor keeps its workers in _processes, which shutdown() sets to None: take them first
+    procs = list((getattr(executor, "_processes", None) or {}).values())
     executor.shutdown(wait=False, cancel_futures=True)
-    procs = list(getattr(executor, "_processes", {}).values())  # ProcessPoolExecutor keeps its workers here
     for proc in procs:
         proc.terminate()
     for proc in procs:
