@@ -13,22 +13,13 @@
 # run directory without checkpoints, plus the rendered results). Back on the development machine:
 #   tar xzf results.tar.gz -C . && dgconv results results/gpu-fast results/gpu ... --out docs/results.md --figures docs/figures
 set -u
-START=$(date +%s)
 DEADLINE=${1:-450}
 shift || true
 PROTOCOLS=${*:-gpu-fast gpu}
-OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-PY=python3
-left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
-say() { echo "[$(date +%T) +$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/checks.log"; }
+source "$(dirname "$0")/_session.sh"
 NOTE="GPU protocol data: the shared copy's test images bit-exact (lossless WebP); its training images re-encoded as WebP quality 95 (mean absolute pixel error 1.56/255) to fit the 64 MiB transfer to the GPU machine (experiments/cifar_webp.py)."
 
-say "environment"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  $PY -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-} >> "$OUT/checks.log" 2>&1
+environment
 say "unpack CIFAR-10"
 $PY experiments/cifar_webp.py unpack .devdata/cifar10_webp.npz /tmp/data >> "$OUT/checks.log" 2>&1 || { say "unpack FAILED"; exit 1; }
 

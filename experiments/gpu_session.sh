@@ -7,14 +7,8 @@
 # its own timeout inside DEADLINE_SECONDS. Writes into $OUT (default ./gpu_out; at most 8 files come back):
 # checks.log, bench_layer.log/.json, bench_network.log/.json, bench_latency.log/.json.
 set -u
-START=$(date +%s)
 DEADLINE=${1:-420}
-OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-PY=python3
-left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
-say() { echo "[$(date +%T) +$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/checks.log"; }
+source "$(dirname "$0")/_session.sh"
 stage() {  # stage NAME SECONDS COMMAND...: run with a timeout no later than the deadline
   local name=$1 limit=$2; shift 2
   local t=$(( limit < $(left) - 10 ? limit : $(left) - 10 ))
@@ -24,10 +18,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a timeout no later than the
   say "$name rc=$?"
 }
 
-say "environment"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  $PY -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-  nproc; } >> "$OUT/checks.log" 2>&1
+environment
 
 stage "CUDA tests" 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_compile.py >> "$OUT/checks.log" 2>&1
 stage "layer benchmark" 100 $PY benchmarks/bench_layer.py --device cuda --amp --channels-last --batch 64 --reps 7 \
