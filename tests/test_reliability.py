@@ -305,3 +305,28 @@ def test_out_of_memory_is_a_message_and_bugs_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(engine, "train", bug)
     with pytest.raises(RuntimeError, match="an unexpected failure"):
         cli("train")
+
+
+def test_a_run_brought_back_without_its_checkpoint_is_set_aside_not_refused(tmp_path):
+    """GPU sessions bring back run directories without checkpoints: such a run cannot resume, and a fresh start in its
+    directory is refused, so the sweep moves it to ``<name>.partial`` (one kept) and starts it again."""
+    from dgconv.errors import RunDirError
+    from dgconv.rundir import LAST, METRICS, finished_epochs, set_aside_unresumable
+
+    run = tmp_path / "g-b32"
+    assert set_aside_unresumable(run) is None  # nothing there
+    run.mkdir()
+    assert set_aside_unresumable(run) is None  # nothing recorded
+    (run / METRICS).write_text(json.dumps({"epoch": 1, "test_acc": 0.5}) + "\n")
+    (run / LAST).write_bytes(b"checkpoint")
+    assert set_aside_unresumable(run) is None and run.is_dir()  # resumable: left alone
+    (run / LAST).unlink()
+    with RunWriter(run) as w, pytest.raises(RunDirError, match="no checkpoint"):
+        w.check_fresh()
+    for epochs in (1, 2):  # a second stale copy replaces the first
+        if epochs == 2:
+            run.mkdir()
+            (run / METRICS).write_text("".join(json.dumps({"epoch": e, "test_acc": 0.5}) + "\n" for e in (1, 2)))
+        aside = set_aside_unresumable(run)
+        assert aside == tmp_path / "g-b32.partial" and not run.exists() and finished_epochs(aside) == epochs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g-b32.partial"]

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -60,6 +61,7 @@ __all__ = [
     "GROUPS_FORMAT",
     "Run",
     "RunName",
+    "set_aside_unresumable",
     "RunWriter",
     "load_run",
     "is_run",
@@ -161,6 +163,23 @@ def finished_epochs(run_dir: str | Path) -> int:
         return len(read_metrics(run_dir))
     except RunDirError:
         return 0
+
+
+def set_aside_unresumable(run_dir: str | Path) -> Path | None:
+    """Move a run that recorded epochs but has no checkpoint to ``<name>.partial`` (replacing an older one) so the run
+    can start again in its own directory; return the new path, or ``None`` when there was nothing to move.
+
+    This is what a run stopped on another machine looks like once its directory came back without the checkpoint
+    (GPU sessions bring back the JSON files only): it cannot resume, and a fresh start refuses recorded epochs.
+    """
+    path = Path(run_dir)
+    if not path.is_dir() or (path / LAST).exists() or finished_epochs(path) == 0:
+        return None
+    aside = path.with_name(path.name + ".partial")
+    if aside.exists():
+        shutil.rmtree(aside)
+    path.rename(aside)
+    return aside
 
 
 # ------------------------------------------------------------------------------------------------ groups

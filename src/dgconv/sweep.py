@@ -36,6 +36,7 @@ from .rundir import (
     load_run,
     read_json,
     read_metrics,
+    set_aside_unresumable,
     write_json,
     write_text,
 )
@@ -246,6 +247,11 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                         deferred.append(str(r.name))
                         continue
                     rd = out / str(r.name)
+                    aside = set_aside_unresumable(rd)
+                    if aside is not None:
+                        _logger.warning("[sweep %s] %s recorded %d epochs but has no checkpoint (brought back without "
+                                        "it?): moved to %s, starting it again", p.name, r.name,
+                                        finished_epochs(aside), aside.name)
                     cmd = _command(r, out, data_dir, p.epochs)
                     rd.mkdir(parents=True, exist_ok=True)
                     _logger.info("[sweep %s] start %s: %s", p.name, r.name, " ".join(cmd))
