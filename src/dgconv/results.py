@@ -244,7 +244,8 @@ def _header(s: SweepResult) -> list[str]:
         "",
         f"- Hardware: {env.get('device_name', '?')} (`{env.get('device', '?')}`), torch {env.get('torch', '?')}, "
         f"{env.get('cpu_count', '?')} CPU cores; sweep started {meta.get('started', '?')}{resumed}.",
-        f"- Schedule: {used['epochs']} epochs, batch {used['batch_size']}, SGD momentum 0.9, lr {used['lr']} cosine{warm}, "
+        f"- Schedule: {used['epochs']} epochs, batch {used['batch_size']}, SGD momentum {used.get('momentum', 0.9):g}"
+        f"{' (Nesterov)' if used.get('nesterov') else ''}, lr {used['lr']} {used.get('schedule', 'cosine')}{warm}, "
         f"weight decay {p.weight_decay} (not on gates), alpha -0.02, budget projection at epoch ends; "
         f"{'bf16 autocast, ' if p.amp else ''}{'channels_last, ' if p.channels_last else ''}{p.parallel} run(s) at a time.",
         f"- Models: `{p.model}` ({_names(p)[1]}, learned groups) and `{p.plain}` ({_names(p)[0]}, the same number of "
@@ -324,10 +325,11 @@ def _table5(s: SweepResult) -> list[str]:
 
 def _table6(s: SweepResult) -> list[str]:
     p, base = s.protocol, s.baseline
-    out = ["### Table 6 analogue: ResNeXt* with learned groups, trained from scratch", "",
+    out = [f"### Table 6 analogue: {_names(p)[2]} with learned groups, trained from scratch", "",
            "| network | setting | budget cost | seeds | top-1 % mean | 95 % CI | GConv MACs x baseline |", "|---|---|---|---:|---:|---|---:|"]
     if base.rows:
-        out.append(f"| ResNeXt | {p.baseline_groups} groups | - | {len(base.rows)} | {_pct(base.acc.mean)} | {_ci(base.acc)} | 1.00x |")  # type: ignore[union-attr]
+        net, setting = _setting(base.arm, p)
+        out.append(f"| {net} | {setting} | - | {len(base.rows)} | {_pct(base.acc.mean)} | {_ci(base.acc)} | 1.00x |")  # type: ignore[union-attr]
     for star in (a for a in s.arms if a.arm.kind == "star"):
         for a in (s.arm("g", star.arm.value, star.arm.cost), star):
             if a is not None and a.rows:
