@@ -126,7 +126,13 @@ PROTOCOLS: dict[str, Protocol] = {
         epochs=10,
         batch_size=1024,
         lr=1.5,
-        weight_decay=5e-5,
+        # The published recipe's decay (0.0153 per kilo-step, sum-reduced loss, lr 11.5 per kilo-step, momentum 0.85)
+        # is 1.3e-3 in our mean-loss units at lr 1.5. 5e-5 (first H200 session, results/gpu-fast-wd5e-5) left a
+        # 5-point gap between training and test accuracy and a dense net at 87.8 %; 1.3e-3 gave 87.4 % (train 89 %), so
+        # decay is not what keeps the dense net below the 92.5 % aimed for. Not yet ported from the published recipe
+        # (next GPU session): batch-norm scales frozen at 1 with biases at 64x the learning rate, the whitening
+        # layer's bias trained for the first epochs, partly identity (Dirac) initialisation, its warm-up/decay shape.
+        weight_decay=1.3e-3,
         warmup_epochs=2.0,
         baseline_groups=1,
         budgets=(4, 16),
@@ -134,7 +140,9 @@ PROTOCOLS: dict[str, Protocol] = {
         amp=True,
         channels_last=True,
         device="cuda",
-        parallel=4,  # a small net leaves an H200 mostly idle: several runs at once (to be measured in the session)
+        # A small net leaves an H200 mostly idle: several runs at once. Measured 2026-11-29: the 42 runs took 242 s with 4
+        # at once (one H200, 16 CPU cores); one at a time was not measured.
+        parallel=4,
         extra=("--momentum", "0.85", "--nesterov", "--schedule", "triangle", "--label-smoothing", "0.2",
                "--lookahead", "5", "--tta", "flip", "--crop-padding", "2"),
         costs=("macs", "connections"),
