@@ -214,3 +214,20 @@ def test_stopping_a_sweep_ends_its_busy_workers():
     finally:  # whatever happened, leave no sleeping worker behind
         for p in procs:
             p.kill()
+
+
+@pytest.mark.parametrize("rhos, verdict", [
+    ([0.87], "not resolved at this n** (a single run)"),
+    ([0.87, 0.87], "not resolved at this n** (all 2 runs gave the same value"),  # a zero-width interval is no evidence
+    ([0.8, 0.9, 0.95], "agrees** (the 95 % interval lies above 0)"),
+    ([-0.5, -0.6, -0.7], "disagrees** (the 95 % interval lies below 0)"),
+    ([-0.5, 0.6, 0.1], "not resolved at this n** (the 95 % interval contains 0)"),
+])
+def test_claim3_verdict_reads_the_interval(rhos, verdict):
+    from types import SimpleNamespace
+
+    from dgconv.results import _claim3
+
+    arm = SimpleNamespace(arm=SimpleNamespace(kind="g"), rows=[SimpleNamespace(depth_rho=r) for r in rhos])
+    line = _claim3(SimpleNamespace(arms=[arm]), 3)
+    assert f"Verdict: **{verdict}" in line and f"over {len(rhos)} G-ResNeXt runs" in line

@@ -240,7 +240,7 @@ def _header(s: SweepResult) -> list[str]:
     test_images = any_run.extra.get("test_images")
     train_images = any_run.extra.get("train_images_per_epoch")
     out = [
-        f"## Protocol `{p.name}`: {p.label}",
+        _heading(s),
         "",
         f"- Hardware: {env.get('device_name', '?')} (`{env.get('device', '?')}`), torch {env.get('torch', '?')}, "
         f"{env.get('cpu_count', '?')} CPU cores; sweep started {meta.get('started', '?')}{resumed}.",
@@ -375,6 +375,8 @@ def _claim3(s: SweepResult, n: int) -> str | None:
     ci = None if z.ci is None else (max(-1.0, z.ci[0]), min(1.0, z.ci[1]))
     if ci is None:
         word, reason = "not resolved at this n", "a single run"
+    elif z.sd == 0:  # every run gave the same value: a zero-width interval says nothing about the spread
+        ci, word, reason = None, "not resolved at this n", f"all {z.n} runs gave the same value, so no interval"
     elif ci[0] > 0:
         word, reason = "agrees", "the 95 % interval lies above 0"
     elif ci[1] < 0:
@@ -426,7 +428,9 @@ def _claims(s: SweepResult) -> list[str]:
     n += 1
     for star in (a for a in s.arms if a.arm.kind == "star"):
         lines.append(_claim4(s, star, n))
-    out += [ln for ln in lines if ln]
+    judged = [ln for ln in lines if ln]
+    out += judged or ["None of the claims can be judged yet: each needs a finished run of G-ResNeXt and of the network "
+                      "it is compared with (see the missing runs below)."]
     return out + [""]
 
 
@@ -483,22 +487,28 @@ def _figure(s: SweepResult, figures: Path | None) -> list[str]:
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels([n.replace(".conv", ".c") for n in layers], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("learned groups (geometric mean over seeds; range shaded)")
-    ax.set_title(f"Protocol {s.protocol.name}: learned groups by depth (dashed: fixed-groups arms)", fontsize=10)
+    ax.set_ylabel("learned groups (geometric mean; range shaded)")
+    ax.set_title(f"Protocol {s.protocol.name} ({s.path.name}/): learned groups by depth (dashed: fixed-groups arms)",
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     figures.mkdir(parents=True, exist_ok=True)
-    name = f"groups_{s.protocol.name}.png"
+    name = f"groups_{s.path.name}.png"  # by sweep directory: two sweeps of one protocol get two figures
     fig.savefig(figures / name, dpi=110)
     plt.close(fig)
     return [f"![Learned groups by depth, protocol {s.protocol.name}]({figures.name}/{name})", ""]
 
 
+def _heading(s: SweepResult) -> str:
+    where = f" (runs in `{s.path.name}/`)" if s.path.name != s.protocol.name else ""  # two sweeps of one protocol
+    return f"## Protocol `{s.protocol.name}`{where}: {s.protocol.label}"
+
+
 def _section(path: Path, figures: Path | None = None) -> list[str]:
     s = load_sweep(path)
     if not s.rows():
-        return [f"## Protocol `{s.protocol.name}`: {s.protocol.label}", "", "No run has finished yet.", ""] + _missing(s)
+        return [_heading(s), "", "No run has finished yet.", ""] + _missing(s)
     claims = _claims(s) if s.protocol.family == "resnext" else _fast_claims(s)
     return _header(s) + _table3(s) + _table5(s) + _table6(s) + claims + _figure(s, figures) + _missing(s)
 
