@@ -71,11 +71,12 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---|")
     for mode, rs in results.items():
         timed = [x["seconds"] for x in rs if x["timed"]]
-        t = statistics.fmean(timed)
+        t = statistics.fmean(timed) if timed else None  # --exact-from without an exact run timed here
         accs = [100 * x["acc"] for x in rs]
         sd = f", {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
         groups = "; ".join(" ".join(map(str, x["groups"])) for x in rs if x["groups"]) or "-"
-        print(f"| {mode} | {len(rs)} | {t:.0f} | {t / base:.2f} | {statistics.fmean(accs):.2f}{sd} | {groups} |")
+        wall = f"{t:.0f} | {t / base:.2f}" if t is not None else "- | -"
+        print(f"| {mode} | {len(rs)} | {wall} | {statistics.fmean(accs):.2f}{sd} | {groups} |")
 
 
 if __name__ == "__main__":
