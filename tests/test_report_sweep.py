@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from dgconv.errors import DGConvError
 from dgconv.protocols import PROTOCOLS, Protocol, planned_runs
 from dgconv.results import render_results, spearman
 from tests.helpers import cli
@@ -231,3 +232,28 @@ def test_claim3_verdict_reads_the_interval(rhos, verdict):
     arm = SimpleNamespace(arm=SimpleNamespace(kind="g"), rows=[SimpleNamespace(depth_rho=r) for r in rhos])
     line = _claim3(SimpleNamespace(arms=[arm]), 3)
     assert f"Verdict: **{verdict}" in line and f"over {len(rhos)} G-ResNeXt runs" in line
+
+
+def test_a_sweep_directory_holds_one_protocol(tmp_path):
+    """Continuing a sweep with other settings (a changed protocol, another --epochs) would put runs of both into one
+    results table under the new settings' description: refused, naming what differs; harmless fields may change."""
+    from dgconv.errors import ConfigError
+    from dgconv.sweep import run_sweep
+
+    out = tmp_path / "sweep"
+    recorded = dataclasses.asdict(dataclasses.replace(PROTOCOLS["cpu"], weight_decay=1e-3, parallel=2))
+    (out / "resnext-g32").mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps({"protocol": recorded, "started": "then"}))
+    (out / "resnext-g32" / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.5}) + "\n")
+    with pytest.raises(ConfigError, match=r"other settings \(weight_decay: 0\.001 -> 0\.0005\)"):
+        run_sweep("cpu", out, tmp_path / "no-data")
+    with pytest.raises(ConfigError, match=r"epochs: 3 -> 5; weight_decay"):
+        run_sweep("cpu", out, tmp_path / "no-data", epochs=5)
+    # the recorded settings as overrides pass the check (and stop at the missing data, before any run starts)
+    with pytest.raises(DGConvError) as e:
+        run_sweep("cpu", out, tmp_path / "no-data", weight_decay=1e-3)
+    assert "other settings" not in str(e.value)
+    (out / "resnext-g32" / "metrics.jsonl").unlink()  # nothing recorded yet: a new protocol may take the directory
+    with pytest.raises(DGConvError) as e:
+        run_sweep("cpu", out, tmp_path / "no-data")
+    assert "other settings" not in str(e.value)

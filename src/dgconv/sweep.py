@@ -24,7 +24,7 @@ from typing import Any
 
 from ._files import md5_file
 from .errors import ConfigError, DGConvError
-from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs
+from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs, protocol_from_dict
 from .results import render_results
 from .rundir import (
     LAST,
@@ -111,17 +111,22 @@ def run_sweep(
         raise ConfigError(f"unknown protocol {protocol!r}: choose from {sorted(PROTOCOLS)}")
     p = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     p = dataclasses.replace(p, **{k: v for k, v in overrides.items() if v is not None})
-    provenance = data_provenance("cifar10", data_dir, data_note)  # fails now, not in every subprocess
     out = Path(out).resolve()
+    previous = out / SWEEP
+    old = read_json(previous, SWEEP) if previous.exists() else None
+    changes = _protocol_changes(old, p) if isinstance(old, dict) else []
+    if changes and any(finished_epochs(out / str(r.name)) for r in planned_runs(p)):
+        raise ConfigError(
+            f"{out} holds runs of a sweep with other settings ({'; '.join(changes)}); continuing would mix the two in "
+            f"one results table. Choose another --out, or pass the recorded settings as overrides"
+        )
+    provenance = data_provenance("cifar10", data_dir, data_note)  # fails now, not in every subprocess
     now = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     meta = {"protocol": dataclasses.asdict(p), "data_dir": str(data_dir), "data_note": data_note, "data": provenance,
             "started": now, "argv": sys.argv}
-    previous = out / SWEEP
-    if previous.exists():  # a resumed sweep keeps its start date and records when it was resumed
-        old = read_json(previous, SWEEP)
-        if isinstance(old, dict) and old.get("protocol") == json.loads(json.dumps(meta["protocol"])):  # tuples are lists in JSON
-            meta["started"] = old.get("started", now)
-            meta["resumed"] = [*old.get("resumed", []), now]
+    if isinstance(old, dict) and not changes:  # a resumed sweep keeps its start date and records when it was resumed
+        meta["started"] = old.get("started", now)
+        meta["resumed"] = [*old.get("resumed", []), now]
     write_json(out / SWEEP, meta)
     failed, deferred = _run_all(p, planned_runs(p), out, data_dir, None if deadline is None else started + deadline)
     if deferred:
@@ -133,6 +138,20 @@ def run_sweep(
     if failed:
         raise SweepError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their train.log (results.md has the rest)")
     return out / RESULTS
+
+
+_HARMLESS = ("parallel", "label")  # protocol fields that do not change what a run computes
+
+
+def _protocol_changes(old_meta: dict[str, Any], p: Protocol) -> list[str]:
+    """``field: recorded -> now`` for every protocol field (except :data:`_HARMLESS`) that differs from the sweep
+    recorded in ``old_meta`` (fields the record predates take their defaults)."""
+    try:
+        old = protocol_from_dict(old_meta.get("protocol") or {})
+    except (TypeError, ValueError) as e:
+        return [f"the recorded protocol cannot be read ({e})"]
+    a, b = (json.loads(json.dumps(dataclasses.asdict(x))) for x in (old, p))  # tuples and lists alike
+    return [f"{k}: {a.get(k)!r} -> {b[k]!r}" for k in b if k not in _HARMLESS and a.get(k) != b[k]]
 
 
 def _train_in_worker(args: list[str], log: str) -> int:
