@@ -371,7 +371,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         help="run the paper's CIFAR experiments (Tables 3, 5, 6 analogues) as a named protocol",
         description="Protocols: 'cpu' (g_resnext_cifar_tiny, 3 epochs on 2 CPU cores; a smoke test), 'gpu' "
         "(g_resnext29_32x4d, 30 epochs on one H200, over several sessions) and 'gpu-fast' (g_fastnet, a fast recipe, "
-        "many seeds). Resumable: finished runs are skipped.",
+        "many seeds). Resumable: finished runs are skipped; a directory holding runs of other settings is refused.",
     )
     from .sweep import PROTOCOLS
 

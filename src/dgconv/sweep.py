@@ -6,6 +6,9 @@ import torch once and run ``dgconv train`` after ``dgconv train``, each run's co
 a worker that dies fails only its run. Stopping the sweep (Ctrl-C, SIGTERM) stops the runs at checkpoint-safe points. When the runs are done it renders
 ``results.md`` (:mod:`dgconv.results`) from the run directories -- whatever finished; the rest shows as missing.
 
+A sweep directory holds one protocol: continuing it with other settings (a changed protocol definition, another
+``--epochs``) is refused once runs are recorded, so one results table never mixes two settings.
+
 ``sweep.json`` records the protocol as run, the data's provenance (MD5 of every CIFAR file and whether they are
 the official ones, plus any ``--data-note``), when the sweep started and every resumption.
 """
