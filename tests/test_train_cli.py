@@ -140,3 +140,34 @@ def test_non_finite_loss_after_checkpoints_keeps_the_last_one(tmp_path):
     assert "at epoch 2" in r.stderr and f"kept the last good checkpoint {run / 'last.pt'} (end of epoch 1)" in r.stderr
     assert (run / "last.pt").read_bytes() == before
     assert [row["epoch"] for row in metrics(run)] == [1]
+
+
+def test_lookahead_with_and_without_the_ramp_against_a_hand_computation():
+    """Lookahead moves the slow weights a fraction of the way to the fast ones and restarts the fast ones there; with
+    the ramp that fraction is 1 - (1 - alpha) t^3 (no averaging at the start, alpha at the end)."""
+    from torch import nn
+
+    from dgconv.engine import Lookahead
+
+    for ramp in (False, True):
+        net = nn.Linear(3, 1, bias=False)
+        la = Lookahead(net, alpha=0.3, ramp=ramp)
+        slow = net.weight.detach().clone()
+        for k, t in enumerate((0.0, 0.25, 0.6, 1.0)):
+            with torch.no_grad():
+                net.weight.add_(torch.tensor([[1.0, -2.0, 0.5]]) * (k + 1))  # what the optimizer's K steps did
+            fast = net.weight.detach().clone()
+            frac = 1 - 0.7 * t**3 if ramp else 0.3
+            slow = slow + frac * (fast - slow)
+            la.step(t)
+            assert torch.allclose(net.weight, slow) and torch.allclose(la.slow["weight"], slow)
+    assert Lookahead(net, 0.3, ramp=True).fraction(0.0) == 1.0  # the first steps are not slowed down
+
+
+def test_lookahead_ramp_is_recorded_and_needs_lookahead(tmp_path):
+    r = cli("train", "--epochs", "1", "--lookahead-ramp", "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "--lookahead-ramp needs --lookahead K" in r.stderr
+    r = cli("train", "--epochs", "1", "--lookahead", "3", "--lookahead-ramp", "--no-progress", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert cfg["lookahead"] == 3 and cfg["lookahead_ramp"] is True and len(metrics(tmp_path / "run")) == 1

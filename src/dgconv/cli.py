@@ -93,6 +93,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--nesterov", action="store_true", help="Nesterov momentum")
     a("--lookahead", type=int, metavar="K", help="lookahead every K steps (0: off)")
     a("--lookahead-alpha", type=float, help="how far the slow weights move each time (default 0.5)")
+    a("--lookahead-ramp", action="store_true",
+      help="start with no averaging and ramp to --lookahead-alpha by the end (1 - (1 - alpha) t^3, the fast recipe's)")
     a("--tta", choices=["none", "flip"], help="test-time augmentation: average with the mirror image (default none)")
     a("--crop-padding", type=int, help="CIFAR: zero padding of the random crop (default 4)")
     a("--seed", type=int)

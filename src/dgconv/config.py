@@ -86,6 +86,7 @@ class TrainConfig:
     nesterov: bool = False
     lookahead: int = 0
     lookahead_alpha: float = 0.5
+    lookahead_ramp: bool = False
     tta: str = "none"
     crop_padding: int = 4
     seed: int = 0
@@ -167,6 +168,8 @@ class TrainConfig:
             raise ConfigError(f"--lookahead takes a step count (0: off), got {cfg.lookahead!r}")
         if not 0 < cfg.lookahead_alpha <= 1:
             raise ConfigError(f"--lookahead-alpha must be in (0, 1], got {cfg.lookahead_alpha}")
+        if cfg.lookahead_ramp and not cfg.lookahead:
+            raise ConfigError("--lookahead-ramp needs --lookahead K")
         if cfg.tta not in ("none", "flip"):
             raise ConfigError(f"--tta must be 'none' or 'flip', got {cfg.tta!r}")
         if isinstance(cfg.crop_padding, bool) or not isinstance(cfg.crop_padding, int) or cfg.crop_padding < 0:

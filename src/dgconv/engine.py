@@ -53,18 +53,37 @@ class TrainingError(DGConvError, RuntimeError):
 
 class Lookahead:
     """Lookahead over a model's parameters: every K steps the slow weights move ``alpha`` of the way to the fast
-    ones, and the fast weights restart from them (Zhang et al. 2019; the fast recipe uses it as an EMA)."""
+    ones, and the fast weights restart from them (Zhang et al. 2019; the fast recipe uses it as an EMA).
 
-    def __init__(self, model: nn.Module, alpha: float) -> None:
+    ``ramp``: the fraction moved starts at 1 (no averaging) and falls to ``alpha`` as ``1 - (1 - alpha) * t**3``
+    over training progress ``t`` in [0, 1] (the published fast recipe's EMA schedule): a constant ``alpha = 0.5``
+    halves every early step's progress.
+
+    Example::
+
+        >>> net = nn.Linear(1, 1, bias=False)
+        >>> la = Lookahead(net, alpha=0.25, ramp=True)
+        >>> round(la.fraction(0.0), 3), round(la.fraction(0.5), 3), round(la.fraction(1.0), 3)
+        (1.0, 0.906, 0.25)
+    """
+
+    def __init__(self, model: nn.Module, alpha: float, ramp: bool = False) -> None:
         self.params = dict(model.named_parameters())
         self.alpha = alpha
+        self.ramp = ramp
         self.slow = {n: p.detach().clone() for n, p in self.params.items()}
 
+    def fraction(self, progress: float) -> float:
+        """How far the slow weights move at ``progress`` (0: start of training, 1: end)."""
+        t = min(max(progress, 0.0), 1.0)
+        return 1 - (1 - self.alpha) * t**3 if self.ramp else self.alpha
+
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, progress: float = 1.0) -> None:
+        alpha = self.fraction(progress)
         for n, p in self.params.items():
             slow = self.slow[n]
-            slow.add_(p.detach() - slow, alpha=self.alpha)
+            slow.add_(p.detach() - slow, alpha=alpha)
             p.copy_(slow)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -322,7 +341,7 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
         if env.device.type == "cuda" and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     if cfg.lookahead:
-        run.lookahead = Lookahead(model, cfg.lookahead_alpha)
+        run.lookahead = Lookahead(model, cfg.lookahead_alpha, cfg.lookahead_ramp)
         if ckpt is not None and ckpt.get("lookahead"):
             run.lookahead.load_state_dict(ckpt["lookahead"])
     run.net = _wrap(model, cfg, env)
@@ -376,7 +395,7 @@ def _freeze(run: _Run, epoch: int) -> None:
     run.constraint.freeze()
     freeze_groups(run.model, run.opt)
     if run.lookahead is not None:  # the parameters changed: the slow weights start again from them
-        run.lookahead = Lookahead(run.model, run.cfg.lookahead_alpha)
+        run.lookahead = Lookahead(run.model, run.cfg.lookahead_alpha, run.cfg.lookahead_ramp)
     run.net = _wrap(run.model, run.cfg, run.env)
     if run.env.is_main:
         groups = run.constraint.summary()["groups"]
@@ -417,7 +436,7 @@ def _train_epoch(run: _Run, epoch: int, progress: Progress) -> tuple[float, torc
             run.opt.step()
             run.step += 1
             if run.lookahead is not None and run.step % cfg.lookahead == 0:
-                run.lookahead.step()
+                run.lookahead.step(run.step / (cfg.epochs * steps))
             n = torch.tensor(len(y), device=env.device)
             sums += torch.stack([task.detach() * len(y), loss.detach() * len(y), (logits.argmax(1) == y).sum(), n]).double()
             if i % 25 == 0 or i == steps - 1:  # checked every few steps: each check is a device sync
