@@ -227,11 +227,25 @@ def _stop(executor: Any) -> None:
         proc.terminate()
     for proc in procs:
         proc.join(60)
-        if proc.is_alive():  # its run stopped at a checkpoint and the worker went idle: end it
+        if _alive(proc):  # its run stopped at a checkpoint and the worker went idle: end it
             proc.terminate()
             proc.join(10)
-        if proc.is_alive():
+        if _alive(proc):
             proc.kill()
+
+
+def _alive(proc: Any) -> bool:
+    """Whether a worker process still exists. The pool's own thread may reap a worker first; multiprocessing then
+    never learns its exit code and ``is_alive()`` stays True, so ask the OS."""
+    if not proc.is_alive():
+        return False
+    try:
+        os.kill(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # pragma: no cover - exists, but not ours to signal
+        return True
+    return True
 
 
 def _estimate(out: Path, run: PlannedRun, runs: list[PlannedRun]) -> float | None:
