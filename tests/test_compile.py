@@ -62,3 +62,20 @@ def test_compiled_layer_with_bias_and_held_gates():
     for p, q in zip(layer.parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
     assert torch.all(layer.gate.grad[torch.tensor(layer.held)] == 0)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_the_ops_fake_kernels_promise_the_real_layout(fmt):
+    """Inductor checks that a custom op returns the strides its fake kernel announced; channels_last training on
+    an H200 failed that check once (the fake said NCHW, the op returned NHWC). opcheck runs the op on real and fake
+    tensors and compares shapes and strides (and the autograd registration)."""
+    torch.manual_seed(2)
+    x = torch.randn(2, 16, 6, 6).contiguous(memory_format=fmt).requires_grad_()
+    w = torch.randn(16, 16, 3, 3).contiguous(memory_format=fmt).requires_grad_()
+    b = torch.randn(16, requires_grad=True)
+    gates = torch.tensor([1.0, 0.0, 1.0, 0.0], requires_grad=True)  # 4 groups, non-adjacent: permutations used
+    torch.library.opcheck(torch.ops.dgconv.grouped_conv.default,
+                          (x, w, b, gates, [2, 2, 2, 2], [1, 1], [1, 1], [1, 1], 1.0))
+    gy = torch.randn(2, 16, 3, 3).contiguous(memory_format=fmt)
+    torch.library.opcheck(torch.ops.dgconv.grouped_conv_backward.default,
+                          (gy, x.detach(), w.detach(), gates.detach(), [2, 2, 2, 2], [2, 2], [1, 1], [1, 1], 1.0, True))
