@@ -59,6 +59,11 @@ def train_step(model, x, y, args, cache: bool = False):  # type: ignore[no-untyp
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     else:
         opt = configure_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    if args.gate_lr is not None:  # 0: gradients still computed, but no gate flips between the timed steps
+        gates = {id(m.gate) for m in model.modules() if isinstance(m, DGConv2d)}
+        for group in opt.param_groups:
+            if any(id(p) in gates for p in group["params"]):
+                group["lr"] = args.gate_lr
 
     def f():
         with cached_gates(model) if cache else _Null(), torch.autocast(
@@ -150,12 +155,18 @@ def main() -> None:
     ap.add_argument("--compile-model", default="g_resnext_cifar_small", help="the model of the compile section")
     ap.add_argument("--optimizer", choices=["dgconv", "torch"], default="dgconv",
                     help="dgconv.configure_optimizer (fused SGD where available; default) or torch.optim.SGD")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="let cuDNN time its algorithms per shape (what `dgconv train` does unless --deterministic)")
+    ap.add_argument("--gate-lr", type=float, default=None,
+                    help="learning rate of the gates (default: that of the weights, 1e-3); 0 times every step at one "
+                         "grouping: with --cudnn-benchmark a gate flip means new convolution shapes to time")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     results = {"environment": environment(), "args": vars(args)}
     print(f"# {environment()}; device {args.device}, amp {args.amp}, channels_last {args.channels_last}, "
-          f"{args.reps} interleaved rounds, medians")
+          f"cudnn.benchmark {args.cudnn_benchmark}, gate lr {args.gate_lr}, {args.reps} interleaved rounds, medians")
     todo = args.only or ["train50", "memory50", "infer50", "cifar29", "small"]
     print(f"# optimizer: {args.optimizer}")
 
@@ -175,9 +186,11 @@ def main() -> None:
         freeze_groups(frozen)  # the same groups, frozen: what --freeze-groups-at trains after the switch
         c = {"resnext50_32x4d": train_step(prep(create_model("resnext50_32x4d"), args), x, y, args),
              "g_resnext50 @32": train_step(prep(g32, args), x, y, args),
+             "g_resnext50 @32, cached gates": train_step(g32, x, y, args, cache=True),
              "g_resnext50 @32, gate batch fraction 0.125": train_step(prep(g32f, args), x, y, args),
              "resnext* (random groups)": train_step(prep(star, args), x, y, args),
              "g_resnext50 (same random groups)": train_step(prep(grnd, args), x, y, args),
+             "g_resnext50 (same random groups), cached gates": train_step(grnd, x, y, args, cache=True),
              "frozen g_resnext50 (same random groups)": train_step(prep(frozen, args), x, y, args)}
         t = interleaved(c, reps=args.reps, device=args.device)
         results["train50"] = t
@@ -186,10 +199,12 @@ def main() -> None:
         print("| network | ms / step | ratio |\n|---|---:|---:|")
         print(f"| ResNeXt-50 32x4d | {base * 1e3:.0f} | 1.00 |")
         for k, label in (("g_resnext50 @32", "G-ResNeXt-50, all DGConv at 32 groups (exact)"),
+                         ("g_resnext50 @32, cached gates", "the same, gates read once per step (as dgconv train does)"),
                          ("g_resnext50 @32, gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125")):
             print(f"| {label} | {t[k] * 1e3:.0f} | {t[k] / base:.2f} |")
         print(f"| ResNeXt-50* with random learned groups | {st * 1e3:.0f} | 1.00 |")
         for k, label in (("g_resnext50 (same random groups)", "G-ResNeXt-50 at those groups (non-adjacent, exact)"),
+                         ("g_resnext50 (same random groups), cached gates", "the same, gates read once per step"),
                          ("frozen g_resnext50 (same random groups)", "the same after freeze_groups (search, then train)")):
             print(f"| {label} | {t[k] * 1e3:.0f} | {t[k] / st:.2f} |", flush=True)
         del g32, g32f, grnd, star, frozen, c

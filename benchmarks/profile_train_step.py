@@ -1,14 +1,18 @@
-"""Where the time of a G-ResNeXt-50 train step goes, next to ResNeXt-50 32x4d (torch.profiler, CPU time).
+"""Where the time of a G-ResNeXt-50 train step goes, next to ResNeXt-50 32x4d (torch.profiler).
 
 Ops are grouped into categories; the table shows milliseconds per step for both networks and the difference,
-and a second table names the ops in "other" whose time grew most.
+and a second table names the ops in "other" whose time grew most. On CPU the time is the profiler's self CPU time;
+with ``--device cuda`` it is the GPU time of the kernels each op launched (bf16 autocast with ``--amp``), and the
+profiler's own table of the G-ResNeXt step's kernels follows.
 
     python benchmarks/profile_train_step.py [--batch 8 --size 112 --steps 3 --top-other 10]
+    python benchmarks/profile_train_step.py --device cuda --amp --channels-last --batch 64 --size 224
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -20,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment  # noqa: E402
 
-from dgconv import DGConv2d, create_model  # noqa: E402
+from dgconv import DGConv2d, cached_gates, create_model  # noqa: E402
 
 OPTIMIZER = "optimizer (SGD, momentum, decay)"
 CATEGORIES = [
@@ -51,23 +55,42 @@ def categorize(name: str) -> str:
     return "other"
 
 
-def profile_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict[str, float]:
+def profile_step(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, amp: bool = False, table: int = 0,
+    cache: bool = False,
+) -> dict[str, float]:
+    """Milliseconds per step by category (and ``op:NAME`` for ops in "other"); on CUDA, GPU kernel time of each op."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    cuda = x.is_cuda
 
     def step():
-        loss = F.cross_entropy(model(x), y)
+        with cached_gates(model) if cache else contextlib.nullcontext(), torch.autocast(
+            x.device.type, dtype=torch.bfloat16, enabled=amp
+        ):
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    for _ in range(2):
+    for _ in range(3):
         step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
+        if cuda:
+            torch.cuda.synchronize()
+    if table:
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=table))
     out: dict[str, float] = defaultdict(float)
     for evt in prof.events():
-        ms = evt.self_cpu_time_total / 1e3 / steps
+        if cuda and evt.device_type != torch.autograd.DeviceType.CPU:
+            continue  # kernels: their time is counted on the op that launched them
+        us = evt.self_device_time_total if cuda else evt.self_cpu_time_total
+        ms = us / 1e3 / steps
         cat = OPTIMIZER if _in_optimizer(evt) else categorize(evt.name)
         out[cat] += ms
         if cat == "other":
@@ -82,17 +105,30 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top-other", type=int, default=10, help="list this many 'other' ops by growth")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--table", type=int, default=0, help="also print the profiler's table of this many ops")
+    ap.add_argument("--cached-gates", action="store_true", help="read all gates once per step (as dgconv train does)")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per shape")
     args = ap.parse_args()
     torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    y = torch.randint(0, 1000, (args.batch,))
-    base = create_model("resnext50_32x4d")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    dev = torch.device(args.device)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = torch.randn(args.batch, 3, args.size, args.size, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, 1000, (args.batch,), device=dev)
+    base = create_model("resnext50_32x4d").to(dev, memory_format=fmt)
     g = create_model("g_resnext50")
     for m in g.modules():
         if isinstance(m, DGConv2d):
             m.set_groups(32)
-    a, b = profile_step(base, x, y, args.steps), profile_step(g, x, y, args.steps)
-    print(f"# train step, batch {args.batch} at {args.size}x{args.size}, {environment()}; ms per step (profiler self CPU time)")
+    g = g.to(dev, memory_format=fmt)
+    a = profile_step(base, x, y, args.steps, args.amp)
+    b = profile_step(g, x, y, args.steps, args.amp, table=args.table, cache=args.cached_gates)
+    what = "GPU kernel time by launching op" if dev.type == "cuda" else "profiler self CPU time"
+    print(f"# train step, batch {args.batch} at {args.size}x{args.size}, {environment()}; ms per step ({what}); "
+          f"cached gates {args.cached_gates}, cudnn.benchmark {args.cudnn_benchmark}")
     print("| category | ResNeXt-50 32x4d | G-ResNeXt-50 @32 | difference |\n|---|---:|---:|---:|")
     for cat in [c for c, _ in CATEGORIES] + ["other", "total"]:
         print(f"| {cat} | {a.get(cat, 0):.0f} | {b.get(cat, 0):.0f} | {b.get(cat, 0) - a.get(cat, 0):+.0f} |")
