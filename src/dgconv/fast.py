@@ -202,9 +202,28 @@ def _channels(x: Tensor, index: Tensor) -> Tensor:
 
 
 def _gather(weight: Tensor, index: Tensor, rows: int) -> Tensor:
-    """Rows ``index`` of ``weight`` viewed as ``(out*in, kh*kw)``, reshaped to ``(rows, -1, kh, kw)``."""
+    """Rows ``index`` of ``weight`` viewed as ``(out*in, kh*kw)``, reshaped to ``(rows, -1, kh, kw)``.
+
+    A channels_last weight (``model.to(memory_format=torch.channels_last)``) has no such view: reshaping it would
+    copy the whole dense weight at every call, so its ``(out, in)`` pairs are picked from the NHWC view instead."""
     o, i, kh, kw = weight.shape
+    if _is_channels_last(weight):
+        return weight.permute(0, 2, 3, 1)[index // i, :, :, index % i].reshape(rows, -1, kh, kw)
     return weight.reshape(o * i, kh * kw).index_select(0, index).reshape(rows, -1, kh, kw)
+
+
+def _scatter(weight: Tensor, index: Tensor, values: Tensor) -> Tensor:
+    """A tensor like ``weight`` (shape and layout), zero except the ``(out, in)`` pairs ``index`` (flat ``o * in +
+    c``), which hold ``values`` (``(len(index), ...)`` with ``kh * kw`` elements per pair)."""
+    o, i, kh, kw = weight.shape
+    if _is_channels_last(weight):
+        out = torch.zeros_like(weight, memory_format=torch.channels_last)
+        out.permute(0, 2, 3, 1)[index // i, :, :, index % i] = values.reshape(-1, kh, kw).to(out.dtype)
+        return out
+    out = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
+    flat = out.view(o * i, kh * kw)
+    flat.index_copy_(0, index, values.reshape(-1, kh * kw).to(out.dtype))
+    return out
 
 
 def grouped_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan, conf: tuple[_Pair, _Pair, _Pair]
@@ -238,15 +257,13 @@ def grouped_backward(
             fmt = torch.channels_last if _is_channels_last(xp) else torch.contiguous_format
             shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device, memory_format=fmt)
             dwm = conv_backward(gyp, xp, shape, *conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
-            gwg = dwm.reshape(-1, kh * kw).index_select(0, plan.within).reshape(out, -1, kh, kw)
+            gwg = _gather(dwm, plan.within, out)
     if need_x:
         grad_x = gxp if plan.contiguous else _channels(gxp, plan.in_inv)
     if need_b:
         grad_b = gbp if plan.contiguous else gbp.index_select(0, plan.out_inv)
     if need_w:
-        grad_w = torch.zeros_like(weight).reshape(out * cin, kh * kw)
-        grad_w.index_copy_(0, plan.w_index, gwg.reshape(-1, kh * kw))
-        grad_w = grad_w.reshape(weight.shape)
+        grad_w = _scatter(weight, plan.w_index, gwg)
     if need_g:
         acc = torch.promote_types(weight.dtype, torch.float32)
         grad_g = torch.zeros(gate_count, dtype=acc, device=weight.device)
