@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .fast import memory_format_of
 from .grouping import Grouping
 
 __all__ = ["available", "grouped_conv"]
@@ -32,13 +33,6 @@ def _out(n: int, k: int, s: int, p: int, d: int) -> int:
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _format(t: Tensor) -> torch.memory_format:
-    """The memory format of an op's result whose layout follows ``t`` (channels_last for a 4-D NHWC tensor)."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _empty(shape: tuple[int, ...] | torch.Size, like: Tensor, fmt: torch.memory_format) -> Tensor:
     """An uninitialised result of ``shape`` in ``fmt`` with canonical strides (what the fake kernels promise)."""
     fmt = fmt if len(shape) == 4 else torch.contiguous_format
@@ -47,11 +41,12 @@ def _empty(shape: tuple[int, ...] | torch.Size, like: Tensor, fmt: torch.memory_
 
 def _laid_out(t: Tensor, fmt: torch.memory_format) -> Tensor:
     """``t`` with exactly the strides :func:`_empty` gives (copied only when they differ): compiled code checks
-    that a custom op's results have the strides its fake kernel announced."""
-    out = _empty(t.shape, t, fmt)
-    if out.stride() == t.stride():
+    that a custom op's results have the strides its fake kernel announced. The strides are read from a meta
+    tensor, so nothing is allocated when ``t`` already has them."""
+    fmt = fmt if t.dim() == 4 else torch.contiguous_format
+    if torch.empty(t.shape, device="meta", memory_format=fmt).stride() == t.stride():
         return t
-    return out.copy_(t)
+    return _empty(t.shape, t, fmt).copy_(t)
 
 
 def _grouping(gates: Tensor, factors: list[int], cin: int, cout: int) -> Grouping:
@@ -68,13 +63,13 @@ if available():
         g = _grouping(gates, factors, weight.shape[1], weight.shape[0])
         conf = (tuple(stride), tuple(padding), tuple(dilation))
         plan = fast.plan_for(g, x, weight.shape, *conf, fraction)
-        return _laid_out(fast.grouped_forward(x, weight, bias, plan, conf)[0], _format(x))  # type: ignore[arg-type]
+        return _laid_out(fast.grouped_forward(x, weight, bias, plan, conf)[0], memory_format_of(x))  # type: ignore[arg-type]
 
     @_grouped_conv.register_fake
     def _(x, weight, bias, gates, factors, stride, padding, dilation, fraction):  # type: ignore[no-untyped-def]
         h = _out(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
         w = _out(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
-        return _empty((x.shape[0], weight.shape[0], h, w), x, _format(x))
+        return _empty((x.shape[0], weight.shape[0], h, w), x, memory_format_of(x))
 
     @torch.library.custom_op("dgconv::grouped_conv_backward", mutates_args=())
     def _grouped_conv_backward(grad_y: Tensor, x: Tensor, weight: Tensor, gates: Tensor, factors: list[int],
@@ -88,12 +83,12 @@ if available():
         gx, gw, gb, gg = fast.grouped_backward(grad_y, xp, weight, wg, plan, conf, (True, True, has_bias, True),  # type: ignore[arg-type]
                                                gates.shape[0], fraction)
         gb = gb if gb is not None else weight.new_zeros(weight.shape[0])
-        return (_laid_out(gx, _format(x)), _laid_out(gw, _format(weight)),  # type: ignore[arg-type]
+        return (_laid_out(gx, memory_format_of(x)), _laid_out(gw, memory_format_of(weight)),  # type: ignore[arg-type]
                 _laid_out(gb, torch.contiguous_format), _laid_out(gg.to(gates.dtype), torch.contiguous_format))  # type: ignore[union-attr]
 
     @_grouped_conv_backward.register_fake
     def _(grad_y, x, weight, gates, factors, stride, padding, dilation, fraction, has_bias):  # type: ignore[no-untyped-def]
-        return (_empty(x.shape, x, _format(x)), _empty(weight.shape, weight, _format(weight)),
+        return (_empty(x.shape, x, memory_format_of(x)), _empty(weight.shape, weight, memory_format_of(weight)),
                 _empty((weight.shape[0],), weight, torch.contiguous_format),
                 _empty(gates.shape, gates, torch.contiguous_format))
 
@@ -105,8 +100,9 @@ if available():
     def _backward(ctx, grad_y):  # type: ignore[no-untyped-def]
         x, weight, gates = ctx.saved_tensors
         factors, stride, padding, dilation, fraction, has_bias = ctx.conf
-        gx, gw, gb, gg = _grouped_conv_backward(grad_y.contiguous(memory_format=_format(x)), x, weight, gates, factors, stride, padding,
-                                                dilation, fraction, has_bias)
+        gy = grad_y.contiguous(memory_format=memory_format_of(x))
+        gx, gw, gb, gg = _grouped_conv_backward(gy, x, weight, gates, factors, stride, padding, dilation, fraction,
+                                                has_bias)
         return gx, gw, (gb if has_bias else None), gg, None, None, None, None, None
 
     _grouped_conv.register_autograd(_backward, setup_context=_setup)

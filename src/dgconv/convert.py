@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .constraint import dgconv_layers, learned_groups
+from .fast import _gather, memory_format_of
 from .layers import GATE_INIT, DGConv2d
 from .models.registry import create_model, model_info
 
@@ -217,17 +218,14 @@ def _grouped_conv(layer: DGConv2d) -> tuple[nn.Conv2d, Tensor, Tensor, Tensor]:
     w = layer.weight.detach()
     out_perm, in_perm = plan.out_perm.to(w.device), plan.in_perm.to(w.device)
     index = plan.weight_index.to(w.device)
-    o, i, kh, kw = w.shape
-    weight = w.reshape(o * i, kh * kw).index_select(0, index).reshape(o, i // G, kh, kw)
+    weight = _gather(w, index, w.shape[0])
     padding: Any = layer.padding
     conv = nn.Conv2d(
         layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, padding, layer.dilation,
         groups=G, bias=layer.bias is not None, padding_mode=layer.padding_mode, device=w.device, dtype=w.dtype,
     )
-    fmt = torch.channels_last if w.dim() == 4 and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last) \
-        else torch.contiguous_format
     with torch.no_grad():
-        conv.weight.data = weight.contiguous(memory_format=fmt)
+        conv.weight.data = weight.contiguous(memory_format=memory_format_of(w))
         if layer.bias is not None:
             conv.bias.copy_(layer.bias.detach().index_select(0, out_perm))
     return conv, in_perm, out_perm, index
@@ -265,7 +263,7 @@ class _StateEdit:
             group["params"] = [new if p is old else p for p in group["params"]]
         state = self.opt.state.pop(old, None)
         if state is not None:
-            self.opt.state[new] = {k: gather(v).contiguous(memory_format=_format(new)).to(v.dtype)
+            self.opt.state[new] = {k: gather(v).contiguous(memory_format=memory_format_of(new)).to(v.dtype)
                                    if isinstance(v, Tensor) and v.shape == old.shape else v for k, v in state.items()}
 
     def drop(self, p: Tensor) -> None:
@@ -274,12 +272,6 @@ class _StateEdit:
         for group in self.opt.param_groups:
             group["params"] = [q for q in group["params"] if q is not p]
         self.opt.state.pop(p, None)
-
-
-def _format(t: Tensor) -> torch.memory_format:
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 # ------------------------------------------------------------------------------------------------ fold rules
@@ -410,7 +402,7 @@ def _convert_in_place(root: nn.Module, optimizer: torch.optim.Optimizer | None =
                 edit.permute(t, 0, out_perm)
             edit.permute(sites.consumer.weight, 1, out_perm)
             out_state = "folded"
-        edit.replace(layer.weight, conv.weight, lambda v: v.reshape(o * i, kh * kw).index_select(0, index).reshape(o, i // G, kh, kw))
+        edit.replace(layer.weight, conv.weight, lambda v: _gather(v, index, o))
         if layer.bias is not None:
             edit.replace(layer.bias, conv.bias, lambda v: v.index_select(0, out_perm))
         edit.drop(layer.gate)

@@ -189,6 +189,12 @@ def _is_channels_last(x: Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a tensor :func:`_is_channels_last` calls NHWC, else ``torch.contiguous_format``:
+    the layout results that follow ``x`` are given (by the fast path, the compiled op and ``convert``)."""
+    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+
+
 def _channels(x: Tensor, index: Tensor) -> Tensor:
     """``x[:, index]``, keeping ``x``'s memory format. A channels_last tensor is gathered as the 2-D ``(N*H*W, C)``
     matrix it is in memory: ``index_select`` on the last dimension of the 4-D NHWC view takes a generic path that
@@ -254,8 +260,8 @@ def grouped_backward(
     else:
         gxp, _, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, False, need_b], need_b)
         if need_w or need_g:  # super-group weight gradient: in-group part and merged gates' cross terms
-            fmt = torch.channels_last if _is_channels_last(xp) else torch.contiguous_format
-            shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device, memory_format=fmt)
+            shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device,
+                                memory_format=memory_format_of(xp))
             dwm = conv_backward(gyp, xp, shape, *conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
             gwg = _gather(dwm, plan.within, out)
     if need_x:
