@@ -6,8 +6,9 @@ search-then-train vs cheaper gate gradients, next to the ResNeXt baseline -- wal
 
 Runs that already finished in OUT are read, not trained again (so the script resumes). With ``--exact-from SWEEP`` the
 exact runs of a cpu sweep (g-b32, g-b32-s1, ...) stand for the exact mode's seeds they have, for the accuracy
-comparison (their wall times are not used: a sweep may share its machine); the other seeds train here, timed. Wall time is the sum of the epochs' times in metrics.jsonl (training and evaluation, no
-start-up). Prints a markdown table.
+comparison (their wall times are not used: a sweep may share its machine); the other seeds train here, timed. Wall
+time is the sum of the epochs' times in metrics.jsonl (training and evaluation, no start-up). Prints a markdown
+table.
 """
 
 from __future__ import annotations
