@@ -91,3 +91,84 @@ def test_channels_last_inputs_keep_their_layout_and_values(bits):
     torch.testing.assert_close(xc.grad, dx)
     torch.testing.assert_close(layer.weight.grad, dw)
     torch.testing.assert_close(layer.gate.grad, dg)
+
+
+# The dense weight gradient is written into storage kept from the previous backward pass when nothing else refers
+# to it (fast._dense_grad). Whatever users do with `.grad` in between, every gradient must stay the reference's, and
+# a gradient someone kept must never be overwritten.
+
+
+def _layer_and_input(seed: int, layout=torch.contiguous_format):
+    gen = torch.Generator().manual_seed(seed)
+    layer = DGConv2d(64, 64, 3, padding=1, bias=False).double().to(memory_format=layout)
+    layer.gate.data = torch.randn(len(layer.factors), dtype=torch.float64, generator=gen)
+    x = torch.randn(2, 64, 5, 5, dtype=torch.float64, generator=gen).contiguous(memory_format=layout)
+    return layer, x, gen
+
+
+def _ref_weight_grad(layer, x, gy):
+    _, grads = dense_reference(x, layer.weight.detach(), None, layer.gate.detach(), layer.factors, 1, 1, 1)
+    return grads(gy)[1]
+
+
+def _store_of(weight):
+    store = fast._GRAD_STORES.get(weight)
+    return None if store is None else store.tensor.data_ptr()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_kept_gradient_storage_gives_the_reference_gradient_every_step(layout):
+    layer, x, gen = _layer_and_input(1, layout)
+    opt = torch.optim.SGD([layer.weight], lr=0.05, momentum=0.9, weight_decay=1e-3)  # gates change only below
+    reused = 0
+    for step in range(8):
+        if step in (3, 6):  # the grouping changes: last grouping's in-group pairs must not leak into the next
+            layer.gate.data = torch.randn(len(layer.factors), dtype=torch.float64, generator=gen)
+        before = _store_of(layer.weight)
+        opt.zero_grad(set_to_none=True)
+        y = layer(x)
+        gy = torch.randn(y.shape, dtype=y.dtype, generator=gen)
+        y.backward(gy)
+        torch.testing.assert_close(layer.weight.grad, _ref_weight_grad(layer, x, gy), rtol=0, atol=1e-12)
+        assert layer.weight.grad.is_contiguous(memory_format=layout)
+        reused += layer.weight.grad.data_ptr() == before
+        if step == 4:  # edited in place (clipping scales, this adds): the next step must zero it again
+            layer.weight.grad.add_(1.0)
+        opt.step()
+    assert reused >= 5  # the storage really was kept (steps 1, 2, 4, 5, 7 at least); the rest allocate afresh
+
+
+def test_a_gradient_someone_keeps_is_never_overwritten():
+    layer, x, gen = _layer_and_input(2)
+    layer(x).sum().backward()
+    kept = layer.weight.grad  # e.g. a logging hook or a user holding the last gradient
+    copy = kept.clone()
+    layer.weight.grad = None
+    layer.gate.data = torch.randn(len(layer.factors), dtype=torch.float64, generator=gen)
+    y = layer(x)
+    gy = torch.randn(y.shape, dtype=y.dtype, generator=gen)
+    y.backward(gy)
+    torch.testing.assert_close(kept, copy, rtol=0, atol=0)
+    assert layer.weight.grad.data_ptr() != kept.data_ptr()
+    torch.testing.assert_close(layer.weight.grad, _ref_weight_grad(layer, x, gy), rtol=0, atol=1e-12)
+    (g1,) = torch.autograd.grad(layer(x).sum(), [layer.weight])
+    g1_copy = g1.clone()
+    (g2,) = torch.autograd.grad((2 * layer(x)).sum(), [layer.weight])
+    torch.testing.assert_close(g1, g1_copy, rtol=0, atol=0)
+    torch.testing.assert_close(g2, 2 * g1_copy)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_accumulated_and_shared_weight_gradients_sum_correctly(set_to_none):
+    layer, x, gen = _layer_and_input(3)
+    x2 = torch.randn_like(x)
+    for _ in range(3):
+        layer.zero_grad(set_to_none=set_to_none)
+        y1, y2 = layer(x), layer(x2)  # two uses of the weight in one graph ...
+        g1, g2 = torch.randn_like(y1), torch.randn_like(y2)
+        torch.autograd.backward([y1, y2], [g1, g2])
+        y3 = layer(x)  # ... and a second backward pass accumulating into .grad
+        g3 = torch.randn_like(y3)
+        y3.backward(g3)
+        want = _ref_weight_grad(layer, x, g1) + _ref_weight_grad(layer, x2, g2) + _ref_weight_grad(layer, x, g3)
+        torch.testing.assert_close(layer.weight.grad, want, rtol=1e-12, atol=1e-12)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .functional import conv_backward
 from .grouping import Grouping, digits
@@ -218,18 +219,82 @@ def _gather(weight: Tensor, index: Tensor, rows: int) -> Tensor:
     return weight.reshape(o * i, kh * kw).index_select(0, index).reshape(rows, -1, kh, kw)
 
 
+def _put(out: Tensor, index: Tensor, values: Tensor) -> None:
+    """Write ``values`` (``(len(index), ...)``, ``kh * kw`` elements per pair) into the ``(out, in)`` pairs ``index``
+    (flat ``o * in + c``) of the weight-shaped ``out``, in either layout."""
+    o, i, kh, kw = out.shape
+    if _is_channels_last(out):
+        out.permute(0, 2, 3, 1)[index // i, :, :, index % i] = values.reshape(-1, kh, kw).to(out.dtype)
+    else:
+        out.view(o * i, kh * kw).index_copy_(0, index, values.reshape(-1, kh * kw).to(out.dtype))
+
+
 def _scatter(weight: Tensor, index: Tensor, values: Tensor) -> Tensor:
     """A tensor like ``weight`` (shape and layout), zero except the ``(out, in)`` pairs ``index`` (flat ``o * in +
     c``), which hold ``values`` (``(len(index), ...)`` with ``kh * kw`` elements per pair)."""
-    o, i, kh, kw = weight.shape
-    if _is_channels_last(weight):
-        out = torch.zeros_like(weight, memory_format=torch.channels_last)
-        out.permute(0, 2, 3, 1)[index // i, :, :, index % i] = values.reshape(-1, kh, kw).to(out.dtype)
-        return out
-    out = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
-    flat = out.view(o * i, kh * kw)
-    flat.index_copy_(0, index, values.reshape(-1, kh * kw).to(out.dtype))
+    out = torch.zeros_like(weight, memory_format=memory_format_of(weight))
+    _put(out, index, values)
     return out
+
+
+@dataclass
+class _GradStore:
+    """The dense gradient storage of one weight, kept between backward passes (see :func:`_dense_grad`)."""
+
+    tensor: Tensor
+    version: int  # tensor._version right after the last write: anything else wrote to it since if it differs
+    index: Tensor  # the pairs of that write; every other element is zero
+    uses: int  # the storage's use count while nothing but this store holds it
+
+
+#: One store per leaf weight, dropped with the weight.
+_GRAD_STORES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _storage_uses(t: Tensor) -> int | None:
+    """How many tensors hold ``t``'s storage (the query's own handle included), or None where torch cannot say."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return None if count is None else int(count(t.untyped_storage()._cdata))
+
+
+def _dense_grad(weight: Tensor, index: Tensor, values: Tensor) -> Tensor:
+    """:func:`_scatter`'s result, written into storage kept from the previous backward pass where that is safe.
+
+    A fresh dense gradient costs more than its size suggests: on CPU every one larger than glibc's mmap threshold
+    (32 MiB: the 1024-channel layers of G-ResNeXt-50) is new memory whose pages fault in while it is zero-filled,
+    and `zero_grad` hands it back. Autograd stores a gradient it is given as ``.grad`` without copying when nothing
+    else refers to that tensor, so each call returns a new alias of one kept tensor, and the tensor is reused only
+    when (a) no other tensor refers to its storage any more (``.grad`` was set to None, or accumulated into and
+    dropped; a hook or user who keeps the gradient makes the next call allocate afresh) and (b) it is unchanged
+    since this function wrote it (its version counter, shared by every alias, says so; a clipped or otherwise
+    edited gradient is zeroed again first). Outside the pairs written last it is then still zero, so only the
+    in-group pairs are rewritten; when the grouping changed, it is zeroed first. Only leaf weights get a store (a
+    computed weight's gradient flows on into other backward functions, which may keep it)."""
+    if not weight.is_leaf:
+        return _scatter(weight, index, values)
+    store = _GRAD_STORES.get(weight)
+    fmt = memory_format_of(weight)
+    if (
+        store is not None
+        and store.tensor.shape == weight.shape
+        and store.tensor.dtype == weight.dtype
+        and store.tensor.device == weight.device
+        and memory_format_of(store.tensor) == fmt
+        and _storage_uses(store.tensor) == store.uses
+    ):
+        out = store.tensor
+        if out._version != store.version or store.index is not index:
+            out.zero_()
+        _put(out, index, values)
+    else:
+        out = _scatter(weight, index, values)
+        uses = _storage_uses(out)
+        if uses is None:
+            return out
+        store = _GradStore(out, 0, index, uses)
+        _GRAD_STORES[weight] = store
+    store.version, store.index = out._version, index
+    return out.detach()  # a new alias: autograd may store it as .grad without copying
 
 
 def grouped_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan, conf: tuple[_Pair, _Pair, _Pair]
@@ -245,10 +310,12 @@ def grouped_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan,
 
 def grouped_backward(
     grad_y: Tensor, xp: Tensor, weight: Tensor, wg: Tensor, plan: _Plan, conf: tuple[_Pair, _Pair, _Pair],
-    needs: tuple[bool, bool, bool, bool], gate_count: int, fraction: float = 1.0,
+    needs: tuple[bool, bool, bool, bool], gate_count: int, fraction: float = 1.0, keep_grad_storage: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """``(dL/dx, dL/dweight (dense, zero outside the groups), dL/dbias, dL/dgates)`` for the outputs ``needs`` asks
-    for (x, weight, bias, gates); see the module docstring."""
+    for (x, weight, bias, gates); see the module docstring. ``keep_grad_storage``: write the dense weight gradient
+    into storage kept from the previous call where that is safe (:func:`_dense_grad`; eager autograd only: a
+    compiled graph's outputs must be new tensors)."""
     need_x, need_w, need_b, need_g = needs
     out, cin, kh, kw = weight.shape
     G, M = plan.groups, plan.merge
@@ -269,7 +336,7 @@ def grouped_backward(
     if need_b:
         grad_b = gbp if plan.contiguous else gbp.index_select(0, plan.out_inv)
     if need_w:
-        grad_w = _scatter(weight, plan.w_index, gwg)
+        grad_w = (_dense_grad if keep_grad_storage else _scatter)(weight, plan.w_index, gwg)
     if need_g:
         acc = torch.promote_types(weight.dtype, torch.float32)
         grad_g = torch.zeros(gate_count, dtype=acc, device=weight.device)
@@ -319,7 +386,7 @@ class _GroupedDGConv(torch.autograd.Function):
         plan, conf, has_bias, gate_count, fraction = ctx.conf
         need_x, need_w, need_b, need_g = ctx.needs_input_grad[:4]
         grads = grouped_backward(grad_y, xp, weight, wg, plan, conf, (need_x, need_w, need_b and has_bias, need_g),
-                                 gate_count, fraction)
+                                 gate_count, fraction, keep_grad_storage=True)
         return (*grads, None, None, None, None, None)
 
 
