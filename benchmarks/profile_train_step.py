@@ -5,7 +5,11 @@ and a second table names the ops in "other" whose time grew most. On CPU the tim
 with ``--device cuda`` it is the GPU time of the kernels each op launched (bf16 autocast with ``--amp``), and the
 profiler's own table of the G-ResNeXt step's kernels follows.
 
-    python benchmarks/profile_train_step.py [--batch 8 --size 112 --steps 3 --top-other 10]
+The optimizer is ``dgconv.configure_optimizer``'s (fused SGD where torch has it), as in ``bench_network.py``;
+``--optimizer torch`` profiles plain ``torch.optim.SGD`` (what this script used before). ``--groups random`` profiles
+the non-adjacent random learned groups of ``bench_network.py`` against ResNeXt-50* with the same groups.
+
+    python benchmarks/profile_train_step.py [--batch 8 --size 112 --steps 3 --top-other 10 --groups random]
     python benchmarks/profile_train_step.py --device cuda --amp --channels-last --batch 64 --size 224
 """
 
@@ -24,7 +28,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment  # noqa: E402
 
-from dgconv import DGConv2d, cached_gates, create_model  # noqa: E402
+from bench_network import random_groups  # noqa: E402
+
+from dgconv import DGConv2d, cached_gates, configure_optimizer, create_model, learned_groups  # noqa: E402
 
 OPTIMIZER = "optimizer (SGD, momentum, decay)"
 CATEGORIES = [
@@ -57,10 +63,13 @@ def categorize(name: str) -> str:
 
 def profile_step(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, amp: bool = False, table: int = 0,
-    cache: bool = False,
+    cache: bool = False, optimizer: str = "dgconv",
 ) -> dict[str, float]:
     """Milliseconds per step by category (and ``op:NAME`` for ops in "other"); on CUDA, GPU kernel time of each op."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    if optimizer == "torch":
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    else:
+        opt = configure_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=1e-4)
     cuda = x.is_cuda
 
     def step():
@@ -111,6 +120,11 @@ def main() -> None:
     ap.add_argument("--table", type=int, default=0, help="also print the profiler's table of this many ops")
     ap.add_argument("--cached-gates", action="store_true", help="read all gates once per step (as dgconv train does)")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per shape")
+    ap.add_argument("--groups", choices=["32", "random"], default="32",
+                    help="every DGConv at 32 contiguous groups against ResNeXt-50 32x4d, or bench_network's random "
+                         "learned groups against ResNeXt-50* with those groups")
+    ap.add_argument("--optimizer", choices=["dgconv", "torch"], default="dgconv",
+                    help="dgconv.configure_optimizer (fused SGD where available) or torch.optim.SGD")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -118,22 +132,26 @@ def main() -> None:
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.randn(args.batch, 3, args.size, args.size, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (args.batch,), device=dev)
-    base = create_model("resnext50_32x4d").to(dev, memory_format=fmt)
     g = create_model("g_resnext50")
-    for m in g.modules():
-        if isinstance(m, DGConv2d):
-            m.set_groups(32)
-    g = g.to(dev, memory_format=fmt)
-    a = profile_step(base, x, y, args.steps, args.amp)
-    b = profile_step(g, x, y, args.steps, args.amp, table=args.table, cache=args.cached_gates)
+    if args.groups == "random":
+        random_groups(g, 1)
+        base, names = create_model("resnext50_32x4d", groups=learned_groups(g)), ("ResNeXt-50*", "G-ResNeXt-50 random")
+    else:
+        for m in g.modules():
+            if isinstance(m, DGConv2d):
+                m.set_groups(32)
+        base, names = create_model("resnext50_32x4d"), ("ResNeXt-50 32x4d", "G-ResNeXt-50 @32")
+    base, g = base.to(dev, memory_format=fmt), g.to(dev, memory_format=fmt)
+    a = profile_step(base, x, y, args.steps, args.amp, optimizer=args.optimizer)
+    b = profile_step(g, x, y, args.steps, args.amp, table=args.table, cache=args.cached_gates, optimizer=args.optimizer)
     what = "GPU kernel time by launching op" if dev.type == "cuda" else "profiler self CPU time"
     print(f"# train step, batch {args.batch} at {args.size}x{args.size}, {environment()}; ms per step ({what}); "
-          f"cached gates {args.cached_gates}, cudnn.benchmark {args.cudnn_benchmark}")
-    print("| category | ResNeXt-50 32x4d | G-ResNeXt-50 @32 | difference |\n|---|---:|---:|---:|")
+          f"cached gates {args.cached_gates}, cudnn.benchmark {args.cudnn_benchmark}, optimizer {args.optimizer}")
+    print(f"| category | {names[0]} | {names[1]} | difference |\n|---|---:|---:|---:|")
     for cat in [c for c, _ in CATEGORIES] + ["other", "total"]:
         print(f"| {cat} | {a.get(cat, 0):.0f} | {b.get(cat, 0):.0f} | {b.get(cat, 0) - a.get(cat, 0):+.0f} |")
     ops = sorted({k for k in (*a, *b) if k.startswith("op:")}, key=lambda k: a.get(k, 0) - b.get(k, 0))
-    print("\n| 'other' op | ResNeXt-50 32x4d | G-ResNeXt-50 @32 | difference |\n|---|---:|---:|---:|")
+    print(f"\n| 'other' op | {names[0]} | {names[1]} | difference |\n|---|---:|---:|---:|")
     for k in ops[: args.top_other]:
         print(f"| `{k[3:]}` | {a.get(k, 0):.1f} | {b.get(k, 0):.1f} | {b.get(k, 0) - a.get(k, 0):+.1f} |")
 
