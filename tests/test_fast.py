@@ -172,3 +172,17 @@ def test_accumulated_and_shared_weight_gradients_sum_correctly(set_to_none):
         y3.backward(g3)
         want = _ref_weight_grad(layer, x, g1) + _ref_weight_grad(layer, x2, g2) + _ref_weight_grad(layer, x, g3)
         torch.testing.assert_close(layer.weight.grad, want, rtol=1e-12, atol=1e-12)
+
+
+def test_sub_batch_mode_keeps_the_super_group_narrow_on_large_activations():
+    """A merged gate costs a whole batch of wider weight gradient, a separate pass only the sub-batch: with a gate
+    batch fraction below 1 the plan merges up to the small width even where the exact path merges wider."""
+    from dgconv.grouping import Grouping
+
+    g = Grouping(128, 128, (2,) * 7, (False,) * 5 + (True,) * 2)  # 32 groups of 4 channels
+    x = torch.empty(8, 128, 28, 28)  # 6272 output positions: the exact path's large width applies
+    small, large = fast.MERGE_WIDTH["cpu"]
+    exact = fast.plan_for(g, x, (128, 128, 3, 3), (1, 1), (1, 1), (1, 1))
+    sub = fast.plan_for(g, x, (128, 128, 3, 3), (1, 1), (1, 1), (1, 1), gate_batch_fraction=0.125)
+    assert exact.merge * 4 == min(large, 128) and sub.merge * 4 == small
+    assert len(sub.partners) == len(exact.partners) + 2  # the gates merged no more get (sub-batch) passes

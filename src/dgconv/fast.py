@@ -23,8 +23,9 @@ Cheaper gate gradients (opt-in, unbiased): with ``gate_batch_fraction = f < 1`` 
 that need their own pass (those not merged into the super-group) are computed on a random sub-batch of
 ``n = ceil(f N)`` of the ``N`` examples and scaled by ``N / n``. Each term is a sum over examples, so the estimate is
 unbiased (its mean over draws is the full-batch gradient); the one-gate and merged zero-gate terms still come
-exactly from the full-batch (super-group) weight gradient, which the weights need anyway. So the mode never costs
-more than the exact path: it saves ``1 - f`` of the separate passes.
+exactly from the full-batch (super-group) weight gradient, which the weights need anyway. It saves ``1 - f`` of the
+separate passes; and because a merged gate's term costs a whole batch of wider weight gradient where a separate
+pass costs ``f`` of one, the super-group stays at the small ``MERGE_WIDTH`` in this mode.
 
 Only :func:`dgconv2d_grouped` is public; the layer calls it for ``impl="auto"``/``"fast"``.
 """
@@ -54,14 +55,16 @@ _Pair = tuple[int, int]
 #: output has at least ``MERGE_POSITIONS`` positions (N * H' * W'). Merging a zero gate's digit doubles (for
 #: p = 2) the width of one grouped weight gradient and yields that gate's cross term with it, instead of a
 #: separate pass over a permuted input. On 2 CPU cores that pays up to 128 channels on large activations and
-#: up to 32 on small ones (docs/performance.md has the measurements).
+#: up to 32 on small ones (docs/performance.md has the measurements). With a gate batch fraction below 1 a separate
+#: pass runs on a sub-batch only, while a merged one runs on the whole batch, so there the small width holds at
+#: every activation size.
 MERGE_WIDTH = {"cpu": (32, 128), "cuda": (64, 256)}
 MERGE_POSITIONS = 4096
 
 
-def _merge_limit(device: torch.device, positions: int) -> int:
+def _merge_limit(device: torch.device, positions: int, gate_batch_fraction: float = 1.0) -> int:
     small, large = MERGE_WIDTH.get(device.type, (32, 128))
-    return large if positions >= MERGE_POSITIONS else small
+    return large if positions >= MERGE_POSITIONS and gate_batch_fraction >= 1.0 else small
 
 
 @dataclass
@@ -444,4 +447,4 @@ def plan_for(grouping: Grouping, x: Tensor, weight_shape: Sequence[int], stride:
     positions = x.shape[0] * _out_size(x.shape[2], weight_shape[2], stride[0], padding[0], dilation[0]) * _out_size(
         x.shape[3], weight_shape[3], stride[1], padding[1], dilation[1]
     )
-    return _plan(grouping, x.device, _merge_limit(x.device, positions))
+    return _plan(grouping, x.device, _merge_limit(x.device, positions, gate_batch_fraction))
