@@ -111,3 +111,25 @@ def test_loader_is_deterministic_and_shards_cover_the_data():
     assert len(seen) == 37 and torch.equal(seen.sort().values, ds.test_y.sort().values)
     x, _ = next(TensorLoader(ds, True, 8, dev).epoch(0))
     assert x.dtype == torch.float32 and abs(x.mean().item()) < 1.0
+
+
+@pytest.mark.parametrize("augment,channels_last,nhwc", [("crop_flip", False, True), ("none", False, False),
+                                                        ("none", True, True)])
+def test_test_batches_come_in_the_training_batches_layout(augment, channels_last, nhwc):
+    """The crop makes training batches NHWC; test batches follow, so a model evaluates in the layout it trains in.
+    Only the layout changes: the values are the normalised images."""
+    import dataclasses
+
+    d = load_digits().subset(train=40, test=13)  # three channels (one is ambiguous: both layouts at once)
+    ds = dataclasses.replace(d, train_x=torch.cat([d.train_x, 16 - d.train_x, d.train_x // 2], 1),
+                             test_x=torch.cat([d.test_x, 16 - d.test_x, d.test_x // 2], 1),
+                             mean=d.mean * 3, std=d.std * 3, augment=augment)
+    dev = torch.device("cpu")
+    for train in (True, False):
+        for x, _ in TensorLoader(ds, train, 8, dev, channels_last=channels_last).epoch(0):
+            assert x.is_contiguous(memory_format=torch.channels_last) == nhwc
+            assert x.is_contiguous() != nhwc
+    x = torch.cat([x for x, _ in TensorLoader(ds, False, 8, dev, channels_last=channels_last).epoch(0)])
+    mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
+    std = torch.tensor(ds.std).view(1, -1, 1, 1)
+    torch.testing.assert_close(x, (ds.test_x.float() / ds.scale - mean) / std)

@@ -335,7 +335,10 @@ class TensorLoader:
         seed: base seed.
         rank, world_size: shard of the data for distributed training (each rank sees ``ceil(N / world)``
             examples per epoch; the permutation is padded by wrapping, as ``DistributedSampler`` does).
-        channels_last: return batches in ``torch.channels_last`` memory format.
+        channels_last: return batches in ``torch.channels_last`` memory format. Without it, batches of a dataset
+            with crop augmentation are NHWC all the same (the crop gathers whole pixels), and so are its test
+            batches: the model evaluates in the layout it trains in (on the 2-core EPYC guest a ResNeXt evaluation
+            ran 1.36x faster NHWC than NCHW).
         image_size: resize every batch to ``image_size x image_size`` (bilinear, after augmentation); ``None``:
             the dataset's own size.
         crop_padding: zero padding of the random crop (CIFAR augmentation); 0 keeps only the flips.
@@ -364,6 +367,7 @@ class TensorLoader:
         self.world_size = world_size
         self.augment = ds.augment if train else "none"
         self.channels_last = channels_last
+        self.nhwc = channels_last or ds.augment != "none"  # the training batches' layout, for both splits
         self.image_size = image_size if image_size and image_size != ds.input_size[-1] else None
         self.crop_padding = int(crop_padding)
         self.mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1) * ds.scale
@@ -403,6 +407,6 @@ class TensorLoader:
             if self.image_size is not None:
                 x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                                     align_corners=False)
-            if self.channels_last:
+            if self.nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.y.index_select(0, sel)
