@@ -279,7 +279,12 @@ _GRAD_STORES: WeakIdKeyDictionary = WeakIdKeyDictionary()
 def _storage_uses(t: Tensor) -> int | None:
     """How many tensors hold ``t``'s storage (the query's own handle included), or None where torch cannot say."""
     count = getattr(torch._C, "_storage_Use_Count", None)
-    return None if count is None else int(count(t.untyped_storage()._cdata))
+    if count is None:
+        return None
+    try:
+        return int(count(t.untyped_storage()._cdata))
+    except (RuntimeError, NotImplementedError, AttributeError, TypeError):  # wrapper subclasses have no storage
+        return None
 
 
 def _dense_grad(weight: Tensor, index: Tensor, values: Tensor) -> Tensor:
