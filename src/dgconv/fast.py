@@ -199,15 +199,36 @@ def memory_format_of(x: Tensor) -> torch.memory_format:
     return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
 
 
+#: Row indices of ``(N*C, H*W)`` views for channel gathers of NCHW tensors, per index tensor and ``(N, C)``.
+_NCHW_ROWS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _nchw_rows(index: Tensor, n: int, c: int) -> Tensor:
+    """``(n * len(index),)`` rows of an ``(n * c, H * W)`` view that are ``x[:, index]``, kept per index tensor (plans
+    own them) and batch shape."""
+    per_index = _NCHW_ROWS.setdefault(index, {})
+    rows = per_index.get((n, c))
+    if rows is None:
+        rows = (torch.arange(n, device=index.device)[:, None] * c + index[None, :]).reshape(-1)
+        per_index[(n, c)] = rows
+    return rows
+
+
 def _channels(x: Tensor, index: Tensor) -> Tensor:
-    """``x[:, index]``, keeping ``x``'s memory format. A channels_last tensor is gathered as the 2-D ``(N*H*W, C)``
-    matrix it is in memory: ``index_select`` on the last dimension of the 4-D NHWC view takes a generic path that
-    measured 15x slower on CPU (30 ms against 2 ms at 128x64x16x16, the layout `dgconv train`'s augmented batches
-    have)."""
+    """``x[:, index]``, keeping ``x``'s memory format. Both layouts are gathered as the 2-D matrix they are in
+    memory. A channels_last tensor is the ``(N*H*W, C)`` matrix: ``index_select`` on the last dimension of the 4-D
+    NHWC view takes a generic path that measured 15x slower on CPU (30 ms against 2 ms at 128x64x16x16, the layout
+    `dgconv train`'s augmented batches have). A contiguous NCHW tensor is the ``(N*C, H*W)`` matrix, whose whole rows
+    one ``index_select`` copies: 2-4x faster than ``index_select(1, ...)`` on maps of 16x16 and more (2.9 against 6.3
+    ms at 64x256x16x16, 0.24 against 0.95 ms at 8x256x28x28; 2-core EPYC)."""
     if _is_channels_last(x):
         n, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c).index_select(1, index)
         return rows.view(n, h, w, index.numel()).permute(0, 3, 1, 2)
+    if x.dim() == 4 and x.is_contiguous():
+        n, c, h, w = x.shape
+        picked = x.view(n * c, h * w).index_select(0, _nchw_rows(index, n, c))
+        return picked.view(n, index.numel(), h, w)
     return x.index_select(1, index)
 
 
