@@ -186,6 +186,9 @@ def main() -> None:
         set_gate_batch_fraction(g32f, 0.125)
         grnd = create_model("g_resnext50")
         random_groups(grnd, 1)
+        grndf = create_model("g_resnext50")
+        random_groups(grndf, 1)
+        set_gate_batch_fraction(grndf, 0.125)
         spec = learned_groups(grnd)
         star = create_model("resnext50_32x4d", groups=spec)
         frozen = create_model("g_resnext50")
@@ -198,6 +201,7 @@ def main() -> None:
              "resnext* (random groups)": train_step(prep(star, args), x, y, args),
              "g_resnext50 (same random groups)": train_step(prep(grnd, args), x, y, args),
              "g_resnext50 (same random groups), cached gates": train_step(grnd, x, y, args, cache=True),
+             "g_resnext50 (same random groups), gate batch fraction 0.125": train_step(prep(grndf, args), x, y, args),
              "frozen g_resnext50 (same random groups)": train_step(prep(frozen, args), x, y, args)}
         t = interleaved(c, reps=args.reps, device=args.device)
         results["train50"] = t
@@ -212,9 +216,10 @@ def main() -> None:
         print(f"| ResNeXt-50* with random learned groups | {st * 1e3:.0f} | 1.00 |")
         for k, label in (("g_resnext50 (same random groups)", "G-ResNeXt-50 at those groups (non-adjacent, exact)"),
                          ("g_resnext50 (same random groups), cached gates", "the same, gates read once per step"),
+                         ("g_resnext50 (same random groups), gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125"),
                          ("frozen g_resnext50 (same random groups)", "the same after freeze_groups (search, then train)")):
             print(f"| {label} | {t[k] * 1e3:.0f} | {t[k] / st:.2f} |", flush=True)
-        del g32, g32f, grnd, star, frozen, c
+        del g32, g32f, grnd, grndf, star, frozen, c
 
     if "memory50" in todo:
         print(f"\n## Peak memory of a G-ResNeXt-50 train step, batch {args.batch} at {args.size}x{args.size}\n")
