@@ -39,7 +39,7 @@ def main() -> None:
             layer = DGConv2d(c, c, 3, stride=st, padding=1, bias=False)
             layer.gate.data = torch.randn(len(layer.factors), generator=gen)
 
-            def step(width: int, layer: DGConv2d = layer) -> None:
+            def step(width: int, layer: DGConv2d = layer, x: torch.Tensor = x) -> None:
                 old = fast.MERGE_WIDTH
                 fast.MERGE_WIDTH = {"cpu": (width, width), "cuda": (width, width)}
                 try:

@@ -160,7 +160,7 @@ def test_a_gradient_someone_keeps_is_never_overwritten():
 
 @pytest.mark.parametrize("set_to_none", [True, False])
 def test_accumulated_and_shared_weight_gradients_sum_correctly(set_to_none):
-    layer, x, gen = _layer_and_input(3)
+    layer, x, _ = _layer_and_input(3)
     x2 = torch.randn_like(x)
     for _ in range(3):
         layer.zero_grad(set_to_none=set_to_none)

@@ -267,11 +267,11 @@ def _gather(weight: Tensor, index: Tensor, rows: int) -> Tensor:
 def _put(out: Tensor, index: Tensor, values: Tensor) -> None:
     """Write ``values`` (``(len(index), ...)``, ``kh * kw`` elements per pair) into the ``(out, in)`` pairs ``index``
     (flat ``o * in + c``) of the weight-shaped ``out``, in either layout."""
-    o, i, kh, kw = out.shape
     if _is_channels_last(out):
         flat = out.permute(0, 2, 3, 1).view(-1)
         flat.index_copy_(0, _nhwc_offsets(index, out.shape), values.reshape(-1).to(out.dtype))
     else:
+        o, i, kh, kw = out.shape
         out.view(o * i, kh * kw).index_copy_(0, index, values.reshape(-1, kh * kw).to(out.dtype))
 
 
