@@ -243,7 +243,7 @@ def _nhwc_offsets(index: Tensor, shape: torch.Size) -> Tensor:
     per_index = _NHWC_OFFSETS.setdefault(index, {})
     offsets = per_index.get(shape)
     if offsets is None:
-        o, i, kh, kw = shape
+        _, i, kh, kw = shape
         base = (index // i) * (kh * kw * i) + index % i
         offsets = (base[:, None] + torch.arange(kh * kw, device=index.device)[None, :] * i).reshape(-1)
         per_index[shape] = offsets
