@@ -54,19 +54,30 @@ def prep(model, args):  # type: ignore[no-untyped-def]
     return model.to(memory_format=torch.channels_last) if args.channels_last else model
 
 
-def train_step(model, x, y, args, cache: bool = False):  # type: ignore[no-untyped-def]
-    """One SGD step (momentum, weight decay, no decay on gates: ``dgconv.configure_optimizer``, the policy `dgconv
-    train` uses, or plain ``torch.optim.SGD`` with ``--optimizer torch``); ``cache``: read all gates once per step
-    (dgconv.cached_gates, as the trainer does)."""
-    if args.optimizer == "torch":
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+def optimizer_for(model: torch.nn.Module, kind: str = "dgconv", gate_lr: float | None = None) -> torch.optim.Optimizer:
+    """The benchmarks' optimizer: SGD at lr 1e-3 with momentum and weight decay, either ``dgconv.configure_optimizer``
+    (fused where available, no decay on gates; what `dgconv train` uses) or plain ``torch.optim.SGD`` (``kind
+    "torch"``). ``gate_lr``: the gates' learning rate (None: the weights'); 0 still computes every gate gradient but
+    keeps the grouping fixed between timed steps. The gates get a parameter group of their own in both kinds."""
+    gates = {id(m.gate) for m in model.modules() if isinstance(m, DGConv2d)}
+    if kind == "torch":
+        params = list(model.parameters())
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            [{"params": [p for p in params if id(p) not in gates]}, {"params": [p for p in params if id(p) in gates]}],
+            lr=1e-3, momentum=0.9, weight_decay=1e-4)
     else:
         opt = configure_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    if args.gate_lr is not None:  # 0: gradients still computed, but no gate flips between the timed steps
-        gates = {id(m.gate) for m in model.modules() if isinstance(m, DGConv2d)}
+    if gate_lr is not None:
         for group in opt.param_groups:
             if any(id(p) in gates for p in group["params"]):
-                group["lr"] = args.gate_lr
+                group["lr"] = gate_lr
+    return opt
+
+
+def train_step(model, x, y, args, cache: bool = False):  # type: ignore[no-untyped-def]
+    """One step of :func:`optimizer_for` (``--optimizer``, ``--gate-lr``); ``cache``: read all gates once per step
+    (dgconv.cached_gates, as the trainer does)."""
+    opt = optimizer_for(model, args.optimizer, args.gate_lr)
 
     def f():
         with cached_gates(model) if cache else _Null(), torch.autocast(

@@ -28,9 +28,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment  # noqa: E402
 
-from bench_network import random_groups  # noqa: E402
+from bench_network import optimizer_for, random_groups  # noqa: E402
 
-from dgconv import DGConv2d, cached_gates, configure_optimizer, create_model, learned_groups  # noqa: E402
+from dgconv import DGConv2d, cached_gates, create_model, learned_groups  # noqa: E402
 
 OPTIMIZER = "optimizer (SGD, momentum, decay)"
 CATEGORIES = [
@@ -66,19 +66,8 @@ def profile_step(
     cache: bool = False, optimizer: str = "dgconv",
 ) -> dict[str, float]:
     """Milliseconds per step by category (and ``op:NAME`` for ops in "other"); on CUDA, GPU kernel time of each op."""
-    # The gates are held (their gradients are still computed), so the grouping profiled stays the one compared with
-    # (see bench_network --gate-lr).
-    gates = {id(m.gate) for m in model.modules() if isinstance(m, DGConv2d)}
-    if optimizer == "torch":
-        params = list(model.parameters())
-        opt = torch.optim.SGD([{"params": [p for p in params if id(p) not in gates]},
-                               {"params": [p for p in params if id(p) in gates], "lr": 0.0}],
-                              lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    else:
-        opt = configure_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=1e-4)
-        for group in opt.param_groups:
-            if any(id(p) in gates for p in group["params"]):
-                group["lr"] = 0.0
+    # The gates are held (their gradients are still computed), so the grouping profiled stays the one compared with.
+    opt = optimizer_for(model, optimizer, gate_lr=0.0)
     cuda = x.is_cuda
 
     def step():
