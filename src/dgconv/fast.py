@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -199,19 +199,24 @@ def memory_format_of(x: Tensor) -> torch.memory_format:
     return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
 
 
-#: Row indices of ``(N*C, H*W)`` views for channel gathers of NCHW tensors, per index tensor and ``(N, C)``.
-_NCHW_ROWS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+#: Index tensors derived from a plan's index tensor (plans own those), per index tensor and key; dropped with it.
+_DERIVED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _derived(index: Tensor, key: tuple, make: Callable[[], Tensor]) -> Tensor:
+    """``make()``, computed once per ``index`` tensor and ``key``: the index arithmetic of a gather is done once per
+    grouping, not at every call."""
+    per_index = _DERIVED.setdefault(index, {})
+    out = per_index.get(key)
+    if out is None:
+        out = per_index[key] = make()
+    return out
 
 
 def _nchw_rows(index: Tensor, n: int, c: int) -> Tensor:
-    """``(n * len(index),)`` rows of an ``(n * c, H * W)`` view that are ``x[:, index]``, kept per index tensor (plans
-    own them) and batch shape."""
-    per_index = _NCHW_ROWS.setdefault(index, {})
-    rows = per_index.get((n, c))
-    if rows is None:
-        rows = (torch.arange(n, device=index.device)[:, None] * c + index[None, :]).reshape(-1)
-        per_index[(n, c)] = rows
-    return rows
+    """``(n * len(index),)`` rows of an ``(n * c, H * W)`` view that are ``x[:, index]``."""
+    return _derived(index, ("nchw", n, c),
+                    lambda: (torch.arange(n, device=index.device)[:, None] * c + index[None, :]).reshape(-1))
 
 
 def _channels(x: Tensor, index: Tensor) -> Tensor:
@@ -232,22 +237,16 @@ def _channels(x: Tensor, index: Tensor) -> Tensor:
     return x.index_select(1, index)
 
 
-#: Element offsets of index tensors' ``(out, in)`` pairs in NHWC weights, per index tensor and weight shape.
-_NHWC_OFFSETS: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
 def _nhwc_offsets(index: Tensor, shape: torch.Size) -> Tensor:
     """``(len(index) * kh * kw,)`` offsets into a channels_last weight of ``shape`` viewed flat: the ``kh * kw``
-    elements of each pair ``o * in + c`` of ``index``, in ``(pair, kh, kw)`` order. Kept per index tensor (plans own
-    them), so the division and the offsets are computed once per grouping, not at every gather."""
-    per_index = _NHWC_OFFSETS.setdefault(index, {})
-    offsets = per_index.get(shape)
-    if offsets is None:
-        _, i, kh, kw = shape
+    elements of each pair ``o * in + c`` of ``index``, in ``(pair, kh, kw)`` order."""
+    _, i, kh, kw = shape
+
+    def make() -> Tensor:
         base = (index // i) * (kh * kw * i) + index % i
-        offsets = (base[:, None] + torch.arange(kh * kw, device=index.device)[None, :] * i).reshape(-1)
-        per_index[shape] = offsets
-    return offsets
+        return (base[:, None] + torch.arange(kh * kw, device=index.device)[None, :] * i).reshape(-1)
+
+    return _derived(index, ("nhwc", tuple(shape)), make)
 
 
 def _gather(weight: Tensor, index: Tensor, rows: int) -> Tensor:
