@@ -13,6 +13,7 @@ import torch
 import dgconv.fast as fast
 from dgconv import DGConv2d, create_model, deploy
 from tests.reference import dense_reference
+from tests.test_fast import check_kept_storage_over_steps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -42,31 +43,8 @@ def test_cuda_fast_path_equals_cpu_dense_reference(monkeypatch, width, cin, cout
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_cuda_kept_gradient_storage_over_steps(layout):
-    """The dense weight gradient's storage is reused between steps on CUDA too: every step's gradient is still the
-    reference's, across a grouping change and an in-place edit of .grad."""
-    gen = torch.Generator().manual_seed(5)
-    layer = DGConv2d(64, 64, 3, padding=1, bias=False).double()
-    layer.gate.data = torch.randn(len(layer.factors), dtype=torch.float64, generator=gen)
-    layer = layer.cuda().to(memory_format=layout)
-    opt = torch.optim.SGD([layer.weight], lr=0.05, momentum=0.9, weight_decay=1e-3)
-    x = torch.randn(2, 64, 5, 5, dtype=torch.float64, generator=gen)
-    reused = 0
-    for step in range(6):
-        if step == 3:
-            layer.gate.data = torch.randn(len(layer.factors), dtype=torch.float64, generator=gen).cuda()
-        store = fast._GRAD_STORES.get(layer.weight)
-        before = None if store is None else store.tensor.data_ptr()
-        opt.zero_grad(set_to_none=True)
-        y = layer(x.cuda().contiguous(memory_format=layout))
-        gy = torch.randn(y.shape, dtype=y.dtype, generator=gen)
-        y.backward(gy.cuda())
-        _, grads = dense_reference(x, layer.weight.detach().cpu(), None, layer.gate.detach().cpu(), layer.factors, 1, 1, 1)
-        torch.testing.assert_close(layer.weight.grad.cpu(), grads(gy)[1], rtol=0, atol=1e-12)
-        reused += layer.weight.grad.data_ptr() == before
-        if step == 1:
-            layer.weight.grad.add_(1.0)
-        opt.step()
-    assert reused >= 3
+    """The dense weight gradient's storage is reused between steps on CUDA too (the CPU test's steps and checks)."""
+    check_kept_storage_over_steps(layout, "cuda")
 
 
 @pytest.mark.parametrize("bits", [[0, 0, 0, 0, 0, 1, 1, 1], [1, 0, 1, 0, 0, 1, 0, 0]])

@@ -116,26 +116,34 @@ def _store_of(weight):
     return None if store is None else store.tensor.data_ptr()
 
 
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
-def test_kept_gradient_storage_gives_the_reference_gradient_every_step(layout):
+def check_kept_storage_over_steps(layout, device: str = "cpu") -> None:
+    """Eight SGD steps with the dense gradient's storage kept: every step's gradient is the CPU reference's, across
+    grouping changes and an in-place edit of ``.grad`` (``tests/test_cuda.py`` runs it on CUDA)."""
     layer, x, gen = _layer_and_input(1, layout)
+    layer, xd = layer.to(device), x.to(device).contiguous(memory_format=layout)
     opt = torch.optim.SGD([layer.weight], lr=0.05, momentum=0.9, weight_decay=1e-3)  # gates change only below
     reused = 0
     for step in range(8):
         if step in (3, 6):  # the grouping changes: last grouping's in-group pairs must not leak into the next
-            layer.gate.data = torch.randn(len(layer.factors), dtype=torch.float64, generator=gen)
+            layer.gate.data = torch.randn(len(layer.factors), dtype=torch.float64, generator=gen).to(device)
         before = _store_of(layer.weight)
         opt.zero_grad(set_to_none=True)
-        y = layer(x)
+        y = layer(xd)
         gy = torch.randn(y.shape, dtype=y.dtype, generator=gen)
-        y.backward(gy)
-        torch.testing.assert_close(layer.weight.grad, _ref_weight_grad(layer, x, gy), rtol=0, atol=1e-12)
+        y.backward(gy.to(device))
+        _, grads = dense_reference(x, layer.weight.detach().cpu(), None, layer.gate.detach().cpu(), layer.factors, 1, 1, 1)
+        torch.testing.assert_close(layer.weight.grad.cpu(), grads(gy)[1], rtol=0, atol=1e-12)
         assert layer.weight.grad.is_contiguous(memory_format=layout)
         reused += layer.weight.grad.data_ptr() == before
         if step == 4:  # edited in place (clipping scales, this adds): the next step must zero it again
             layer.weight.grad.add_(1.0)
         opt.step()
     assert reused >= 5  # the storage really was kept (steps 1, 2, 4, 5, 7 at least); the rest allocate afresh
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_kept_gradient_storage_gives_the_reference_gradient_every_step(layout):
+    check_kept_storage_over_steps(layout)
 
 
 def test_a_gradient_someone_keeps_is_never_overwritten():
