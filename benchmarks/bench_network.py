@@ -1,8 +1,9 @@
 """Network benchmark: G-ResNeXt against ResNeXt with the same groups, in one interleaved run.
 
 * ``train50``  -- one SGD step (forward, backward, momentum + weight decay) of G-ResNeXt-50 vs ResNeXt-50:
-  (a) every DGConv at 32 contiguous groups vs ``resnext50_32x4d``; (b) random non-adjacent learned groups vs
-  ResNeXt* with the same per-layer groups.
+  (a) every DGConv at 32 contiguous groups vs ``resnext50_32x4d``; (b) every DGConv at 32 non-adjacent groups
+  (zero gates at random digits) vs ``resnext50_32x4d``; (c) random non-adjacent learned groups vs ResNeXt* with the
+  same per-layer groups.
 * ``infer50``  -- inference of the deployed G-ResNeXt-50 (random learned groups, permutations folded) vs
   ResNeXt* with the same groups built directly by ``create_model``.
 * ``cifar29``  -- training throughput (images/s) of G-ResNeXt-29 32x4d vs ResNeXt-29 32x4d at 32x32, at 32
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment, interleaved  # noqa: E402
+from bench_layer import strided_gates  # noqa: E402
 
 from dgconv import DGConv2d, cached_gates, configure_optimizer, create_model, deploy, learned_groups  # noqa: E402
 from dgconv.freeze import freeze_groups  # noqa: E402
@@ -47,6 +49,12 @@ def all_groups(model: torch.nn.Module, g: int) -> None:
     for m in model.modules():
         if isinstance(m, DGConv2d):
             m.set_groups(g)
+
+
+def all_groups_strided(model: torch.nn.Module, g: int, seed: int) -> None:
+    """Every DGConv at ``g`` non-adjacent groups (zero gates at random digits, a different draw per layer)."""
+    for i, m in enumerate(m for m in model.modules() if isinstance(m, DGConv2d)):
+        strided_gates(m, g, seed=seed + i)
 
 
 def prep(model, args):  # type: ignore[no-untyped-def]
@@ -195,6 +203,11 @@ def main() -> None:
         g32f = create_model("g_resnext50")
         all_groups(g32f, 32)
         set_gate_batch_fraction(g32f, 0.125)
+        g32s = create_model("g_resnext50")
+        all_groups_strided(g32s, 32, seed=1)
+        g32sf = create_model("g_resnext50")
+        all_groups_strided(g32sf, 32, seed=1)
+        set_gate_batch_fraction(g32sf, 0.125)
         grnd = create_model("g_resnext50")
         random_groups(grnd, 1)
         grndf = create_model("g_resnext50")
@@ -209,6 +222,9 @@ def main() -> None:
              "g_resnext50 @32": train_step(prep(g32, args), x, y, args),
              "g_resnext50 @32, cached gates": train_step(g32, x, y, args, cache=True),
              "g_resnext50 @32, gate batch fraction 0.125": train_step(prep(g32f, args), x, y, args),
+             "g_resnext50 @32 non-adjacent": train_step(prep(g32s, args), x, y, args),
+             "g_resnext50 @32 non-adjacent, cached gates": train_step(g32s, x, y, args, cache=True),
+             "g_resnext50 @32 non-adjacent, gate batch fraction 0.125": train_step(prep(g32sf, args), x, y, args),
              "resnext* (random groups)": train_step(prep(star, args), x, y, args),
              "g_resnext50 (same random groups)": train_step(prep(grnd, args), x, y, args),
              "g_resnext50 (same random groups), cached gates": train_step(grnd, x, y, args, cache=True),
@@ -222,7 +238,11 @@ def main() -> None:
         print(f"| ResNeXt-50 32x4d | {base * 1e3:.0f} | 1.00 |")
         for k, label in (("g_resnext50 @32", "G-ResNeXt-50, all DGConv at 32 groups (exact)"),
                          ("g_resnext50 @32, cached gates", "the same, gates read once per step (as dgconv train does)"),
-                         ("g_resnext50 @32, gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125")):
+                         ("g_resnext50 @32, gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125"),
+                         ("g_resnext50 @32 non-adjacent", "G-ResNeXt-50, all DGConv at 32 non-adjacent groups (exact)"),
+                         ("g_resnext50 @32 non-adjacent, cached gates", "the same, gates read once per step"),
+                         ("g_resnext50 @32 non-adjacent, gate batch fraction 0.125",
+                          "the same, --gate-batch-fraction 0.125")):
             print(f"| {label} | {t[k] * 1e3:.0f} | {t[k] / base:.2f} |")
         print(f"| ResNeXt-50* with random learned groups | {st * 1e3:.0f} | 1.00 |")
         for k, label in (("g_resnext50 (same random groups)", "G-ResNeXt-50 at those groups (non-adjacent, exact)"),
@@ -230,7 +250,7 @@ def main() -> None:
                          ("g_resnext50 (same random groups), gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125"),
                          ("frozen g_resnext50 (same random groups)", "the same after freeze_groups (search, then train)")):
             print(f"| {label} | {t[k] * 1e3:.0f} | {t[k] / st:.2f} |", flush=True)
-        del g32, g32f, grnd, grndf, star, frozen, c
+        del g32, g32f, g32s, g32sf, grnd, grndf, star, frozen, c
 
     if "memory50" in todo:
         print(f"\n## Peak memory of a G-ResNeXt-50 train step, batch {args.batch} at {args.size}x{args.size}\n")
