@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import environment, interleaved  # noqa: E402
+from _timing import environment, interleaved, interleaved_rounds, round_ratio  # noqa: E402
 from bench_layer import strided_gates  # noqa: E402
 
 from dgconv import DGConv2d, cached_gates, configure_optimizer, create_model, deploy, learned_groups  # noqa: E402
@@ -230,26 +231,29 @@ def main() -> None:
              "g_resnext50 (same random groups), cached gates": train_step(grnd, x, y, args, cache=True),
              "g_resnext50 (same random groups), gate batch fraction 0.125": train_step(prep(grndf, args), x, y, args),
              "frozen g_resnext50 (same random groups)": train_step(prep(frozen, args), x, y, args)}
-        t = interleaved(c, reps=args.reps, device=args.device)
-        results["train50"] = t
-        base, st = t["resnext50_32x4d"], t["resnext* (random groups)"]
+        rounds = interleaved_rounds(c, reps=args.reps, device=args.device)
+        t = {k: statistics.median(v) for k, v in rounds.items()}
+        results["train50"], results["train50_rounds"] = t, rounds
         print(f"\n## G-ResNeXt-50 train step, batch {args.batch} at {args.size}x{args.size}\n")
+        print("ms / step: the median over the rounds; ratio: the median of the per-round ratios against the row's baseline "
+              "(timed in the same round)\n")
         print("| network | ms / step | ratio |\n|---|---:|---:|")
-        print(f"| ResNeXt-50 32x4d | {base * 1e3:.0f} | 1.00 |")
-        for k, label in (("g_resnext50 @32", "G-ResNeXt-50, all DGConv at 32 groups (exact)"),
-                         ("g_resnext50 @32, cached gates", "the same, gates read once per step (as dgconv train does)"),
-                         ("g_resnext50 @32, gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125"),
-                         ("g_resnext50 @32 non-adjacent", "G-ResNeXt-50, all DGConv at 32 non-adjacent groups (exact)"),
-                         ("g_resnext50 @32 non-adjacent, cached gates", "the same, gates read once per step"),
-                         ("g_resnext50 @32 non-adjacent, gate batch fraction 0.125",
-                          "the same, --gate-batch-fraction 0.125")):
-            print(f"| {label} | {t[k] * 1e3:.0f} | {t[k] / base:.2f} |")
-        print(f"| ResNeXt-50* with random learned groups | {st * 1e3:.0f} | 1.00 |")
-        for k, label in (("g_resnext50 (same random groups)", "G-ResNeXt-50 at those groups (non-adjacent, exact)"),
-                         ("g_resnext50 (same random groups), cached gates", "the same, gates read once per step"),
-                         ("g_resnext50 (same random groups), gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125"),
-                         ("frozen g_resnext50 (same random groups)", "the same after freeze_groups (search, then train)")):
-            print(f"| {label} | {t[k] * 1e3:.0f} | {t[k] / st:.2f} |", flush=True)
+        base, star_ = "resnext50_32x4d", "resnext* (random groups)"
+        rows = ((base, "ResNeXt-50 32x4d", base),
+                ("g_resnext50 @32", "G-ResNeXt-50, all DGConv at 32 groups (exact)", base),
+                ("g_resnext50 @32, cached gates", "the same, gates read once per step (as dgconv train does)", base),
+                ("g_resnext50 @32, gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125", base),
+                ("g_resnext50 @32 non-adjacent", "G-ResNeXt-50, all DGConv at 32 non-adjacent groups (exact)", base),
+                ("g_resnext50 @32 non-adjacent, cached gates", "the same, gates read once per step", base),
+                ("g_resnext50 @32 non-adjacent, gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125", base),
+                (star_, "ResNeXt-50* with random learned groups", star_),
+                ("g_resnext50 (same random groups)", "G-ResNeXt-50 at those groups (non-adjacent, exact)", star_),
+                ("g_resnext50 (same random groups), cached gates", "the same, gates read once per step", star_),
+                ("g_resnext50 (same random groups), gate batch fraction 0.125", "the same, --gate-batch-fraction 0.125",
+                 star_),
+                ("frozen g_resnext50 (same random groups)", "the same after freeze_groups (search, then train)", star_))
+        for k, label, ref in rows:
+            print(f"| {label} | {t[k] * 1e3:.0f} | {round_ratio(rounds, k, ref):.2f} |", flush=True)
         del g32, g32f, g32s, g32sf, grnd, grndf, star, frozen, c
 
     if "memory50" in todo:
