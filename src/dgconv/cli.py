@@ -99,7 +99,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--crop-padding", type=int, help="CIFAR: zero padding of the random crop (default 4)")
     a("--seed", type=int)
     a("--amp", action="store_true", help="bfloat16 autocast")
-    a("--channels-last", action="store_true")
+    a("--channels-last", action="store_true",
+      help="convert the model and the batches to channels_last (NHWC); for GPUs. On CPU the crop-augmented batches are "
+           "NHWC already, and channels_last weights slow torch's fused SGD step")
     a("--workers", type=int, help="data-loading workers (imagefolder; default: the CPU cores less one, at most 8)")
     a("--image-size", type=_positive_int,
       help="train and evaluate at this size (default: image folders of small images at their native size, larger ones "
