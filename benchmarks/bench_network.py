@@ -158,7 +158,7 @@ def infer(model, x, args):  # type: ignore[no-untyped-def]
 
 def batch(n, c, s, classes, args):  # type: ignore[no-untyped-def]
     x = torch.randn(n, c, s, s, device=args.device)
-    if args.channels_last:
+    if args.channels_last or args.nhwc_input:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, torch.randint(0, classes, (n,), device=args.device)
 
@@ -172,7 +172,9 @@ def main() -> None:
     ap.add_argument("--cifar-batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--amp", action="store_true")
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--channels-last", action="store_true", help="convert the models and the batches to channels_last")
+    ap.add_argument("--nhwc-input", action="store_true",
+                    help="NHWC batches, weights as built: what `dgconv train` runs on CPU with crop-augmented batches")
     ap.add_argument("--small-batch", type=int, default=128)
     ap.add_argument("--only", choices=["train50", "memory50", "infer50", "cifar29", "small", "compile"], action="append")
     ap.add_argument("--compile-model", default="g_resnext_cifar_small", help="the model of the compile section")
@@ -193,6 +195,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     results = {"environment": environment(), "args": vars(args)}
     print(f"# {environment()}; device {args.device}, amp {args.amp}, channels_last {args.channels_last}, "
+          f"nhwc input {args.nhwc_input}, "
           f"cudnn.benchmark {args.cudnn_benchmark}, gate lr {args.gate_lr}, {args.reps} interleaved rounds, medians")
     todo = args.only or ["train50", "memory50", "infer50", "cifar29", "small"]
     print(f"# optimizer: {args.optimizer}")
