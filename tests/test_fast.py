@@ -93,6 +93,44 @@ def test_channels_last_inputs_keep_their_layout_and_values(bits):
     torch.testing.assert_close(layer.gate.grad, dg)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("bits", [[0, 0, 0, 0, 1, 1], [1, 0, 1, 0, 0, 0]], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("grad_kind", ["sum", "other-layout"])
+def test_an_output_gradient_that_is_not_dense_is_made_dense_once(monkeypatch, layout, bits, grad_kind):
+    """`y.sum().backward()` hands the layer an expanded gradient (every stride 0) and a gradient can arrive in the
+    other layout; the exact path calls convolution_backward several times (input, super-group weight, one per
+    partner term), and each call would copy such a gradient again. Every call must get it dense in the input's
+    layout, and the gradients must still be the reference's."""
+    torch.manual_seed(0)
+    layer = DGConv2d(64, 64, 3, padding=1, bias=False).double()
+    layer.gate.data = torch.tensor([0.2 if b else -0.2 for b in bits], dtype=torch.float64)
+    layer = layer.to(memory_format=layout)
+    x = torch.randn(2, 64, 8, 8, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    ref_y, grads = dense_reference(x.detach(), layer.weight, None, layer.gate, layer.factors, 1, 1, 1)
+    calls = []
+    real = fast.conv_backward
+
+    def spy(gy, xp, w, *args):
+        calls.append(gy.is_contiguous(memory_format=layout) and gy.stride()[1] != 0)
+        return real(gy, xp, w, *args)
+
+    monkeypatch.setattr(fast, "conv_backward", spy)
+    monkeypatch.setattr(fast, "MERGE_WIDTH", {"cpu": (16, 16)})  # a super-group and partner passes
+    y = layer(x)
+    if grad_kind == "sum":
+        y.sum().backward()
+        gy = torch.ones_like(ref_y)
+    else:
+        other = torch.channels_last if layout == torch.contiguous_format else torch.contiguous_format
+        gy = torch.randn(y.shape, dtype=y.dtype).contiguous(memory_format=other)
+        y.backward(gy)
+    assert len(calls) >= 3 and all(calls), calls
+    dx, dw, _, dg = grads(gy)
+    torch.testing.assert_close(x.grad, dx)
+    torch.testing.assert_close(layer.weight.grad, dw)
+    torch.testing.assert_close(layer.gate.grad, dg)
+
+
 # The dense weight gradient is written into storage kept from the previous backward pass when nothing else refers
 # to it (fast._dense_grad). Whatever users do with `.grad` in between, every gradient must stay the reference's, and
 # a gradient someone kept must never be overwritten.

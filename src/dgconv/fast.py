@@ -369,6 +369,10 @@ def grouped_backward(
     need_x, need_w, need_b, need_g = needs
     out, cin, kh, kw = weight.shape
     G, M = plan.groups, plan.merge
+    fmt = memory_format_of(xp)
+    if not grad_y.is_contiguous(memory_format=fmt):
+        # e.g. the expanded gradient of `y.sum()`: every convolution_backward call below would copy it again
+        grad_y = grad_y.contiguous(memory_format=fmt)
     gyp = grad_y if plan.contiguous else _channels(grad_y, plan.out_perm)
     grad_x = grad_w = grad_b = grad_g = None
     gwg = dwm = None
