@@ -366,7 +366,6 @@ class TensorLoader:
         self.rank = rank
         self.world_size = world_size
         self.augment = ds.augment if train else "none"
-        self.channels_last = channels_last
         self.nhwc = channels_last or ds.augment != "none"  # the training batches' layout, for both splits
         self.image_size = image_size if image_size and image_size != ds.input_size[-1] else None
         self.crop_padding = int(crop_padding)

@@ -382,7 +382,7 @@ def grouped_backward(
         gxp, _, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, False, need_b], need_b)
         if need_w or need_g:  # super-group weight gradient: in-group part and merged gates' cross terms
             shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device,
-                                memory_format=memory_format_of(xp))
+                                memory_format=fmt)
             dwm = conv_backward(gyp, xp, shape, *conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
             gwg = _gather(dwm, plan.within, out)
     if need_x:
