@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from dgconv import __version__
-from tests.helpers import ENV, cli
+from tests.helpers import ENV, PATIENCE, cli
 
 
 def test_version_and_model_listings():
@@ -46,7 +46,7 @@ def test_progress_on_a_terminal_and_the_final_summary(tmp_path):
         os.execve(sys.executable, [sys.executable, "-m", "dgconv", "train", "--epochs", "1", "--limit-train", "320",
                                    "--batch-size", "32", "--out", "run"], {**ENV, "COLUMNS": "120"})
     out = b""
-    deadline = time.time() + 300
+    deadline = time.time() + PATIENCE
     while time.time() < deadline:
         ready, _, _ = select.select([fd], [], [], 1.0)
         if ready:
@@ -65,7 +65,7 @@ def test_progress_on_a_terminal_and_the_final_summary(tmp_path):
     assert "run directory: run" in text and "dgconv report run" in text and "dgconv deploy run --best" in text
     # not on a terminal: no bars, one line per epoch
     r = subprocess.run([sys.executable, "-m", "dgconv", "train", "--epochs", "1", "--limit-train", "256", "--out",
-                        str(tmp_path / "quiet")], capture_output=True, text=True, env=ENV, timeout=300)
+                        str(tmp_path / "quiet")], capture_output=True, text=True, env=ENV, timeout=PATIENCE)
     assert r.returncode == 0 and "img/s" not in r.stdout + r.stderr and "epoch   1/1" in r.stdout
 
 

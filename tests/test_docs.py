@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import PATIENCE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,7 +36,7 @@ def test_readme_links_resolve():
 
 
 def test_example_runs():
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "groups_tour.py")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "groups_tour.py")], capture_output=True, text=True, timeout=PATIENCE)
     assert r.returncode == 0, r.stderr
     assert "groups after one step" in r.stdout
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from dgconv import DGConv2d, create_model, deploy, groupify
 from dgconv.constraint import dgconv_layers
-from tests.helpers import cli, metrics
+from tests.helpers import PATIENCE, cli, metrics
 
 pytestmark = pytest.mark.ecosystem
 
@@ -161,5 +161,5 @@ def test_timm_builds_our_models_in_either_import_order():
     timm()
     for order in ("import dgconv, timm", "import timm, dgconv"):
         code = f"{order}; m = timm.create_model('g_resnext_cifar_tiny', num_classes=10); print(type(m).__name__, m.fc.out_features)"
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE)
         assert r.returncode == 0 and r.stdout.split() == ["ResNet", "10"], r.stderr

@@ -17,7 +17,7 @@ from dgconv.checkpoint import load_checkpoint, model_from_checkpoint
 from dgconv.constraint import configure_optimizer, dgconv_layers
 from dgconv.freeze import freeze_groups, is_frozen
 from dgconv.layers import gate_gradients, set_gate_batch_fraction
-from tests.helpers import ENV, cli, metrics, strip_time
+from tests.helpers import ENV, PATIENCE, cli, metrics, strip_time
 from tests.reference import brute_mask
 
 
@@ -160,9 +160,10 @@ def test_checkpoints_before_and_after_the_freeze_resume_exactly(tmp_path):
              for name, extra in (("ref", {}), ("before", {"DGCONV_FAULT": "commit:metrics#1"}),
                                  ("after", {"DGCONV_FAULT": "commit:metrics#3"}))}
     for name, p in procs.items():
-        p.wait(timeout=600)
+        p.wait(timeout=PATIENCE)
         assert p.returncode == (0 if name == "ref" else -signal.SIGKILL), p.stderr.read()
     ref = tmp_path / "ref"
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for name in ("before", "after"):
@@ -172,7 +173,7 @@ def test_checkpoints_before_and_after_the_freeze_resume_exactly(tmp_path):
             a, b = load_checkpoint(ref / "last.pt"), load_checkpoint(tmp_path / name / "last.pt")
             assert a["frozen"] == b["frozen"] and all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
     rows = metrics(ref)
     assert [r["frozen"] for r in rows] == [False, False, True, True]
     assert rows[2]["groups"] == rows[3]["groups"] == rows[1]["groups"]

@@ -19,7 +19,7 @@ import torch
 from dgconv.checkpoint import load_checkpoint
 from dgconv.errors import RunInUseError
 from dgconv.rundir import RunWriter, best_checkpoint, load_run
-from tests.helpers import ENV, cli, metrics, strip_time
+from tests.helpers import ENV, PATIENCE, cli, metrics, strip_time, wait_for_handlers, wait_until
 
 TRAIN = ["train", "--epochs", "3", "--limit-train", "256", "--limit-test", "128", "--budget", "4", "--no-progress"]
 ONE_THREAD = {**ENV, "OMP_NUM_THREADS": "1"}
@@ -48,13 +48,12 @@ def test_a_crash_at_any_point_resumes_bit_identical_with_a_consistent_best(tmp_p
     for i, fault in enumerate(faults):
         procs[fault] = start(*TRAIN, "--out", str(tmp_path / f"f{i}"), env={**ONE_THREAD, "DGCONV_FAULT": fault})
     procs["random"] = start(*TRAIN, "--out", str(tmp_path / "random"))
-    deadline = time.time() + 300
-    while time.time() < deadline and not (tmp_path / "random" / "metrics.jsonl").exists():
-        time.sleep(0.01)
-    time.sleep(random.uniform(0.0, 1.5))
+    wait_until((tmp_path / "random" / "metrics.jsonl").exists, "the first epoch of the randomly killed run",
+               proc=procs["random"])
+    time.sleep(random.uniform(0.0, 1.5))  # any moment after it: every case below is checked, whatever it hits
     procs["random"].send_signal(signal.SIGKILL)
     for name, p in procs.items():
-        p.wait(timeout=600)
+        p.wait(timeout=PATIENCE)
         if name == "ref":
             assert p.returncode == 0, p.stderr.read()
         elif name != "random":
@@ -62,6 +61,7 @@ def test_a_crash_at_any_point_resumes_bit_identical_with_a_consistent_best(tmp_p
     ref = tmp_path / "ref"
     ref_last, ref_best = load_checkpoint(ref / "last.pt"), load_checkpoint(ref / "best.pt")
     runs = [tmp_path / f"f{i}" for i in range(len(faults))] + [tmp_path / "random"]
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the killed processes (OMP_NUM_THREADS=1)
     try:
         for run, fault in zip(runs, faults + ["random"]):
@@ -91,7 +91,7 @@ def test_a_crash_at_any_point_resumes_bit_identical_with_a_consistent_best(tmp_p
                 assert [h["from_epoch"] for h in cfg["history"]] == [done], fault
             assert "--out" in cfg["environment"]["argv"] and "--resume" not in cfg["environment"]["argv"]
     finally:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads)
 
 
 def test_best_checkpoint_of_a_run_that_crashed_between_the_two_checkpoints(tmp_path):
@@ -117,12 +117,9 @@ def test_two_writers_of_one_run_directory(tmp_path):
             RunWriter(run)
     RunWriter(run).close()  # released on exit: the next writer gets it
     # the CLI: a second `dgconv train --out same` while the first runs
-    first = start("train", "--epochs", "30", "--out", str(run / "r"), "--no-progress")
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (run / "r" / ".lock").exists():
-            time.sleep(0.01)
-        time.sleep(0.2)
+    first = start("train", "--epochs", "1000", "--out", str(run / "r"), "--no-progress")
+    try:  # config.json is written after the lock is taken: from then on the first process holds the directory
+        wait_until((run / "r" / "config.json").exists, "the first run's config.json", proc=first)
         r = cli("train", "--epochs", "1", "--out", str(run / "r"))
         assert r.returncode == 2 and f"in use by another dgconv process (PID {first.pid})" in r.stderr
         r = cli("train", "--resume", str(run / "r"))
@@ -273,16 +270,14 @@ def test_signals_stop_at_a_checkpoint_and_a_closed_pipe_does_not(tmp_path):
     term = start("train", "--epochs", "30", "--out", str(tmp_path / "term"), "--no-progress")
     early = start("train", "--epochs", "30", "--out", str(tmp_path / "early"))
     piped = start(*TRAIN, "--out", str(tmp_path / "piped"))
-    time.sleep(0.3)  # still importing torch: Ctrl-C in the first second
-    early.send_signal(signal.SIGINT)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (tmp_path / "term" / "metrics.jsonl").exists():
-        time.sleep(0.02)
+    wait_for_handlers(early)  # the first thing dgconv does; torch is still being imported then
+    early.send_signal(signal.SIGINT)  # Ctrl-C in the first second
+    wait_until((tmp_path / "term" / "metrics.jsonl").exists, "the first epoch of the run to stop", proc=term)
     term.send_signal(signal.SIGTERM)
     piped.stdout.readline()  # `dgconv train | head -1`: read one line, close the pipe
     piped.stdout.close()
     for p in (term, early, piped):
-        p.wait(timeout=300)
+        p.wait(timeout=PATIENCE)
     err = term.stderr.read()
     assert term.returncode == 143 and "stopped by SIGTERM" in err and "continue with: dgconv train --resume" in err
     assert "Traceback" not in err and temporaries(tmp_path / "term") == []

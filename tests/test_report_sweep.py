@@ -13,14 +13,14 @@ import pytest
 from dgconv.errors import DGConvError
 from dgconv.protocols import PROTOCOLS, Protocol, planned_runs
 from dgconv.results import render_results, spearman
-from tests.helpers import cli
+from tests.helpers import ENV, PATIENCE, cli
 from tests.test_data import HAS_CIFAR, SHARED
 
 plt = pytest.importorskip("matplotlib")
 
 
-def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dgconv", *args], capture_output=True, text=True, timeout=timeout)
+def run_cli(*args: str, timeout: float = PATIENCE) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dgconv", *args], capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
 def png_pixels(path):
@@ -202,7 +202,7 @@ def test_stopping_a_sweep_ends_its_busy_workers():
 
     ex = _executor(1)
     future = ex.submit(_sleep, 600)
-    deadline = time.time() + 60
+    deadline = time.time() + PATIENCE
     while not getattr(ex, "_processes", None) and time.time() < deadline:
         time.sleep(0.05)
     procs = list(ex._processes.values())
@@ -218,10 +218,10 @@ def test_stopping_a_sweep_ends_its_busy_workers():
 
     try:
         _stop(ex)
-        while not all(gone(p.pid) for p in procs) and time.time() - started < 30:
+        while not all(gone(p.pid) for p in procs) and time.time() - started < 300:
             time.sleep(0.05)
         assert all(gone(p.pid) for p in procs)
-        assert time.time() - started < 30  # terminated, not waited out
+        assert time.time() - started < 300  # terminated, not waited out (the worker sleeps for 600 s)
     finally:  # whatever happened, leave no sleeping worker behind
         for p in procs:
             p.kill()

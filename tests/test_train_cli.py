@@ -14,7 +14,7 @@ import torch
 from dgconv.checkpoint import load_checkpoint
 from dgconv.constraint import learned_groups
 from dgconv.models import create_model
-from tests.helpers import ENV, cli, dgconv, metrics
+from tests.helpers import ENV, PATIENCE, cli, dgconv, metrics
 from tests.test_data import HAS_CIFAR, SHARED
 
 
@@ -53,7 +53,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # --standalone: a free port on localhost (a fixed port can clash with another job or a socket in TIME_WAIT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "dgconv", "train", "--epochs", "2", "--out", str(out), "--device", "cpu"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=PATIENCE)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = metrics(out)
     assert len(rows) == 2 and all(row["gates_in_sync"] for row in rows)
