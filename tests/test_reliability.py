@@ -130,6 +130,58 @@ def test_two_writers_of_one_run_directory(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_a_closing_writer_removes_its_lock_and_a_writer_that_opened_the_old_file_opens_the_new_one(tmp_path, monkeypatch):
+    import fcntl
+
+    w = RunWriter(tmp_path / "r")
+    assert (tmp_path / "r" / ".lock").read_text().split()[0] == str(os.getpid())
+    w.close()
+    assert not (tmp_path / "r" / ".lock").exists() and (tmp_path / "r").is_dir()
+    # another writer closes (removing .lock) between our open() and our flock(): we would lock a file nobody sees
+    calls = []
+    real = fcntl.flock
+
+    def flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            (tmp_path / "r" / ".lock").unlink()
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with RunWriter(tmp_path / "r"):
+        assert len(calls) == 2  # it noticed and took the lock of the file that is there now
+        held = os.open(tmp_path / "r" / ".lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                real(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(held)
+
+
+def test_folders_that_are_not_runs_are_never_written_or_deleted(tmp_path):
+    """--resume FILE.pt in an ordinary folder, and a fresh --out at a user's folder, once overwrote config.json and
+    deleted every .*.tmp there. Both are refused now, before anything is touched."""
+    import shutil
+
+    run = tmp_path / "r1"
+    assert cli(*TRAIN[:2], "1", *TRAIN[3:], "--out", str(run)).returncode == 0
+    user = tmp_path / "p"
+    user.mkdir()
+    (user / "config.json").write_text('{"my": 1}\n')
+    (user / ".draft.tmp").write_text("n\n")
+    shutil.copy(run / "last.pt", user / "dl.pt")
+    before = {q.name: q.read_bytes() for q in user.iterdir()}
+    r = cli("train", "--resume", str(user / "dl.pt"), "--epochs", "2")
+    assert r.returncode == 2 and "is not a dgconv run directory" in r.stderr and "--init-from" in r.stderr
+    r = cli(*TRAIN[:2], "1", *TRAIN[3:], "--out", str(user))
+    assert r.returncode == 2 and "not empty and not a dgconv run directory (it holds .draft.tmp, config.json, dl.pt)" in r.stderr
+    assert {q.name: q.read_bytes() for q in user.iterdir()} == before
+    # inside a run, a file that merely looks like a temporary is the user's, not ours
+    (run / ".notes.tmp").write_text("mine")
+    assert cli("train", "--resume", str(run), "--epochs", "2", "--no-progress").returncode == 0
+    assert (run / ".notes.tmp").read_text() == "mine"
+
+
 def test_resume_writes_to_the_named_directory_only(tmp_path):
     a, b = tmp_path / "runA", tmp_path / "runB"
     assert cli(*TRAIN[:2], "1", *TRAIN[3:], "--seed", "3", "--out", str(a)).returncode == 0
@@ -211,7 +263,8 @@ def test_checkpoints_that_do_not_fit_are_clear_errors(tmp_path):
     del ckpt["model_kwargs"]["no_such_argument"]
     torch.save(ckpt, tmp_path / "odd.pt")
     assert cli("deploy", str(tmp_path / "odd.pt"), "--out", str(tmp_path / "d.pt")).returncode == 0  # no optimizer needed
-    r = cli("train", "--resume", str(tmp_path / "odd.pt"), "--epochs", "2")
+    torch.save(ckpt, run / "odd.pt")  # a resume reads checkpoints of a run directory only
+    r = cli("train", "--resume", str(run / "odd.pt"), "--epochs", "2")
     assert r.returncode == 2 and "optimizer" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -285,6 +338,9 @@ def test_signals_stop_at_a_checkpoint_and_a_closed_pipe_does_not(tmp_path):
     assert [m["epoch"] for m in metrics(tmp_path / "term")] == list(range(1, ckpt["epoch"] + 1))
     err = early.stderr.read()
     assert early.returncode == 130 and "Traceback" not in err
+    assert err.startswith("dgconv train: stopped by SIGINT;") and "nothing was" in err, err  # the command, not "?"
+    assert not (tmp_path / "early").exists()  # stopped before its first epoch: nothing left behind
+    assert not (tmp_path / "term" / ".lock").exists() and not (tmp_path / "piped" / ".lock").exists()
     assert piped.returncode == 0, piped.stderr.read()
     assert [m["epoch"] for m in metrics(tmp_path / "piped")] == [1, 2, 3]  # training went on
 

@@ -4,6 +4,7 @@ user will hit (in this process: `tests.helpers.cli`). Crashes, clashes and signa
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -83,15 +84,51 @@ def test_cifar10_from_the_shared_folder(tmp_path):
         (["--budget", "-3"], "must be a positive number"),
         (["--epochs", "0"], "must be a positive integer"),
         (["--budget", "8", "--model", "resnext_digits"], "has no DGConv layers"),
-        (["--budget", "1000"], "unreachable"),
+        (["--budget", "1000"], "the largest reachable b is 96 (every layer at its most groups)"),
         (["--groups-from", "/nonexistent.json"], "no group spec"),
+        (["--image-size", "0"], "argument --image-size: must be a positive integer, got '0'"),
+        (["--modle", "x"], "unrecognized arguments --modle x; --modle: did you mean --model?"),
+        (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent/dir"], "Expected a folder"),
     ],
 )
 def test_bad_inputs_fail_clearly(tmp_path, args, message):
-    r = cli("train", *args, "--out", str(tmp_path / "run"))
+    """One line that says what was wrong (no usage dump, no traceback), and nothing left on disk."""
+    r = cli("train", *args, "--out", str(tmp_path / "runs" / "run"))
     assert r.returncode == 2
     assert message in r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("dgconv train: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []  # not even the parent folder --out would have created
+
+
+def test_the_largest_reachable_budget_is_the_one_named():
+    """b_max = sum C_in C_out / (the smallest zeta): o(b_max) equals the cheapest grouping, a bit more is refused."""
+    from dgconv.constraint import ResourceConstraint
+    from dgconv.errors import ConfigError
+
+    model = create_model("g_resnext_digits", num_classes=10, in_chans=1)
+    layers = [(32, 32), (64, 64), (128, 128)]  # its three DGConv layers; at most gcd groups each
+    b_max = sum(i * o for i, o in layers) / sum(i * o / math.gcd(i, o) for i, o in layers)
+    assert b_max == 96
+    ResourceConstraint(model, budget=b_max)  # reachable
+    with pytest.raises(ConfigError, match="the largest reachable b is 96 "):
+        ResourceConstraint(model, budget=b_max * 1.01)
+    with pytest.raises(ConfigError, match=r"the largest reachable b is \d"):
+        ResourceConstraint(model, budget=1000, cost="macs", input_size=(1, 8, 8))
+
+
+def test_a_finished_or_stopped_run_leaves_no_lock_and_a_failed_start_no_folder(tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", "--epochs", "1", "--limit-train", "128", "--out", str(run), "--no-progress").returncode == 0
+    assert not (run / ".lock").exists() and (run / "last.pt").exists()
+    # a failed resume of an existing run takes nothing away
+    before = sorted(p.name for p in run.iterdir())
+    assert cli("train", "--resume", str(run), "--lr", "0.5").returncode == 2
+    assert sorted(p.name for p in run.iterdir()) == before
+    # an empty folder that existed stays, empty
+    (tmp_path / "empty").mkdir()
+    assert cli("train", "--budget", "1000", "--out", str(tmp_path / "empty")).returncode == 2
+    assert list((tmp_path / "empty").iterdir()) == []
 
 
 def test_bad_checkpoints_and_resume_conflicts(tmp_path):

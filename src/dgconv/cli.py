@@ -14,6 +14,37 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what was wrong, a close match for a misspelled flag, and where the help is
+    (no usage dump: ``dgconv train``'s usage alone is 29 lines)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        import difflib
+        import re
+
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            close = difflib.get_close_matches(bad[1], re.findall(r"'([^']*)'", bad[2]), n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean {close[0]}?"
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def unknown(self, extras: list[str]) -> None:
+        """Refuse arguments this (sub)command does not take, suggesting the closest option for each flag."""
+        import difflib
+
+        options = [o for o in self._option_string_actions if o.startswith("--")]
+        hints = []
+        for arg in extras:
+            flag = arg.split("=", 1)[0]
+            if flag.startswith("-"):
+                close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
+                if close:
+                    hints.append(f"{flag}: did you mean {close[0]}?")
+        shown = " ".join(extras)
+        self.error(f"unrecognized argument{'s' if len(extras) > 1 else ''} {shown}" + (f"; {'; '.join(hints)}" if hints else ""))
+
+
 def _positive_int(s: str) -> int:
     try:
         v = int(s)
@@ -439,7 +470,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="dgconv", description="Dynamic Grouping Convolution: train, inspect and deploy G-ResNeXt.")
+    parser = _Parser(prog="dgconv", description="Dynamic Grouping Convolution: train, inspect and deploy G-ResNeXt.")
     parser.add_argument("--version", action="version", version=f"dgconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
@@ -510,37 +541,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import DGConvError, Interrupted
 
     interrupts.install()  # before anything slow: Ctrl-C at any moment is a clean stop
-    command = "?"
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), "")  # for messages before the parser has run
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
-        command = args.command or "?"
+        args, extras = parser.parse_known_args(words)
+        command = args.command or command
+        if extras:
+            _subparser(parser, args.command).unknown(extras)
         if args.command is None:
             parser.print_help()
             return 2
         _configure_logging()
         return int(args.func(args) or 0)
     except Interrupted as e:
-        _say(f"dgconv {command}: {e}")
+        if not e.detail and command == "train":
+            e.detail = "the run had not started; nothing was written"
+        _say(f"{_prog(command)}: {e}")
         return e.exit_code
     except KeyboardInterrupt:
-        _say(f"dgconv {command}: interrupted")
+        _say(f"{_prog(command)}: interrupted")
         return 130
     except DGConvError as e:
-        _say(f"dgconv {command}: error: {e}")
+        _say(f"{_prog(command)}: error: {e}")
         return 2
     except BrokenPipeError:
         _silence(sys.stdout)
         return 0
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
-        _say(f"dgconv {command}: error: {e.strerror or e}{where}")
+        _say(f"{_prog(command)}: error: {e.strerror or e}{where}")
         return 1
     except (RuntimeError, MemoryError) as e:
         if not _out_of_memory(e):
             raise
-        _say(f"dgconv {command}: error: out of memory ({str(e).splitlines()[0][:200]}); try a smaller --batch-size")
+        _say(f"{_prog(command)}: error: out of memory ({str(e).splitlines()[0][:200]}); try a smaller --batch-size")
         return 1
+
+
+def _prog(command: str) -> str:
+    return f"dgconv {command}" if command else "dgconv"
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> _Parser:
+    """The parser of ``command`` (the top-level parser when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]  # type: ignore[return-value]
+    return parser  # type: ignore[return-value]
 
 
 def _say(message: str) -> None:

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .costs import COSTS, ConnectionCost, Cost, LatencyCost, MacCost
+from .costs import COSTS, ConnectionCost, Cost, LatencyCost, MacCost, _InverseGroupsCost
 from .errors import ConfigError
 from .layers import GATE_INIT, DGConv2d
 
@@ -162,8 +162,22 @@ class ResourceConstraint:
             raise ConfigError(
                 f"{what} is unreachable in {self.cost.name}: even with every DGConv layer at its cheapest grouping "
                 f"zeta = {self.minimum():,.6g} > o = {self.o:,.6g}" + (f" (after the fixed part {self.cost.fixed:,.6g})" if target else "")
-                + ("; use a smaller b" if target is None else "; raise the target")
+                + (self._smaller_budget_hint() if target is None else "; raise the target")
             )
+
+    def _smaller_budget_hint(self) -> str:
+        """``; the largest reachable b is B`` for an unreachable budget (or a plain hint when none is)."""
+        lowest = self.minimum()
+        if isinstance(self.cost, _InverseGroupsCost):  # o = S / b: exact
+            b_max = sum(self.cost.at_budget(n, 1.0) for n, _ in self.layers) / lowest
+            return f"; the largest reachable b is {math.floor(b_max * 100) / 100:g} (every layer at its most groups)"
+        for b in sorted({g for _, m in self.layers for g in m.reachable_groups}, reverse=True):
+            try:
+                if sum(self.cost.at_budget(n, b) for n, _ in self.layers) >= lowest * (1 - 1e-9):
+                    return f"; the largest reachable b is {b}"
+            except ConfigError:  # not a group number of every layer
+                continue
+        return "; use a smaller b, or give a target"
 
     # ------------------------------------------------------------------------------------------------ costs
     def _make_cost(self, model: nn.Module, cost: str | Cost, table: Any) -> Cost:

@@ -40,7 +40,7 @@ from .freeze import freeze_groups, restore_grouping
 from .layers import cached_gates, gate_gradients, set_gate_batch_fraction
 from .models import create_model, model_info
 from .progress import Progress
-from .rundir import LAST, RunWriter, checkpoint_path, read_groups, read_metrics
+from .rundir import LAST, RunWriter, checkpoint_path, is_dgconv_run, read_groups, read_metrics
 
 __all__ = ["TrainConfig", "train", "evaluate", "DATASET_DEFAULTS", "TrainingError", "read_groups"]
 
@@ -192,6 +192,12 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
                 f"(to branch a run, copy its directory first and resume the copy)"
             )
         ckpt = load_checkpoint(source)
+        if not is_dgconv_run(run_dir):  # nothing in a folder that is not a run is ours to write or delete
+            raise ConfigError(
+                f"--resume {cfg.resume}: {run_dir} is not a dgconv run directory (no config.json of a run), so it is "
+                f"left untouched; resume the run directory the checkpoint came from, or start from its weights with "
+                f"--init-from {source}"
+            )
         saved = ckpt["config"]
         if not isinstance(saved, dict):
             raise CheckpointError(f"{source}: its 'config' is not a mapping")
@@ -218,9 +224,13 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
             record = _train(cfg, env, writer, ckpt)
             finished = True
             return record
+        except Interrupted as e:
+            if not e.detail:  # stopped before the epoch loop (loading data, building the model)
+                e.detail = f"run {cfg.out} had not started an epoch; nothing was kept"
+            raise
         finally:
-            if writer is not None:
-                writer.close()
+            if writer is not None:  # a run that committed no epoch leaves nothing behind
+                writer.close(discard=not finished)
     finally:
         shutdown(barrier=finished)
 
@@ -406,7 +416,7 @@ def _freeze(run: _Run, epoch: int) -> None:
 def _kept(run: _Run) -> str:
     """What a run stopped during ``run.epoch`` leaves behind, and how to continue it (for messages)."""
     if run.writer is None or not run.writer.has_checkpoint():
-        return "no checkpoint was written yet"
+        return f"run {run.out} had not finished an epoch; nothing was kept"
     done = run.writer.committed_epoch or run.start_epoch
     return (f"kept the last good checkpoint {run.writer.last} (end of epoch {done}); continue with: "
             f"{_command('train', '--resume', str(run.out))}")

@@ -10,13 +10,20 @@ Layout (every file plain and documented, so a run can be read without dgconv)::
     last.pt         checkpoint of the last finished epoch (``dgconv.checkpoint``; it also holds that epoch's
                     metrics line as "record" and the best epoch so far as "best_epoch")
     best.pt         checkpoint of the epoch with the best test accuracy (a hard link to that epoch's last.pt)
-    .lock           the writer's lock (an OS file lock) and its PID
+    .lock           the writer's lock (an OS file lock) and its PID, while a writer holds it (removed on close)
     tensorboard/    TensorBoard logs (optional)
     train.log       a sweep's capture of the run's console output
 
 Ownership: one process writes a run directory at a time. :class:`RunWriter` takes an exclusive ``flock`` on
 ``.lock`` before it touches anything; the kernel releases it when the process ends, however it ends. A second
-writer gets :class:`~dgconv.errors.RunInUseError` naming the holder's PID.
+writer gets :class:`~dgconv.errors.RunInUseError` naming the holder's PID. A writer that closes removes ``.lock``
+(a writer that opened the old file just before checks, once it holds the lock, that the file is still the one at
+``.lock``, and tries again if not); a killed one leaves it, unheld and harmless.
+
+A fresh run starts only in a missing or empty folder, or in a dgconv run directory that recorded no epoch: a
+folder holding anything else is refused before anything in it is written or deleted. A run that fails or is
+stopped before its first epoch is committed leaves nothing behind: :meth:`RunWriter.close` with ``discard=True``
+removes the folders it created and the files it wrote.
 
 Crash consistency: each epoch is committed in this order -- ``last.pt`` (atomic), ``best.pt`` (atomic link),
 the metrics line, ``groups.json`` (atomic). A crash can therefore leave (a) a stray temporary, (b) ``best.pt``
@@ -65,6 +72,7 @@ __all__ = [
     "RunWriter",
     "load_run",
     "is_run",
+    "is_dgconv_run",
     "read_groups",
     "groups_document",
     "read_metrics",
@@ -476,53 +484,99 @@ class RunWriter:
         self.path = Path(path)
         self._lock_fd: int | None = None
         self.committed_epoch: int | None = None  #: the last epoch :meth:`commit_epoch` finished in this process
+        self.created: Path | None = None  #: the top-most folder this writer created (None: the run directory existed)
+        self._wrote_config = False  # a fresh config.json of this process (removed by a discarding close)
         self._mkdir()
-        self._lock()
+        try:
+            self._lock()
+        except BaseException:
+            self._remove_created()
+            raise
 
     # -------------------------------------------------------------------------------- ownership
     def _mkdir(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"cannot use {self.path} as a run directory: a file of that name is in the way")
+        missing = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
             raise RunDirError(f"cannot create {self.path}: a file is in the way") from None
         except OSError as e:
             raise _os_error(e, "create the run directory") from None
+        self.created = missing[-1] if missing else None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise RunDirError(f"cannot write into {self.path}: permission denied")
 
     def _lock(self) -> None:
         lock = self.path / LOCK
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as e:
-            raise _os_error(e, "create the lock file") from None
-        try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no lock, a warning
-            _logger.warning("no file locks on this platform: make sure one process at a time writes %s", self.path)
-            self._lock_fd = fd
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            fcntl = None  # type: ignore[assignment]
+        for _ in range(100):  # a closing writer may remove .lock between our open and our flock: open it again
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise _os_error(e, "create the lock file") from None
+            if fcntl is None:  # pragma: no cover
+                _logger.warning("no file locks on this platform: make sure one process at a time writes %s", self.path)
+                self._lock_fd = fd
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+                os.close(fd)
+                pid = holder[0] if holder else "unknown"
+                raise RunInUseError(
+                    f"{self.path} is in use by another dgconv process (PID {pid}); wait for it to finish, stop it, "
+                    f"or choose another --out"
+                ) from None
+            if _same_file(fd, lock):
+                break
             os.close(fd)
-            pid = holder[0] if holder else "unknown"
-            raise RunInUseError(
-                f"{self.path} is in use by another dgconv process (PID {pid}); wait for it to finish, stop it, "
-                f"or choose another --out"
-            ) from None
+        else:  # pragma: no cover - a hundred writers closing in turn
+            raise RunInUseError(f"{self.path}: could not take its lock (other writers kept replacing {LOCK})")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
         self._lock_fd = fd
 
-    def close(self) -> None:
-        """Release the lock (the lock file stays; it is empty of meaning once no process holds it)."""
-        if self._lock_fd is not None:
+    def close(self, discard: bool = False) -> None:
+        """Release the lock and remove ``.lock``.
+
+        ``discard``: the run failed or was stopped; if it committed no epoch, also remove what this writer made --
+        the folders it created (with everything in them), or else the fresh ``config.json`` it wrote."""
+        if self._lock_fd is None:
+            return
+        try:
+            if discard and self.committed_epoch is None and not self.has_checkpoint() and not _parse_metrics(
+                    self.path / METRICS).rows:
+                if self.created is not None:
+                    self._remove_created()
+                elif self._wrote_config:
+                    (self.path / CONFIG).unlink(missing_ok=True)
+            if _same_file(self._lock_fd, self.path / LOCK):
+                (self.path / LOCK).unlink(missing_ok=True)
+        except OSError as e:  # leaving a file behind is no reason to hide the run's own outcome
+            _logger.warning("could not tidy %s: %s", self.path, e.strerror or e)
+        finally:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
+
+    def _remove_created(self) -> None:
+        """Remove the run directory and the empty parents this writer created (nothing that existed before)."""
+        if self.created is None:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        folder = self.path
+        while folder != self.created:
+            folder = folder.parent
+            try:
+                folder.rmdir()  # only if empty: another run may have started beside ours meanwhile
+            except OSError:
+                break
+        self.created = None
 
     def __enter__(self) -> RunWriter:
         return self
@@ -547,15 +601,24 @@ class RunWriter:
         return self.last.exists()
 
     def remove_temporaries(self) -> list[Path]:
-        """Delete ``.<name>.*.tmp`` files that killed writes left behind; return them."""
-        stray = [p for p in self.path.glob(".*" + TEMP_SUFFIX) if p.is_file()]
+        """Delete the ``.<name>.*.tmp`` files that killed writes of this directory's run files left behind (no other
+        file, whatever its name); return them."""
+        stray = [p for p in self.path.glob(".*" + TEMP_SUFFIX) if p.is_file() and _ours(p)]
         for p in stray:
             p.unlink(missing_ok=True)
         return stray
 
     # -------------------------------------------------------------------------------- recovery
     def check_fresh(self) -> None:
-        """Refuse to start a new run over an existing one (a checkpoint, or recorded epochs)."""
+        """Refuse to start a new run over an existing one (a checkpoint, or recorded epochs), or in a folder that
+        holds anything but a dgconv run (nothing there is touched)."""
+        foreign = sorted(p.name for p in self.path.iterdir() if not _ours(p))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise RunDirError(
+                f"{self.path} is not empty and not a dgconv run directory (it holds {shown}); choose a new or empty "
+                f"folder for --out"
+            )
         if self.has_checkpoint():
             raise RunDirError(f"{self.path} already holds a run ({LAST}); pass --resume {self.path} or choose another --out")
         if _parse_metrics(self.path / METRICS).rows:
@@ -623,10 +686,12 @@ class RunWriter:
                 history = old.get("history", []) if isinstance(old.get("history"), list) else []
                 doc["history"] = [*history, {"resumed": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": list(sys.argv),
                                              "from_epoch": resumed_from}]
+        fresh = resumed_from is None and not cpath.exists()
         try:
             write_json(cpath, doc)
         except OSError as e:
             raise _os_error(e, "write") from None
+        self._wrote_config = self._wrote_config or fresh
 
     def _rewrite_metrics(self, rows: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(r) + "\n" for r in rows)
@@ -675,6 +740,37 @@ class RunWriter:
             if groups is not None:
                 self.write_groups(groups)
             self.committed_epoch = int(record["epoch"])
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open descriptor ``fd`` is the file now at ``path``."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _ours(p: Path) -> bool:
+    """Whether ``p``, inside a folder where a fresh run starts, is something a dgconv run (or the sweep that started
+    it) writes: its files, its lock, temporaries of its atomic writes, TensorBoard logs, the sweep's log."""
+    name = p.name
+    if name in (LOCK, LOG, METRICS, GROUPS, LAST, BEST, TENSORBOARD):
+        return True
+    if name == CONFIG:
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(doc, dict) and doc.get("format") == RUN_FORMAT
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX) and any(
+        name.startswith(f".{target}.") for target in (CONFIG, METRICS, GROUPS, LAST, BEST))
+
+
+def is_dgconv_run(path: str | Path) -> bool:
+    """Whether ``path`` is a folder that a dgconv run wrote (its ``config.json`` has dgconv's format)."""
+    p = Path(path) / CONFIG
+    return p.is_file() and _ours(p)
 
 
 def iter_runs(folder: str | Path) -> Iterator[Run]:
