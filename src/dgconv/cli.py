@@ -84,7 +84,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a (G-)ResNeXt under a complexity budget",
         description="Train a (G-)ResNeXt and report the learned groups. With no arguments: G-ResNeXt on scikit-learn's "
-        "digits (bundled, no download), about a minute on 2 CPU cores. Under torchrun, DDP (gloo on CPU, NCCL on GPU).",
+        "digits (bundled, no download), under a minute on 2 CPU cores. Under torchrun, DDP (gloo on CPU, NCCL on GPU).",
         argument_default=argparse.SUPPRESS,
     )
     a = p.add_argument
@@ -112,9 +112,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
       help="compute the gate gradients on this random fraction of each batch (unbiased; default 1: exact)")
     a("--gate-every", type=int, help="gate gradients on every K-th step only (default 1: every step)")
     a("--compile", action="store_true", help="torch.compile the network (DGConv layers run as one opaque op each)")
-    a("--epochs", type=_positive_int)
-    a("--batch-size", type=_positive_int, help="global batch size, split over processes")
-    a("--lr", type=_positive_float, help="peak learning rate")
+    a("--epochs", type=_positive_int, help="training epochs (default per dataset: 30 digits and CIFAR, 100 folders)")
+    a("--batch-size", type=_positive_int,
+      help="global batch size, split over processes (default: 64 digits, 128 CIFAR; folders: a power of two in "
+           "32-256 giving about 50 steps per epoch)")
+    a("--lr", type=_positive_float, help="peak learning rate (default 0.1)")
     a("--momentum", type=float, help="SGD momentum (default 0.9)")
     a("--weight-decay", type=float, help="weight decay of all parameters but the gates (default 1e-4)")
     a("--schedule", choices=["cosine", "step", "constant", "triangle"],
@@ -135,8 +137,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
            "NHWC already, and channels_last weights slow torch's fused SGD step")
     a("--workers", type=int, help="data-loading workers (imagefolder; default: the CPU cores less one, at most 8)")
     a("--image-size", type=_positive_int,
-      help="train and evaluate at this size (default: image folders of small images at their native size, larger ones "
-           "at the model's input size; CIFAR and digits as they are)")
+      help="train and evaluate at this size, every dataset (default: CIFAR and digits at their own size; image folders "
+           "of small images at their native size, larger ones at the model's input size)")
     a("--resize", choices=["auto", "pad", "crop", "stretch"],
       help="image folders: pad (pad-and-crop at the size, CIFAR recipe), crop (random-resized crop, ImageNet recipe), "
            "stretch (resize to the size); auto (default) picks pad for images up to 64 px, crop above")

@@ -20,7 +20,8 @@ Corrupt or unreadable images are **skipped and counted**, never fatal: a ten-hou
 one truncated JPEG. Each epoch the trainer logs how many were skipped and names the first few (``metrics.jsonl``
 records ``skipped_images``). A folder in which no image can be read is an error.
 
-torchvision is an optional extra (``pip install 'dgconv[vision]'``, matching your torch build). Shuffling is seeded by
+torchvision is optional: install the build that matches your torch (``pip install torchvision==X`` for the X paired
+with your torch version; a bare ``pip install torchvision`` may replace torch). Shuffling is seeded by
 ``(seed, epoch)`` and sharded over processes.
 """
 
@@ -212,8 +213,8 @@ def folder_loaders(cfg: Any, env: Any, per_rank_batch: int | None, model_size: S
         from torchvision import transforms
     except Exception as e:  # ImportError, or a torchvision built for another torch
         raise DataError(
-            f"--dataset imagefolder needs torchvision matching your torch ({torch.__version__}): "
-            f"pip install 'dgconv[vision]' ({type(e).__name__}: {str(e)[:200]})"
+            f"--dataset imagefolder needs torchvision built for your torch {torch.__version__}: pip install "
+            f"torchvision==<the version paired with it> ({type(e).__name__}: {str(e)[:200]})"
         ) from None
     root = Path(cfg.data_dir).expanduser()
     for split in ("train", "val"):

@@ -39,7 +39,7 @@ from .errors import ConfigError, DGConvError, Interrupted, RunDirError
 from .freeze import freeze_groups, restore_grouping
 from .layers import cached_gates, gate_gradients, set_gate_batch_fraction
 from .models import create_model, model_info
-from .progress import Progress
+from .progress import Progress, duration
 from .rundir import LAST, RunWriter, checkpoint_path, is_dgconv_run, read_groups, read_metrics
 
 __all__ = ["TrainConfig", "train", "evaluate", "DATASET_DEFAULTS", "TrainingError", "read_groups"]
@@ -269,6 +269,13 @@ class _Run:
     step: int = 0
     best_acc: float = 0.0
     best_epoch: int = 0
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # the epochs this process trained
+
+    def eta(self, epoch: int) -> float:
+        """Seconds left after ``epoch`` (1-based) epochs: the median epoch of this process times those to go."""
+        if not self.epoch_seconds:
+            return math.nan
+        return sorted(self.epoch_seconds)[len(self.epoch_seconds) // 2] * (self.cfg.epochs - epoch)
 
 
 def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, ckpt: dict[str, Any] | None) -> _Run:
@@ -512,10 +519,15 @@ def _commit_epoch(run: _Run, record: dict[str, Any], best: bool, writer: Any) ->
         _tensorboard_epoch(writer, record)
     ratio = f" zeta/o {record['zeta_over_o']:.3f}" if record["zeta_over_o"] is not None else ""
     groups_txt = f" groups {list(record['groups'].values())}" if record["groups"] else ""
+    run.epoch_seconds.append(record["time"])
+    left = run.eta(record["epoch"])
+    eta = f", run done in about {duration(left)}" if record["epoch"] < cfg.epochs else ""
     _logger.info(
-        "epoch %3d/%d loss %.4f train_acc %.4f test_acc %.4f%s%s lr %.4g %.1fs", record["epoch"], cfg.epochs,
+        "epoch %3d/%d loss %.4f train_acc %.4f test_acc %.4f%s%s lr %.4g %.1fs%s", record["epoch"], cfg.epochs,
         record["train_loss"], record["train_acc"], record["test_acc"], ratio, groups_txt, record["lr"], record["time"],
+        eta,
     )
+
 
 
 def _train(cfg: TrainConfig, env: DistEnv, writer: RunWriter | None, ckpt: dict[str, Any] | None) -> dict[str, Any]:

@@ -12,13 +12,14 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "duration"]
 
 
 class Progress:
@@ -60,3 +61,19 @@ class Progress:
 
 def _noop(steps: int = 1, **postfix: Any) -> None:
     return None
+
+
+def duration(seconds: float) -> str:
+    """A time left as people read one (``?`` when unknown).
+
+    >>> duration(42.4), duration(185), duration(7620), duration(float("nan"))
+    ('42 s', '3 min 05 s', '2 h 07 min', '?')
+    """
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"

@@ -27,6 +27,7 @@ from typing import Any
 
 from ._files import md5_file
 from .errors import ConfigError, DGConvError
+from .progress import duration
 from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs, protocol_from_dict
 from .results import render_results
 from .rundir import (
@@ -270,6 +271,27 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
     failed: list[str] = []
     deferred: list[str] = []
     width = max(1, p.parallel)
+    todo = sum(1 for r in runs if finished_epochs(out / str(r.name)) < p.epochs)
+    ended = 0
+    started_at: dict[Any, float] = {}
+    took: list[float] = []  # wall seconds of the runs this invocation finished
+
+    def left(pending: list[PlannedRun], running: dict[Any, PlannedRun], phase: int) -> str:
+        """``; about 12 min left`` for every unfinished run of this and later phases, from the runs finished so far
+        (nothing until the first one of a kind ends)."""
+        def guess(r: PlannedRun) -> float | None:
+            return _estimate(out, r, runs) or (statistics.fmean(took) if took else None)
+
+        now = time.time()
+        later = [r for r in runs if r.phase > phase and finished_epochs(out / str(r.name)) < p.epochs]
+        parts = [guess(r) for r in pending + later]
+        for f, r in running.items():
+            g = guess(r)
+            parts.append(None if g is None else max(0.0, g - (now - started_at[f])))
+        if not parts or any(g is None for g in parts):
+            return ""
+        return f"; about {duration(sum(parts) / width)} left"  # type: ignore[arg-type]
+
     executor = _executor(width)
     try:
         for phase in (1, 2):
@@ -290,8 +312,10 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                                         finished_epochs(aside), aside.name)
                     cmd = _command(r, out, data_dir, p.epochs)
                     rd.mkdir(parents=True, exist_ok=True)
-                    _logger.info("[sweep %s] start %s: %s", p.name, r.name, " ".join(cmd))
-                    running[executor.submit(_train_in_worker, cmd, str(rd / LOG))] = r
+                    _logger.info("[sweep %s] start %s (%d/%d): %s", p.name, r.name, ended + len(running) + 1, todo,
+                                 " ".join(cmd))
+                    fut = executor.submit(_train_in_worker, cmd, str(rd / LOG))
+                    running[fut], started_at[fut] = r, time.time()
                 if deadline is not None and running and time.time() >= deadline:
                     _logger.info("[sweep %s] deadline: stopping %s at their last checkpoint", p.name,
                                  ", ".join(str(r.name) for r in running.values()))
@@ -308,11 +332,16 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                         code = fut.result()
                     except BrokenProcessPool:  # a worker died (killed, out of memory): that run failed, go on
                         code, broken = -1, True
+                    ended += 1
+                    seconds = time.time() - started_at.pop(fut)
                     if code:
                         failed.append(str(r.name))
-                        _logger.info("[sweep %s] %s FAILED (exit %d; see %s)", p.name, r.name, code, out / str(r.name) / LOG)
+                        _logger.info("[sweep %s] %d/%d %s FAILED (exit %d; see %s)%s", p.name, ended, todo, r.name, code,
+                                     out / str(r.name) / LOG, left(pending, running, phase))
                     else:
-                        _logger.info("[sweep %s] %s done", p.name, r.name)
+                        took.append(seconds)
+                        _logger.info("[sweep %s] %d/%d %s done in %s%s", p.name, ended, todo, r.name, duration(seconds),
+                                     left(pending, running, phase))
                 if broken:  # the other runs of the dead pool start again (from their checkpoints)
                     pending = list(running.values()) + pending
                     running = {}

@@ -1,5 +1,5 @@
 """Our registered models in timm's registry: ``timm.create_model("g_resnext50", num_classes=10)`` after
-``import dgconv`` (timm is an optional extra: ``pip install 'dgconv[timm]'``).
+``import dgconv`` (timm is optional; it needs the torchvision built for your torch, see the README's Extras).
 
 Only names timm does not already have are registered (timm's own ``resnet50`` and ``resnext50_32x4d`` stay timm's).
 The builders take timm's keyword arguments (``num_classes``, ``in_chans``; ``pretrained=True`` is refused: there are
