@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -271,3 +272,51 @@ def test_min_group_width_errors_and_mixed_primes():
         DGConv2d(96, 96, 3, padding=1).load_state_dict(layer.state_dict())
     with pytest.raises(ValueError, match="need a G-ResNeXt"):
         create_model("resnext_cifar_tiny", min_group_width=8)
+
+
+def test_latency_tables_keep_a_spread_and_name_contaminated_timings(digits_table, tmp_path):
+    """Every timing keeps its spread; one far above its layer's dense timing (or of a wide spread) is named, and
+    `dgconv train --cost latency` refuses such a table unless trusted."""
+    import copy
+    import json
+
+    from tests.helpers import cli
+
+    for shape in digits_table.shapes.values():
+        assert set(shape["spread"]) == set(shape["ms"]) and all(v >= 0 for v in shape["spread"].values())
+    clean = synthetic(digits_table)
+    for shape in clean.shapes.values():
+        shape["spread"] = {g: 0.05 for g in shape["ms"]}
+    assert clean.suspicious() == []
+    dirty = copy.deepcopy(clean)
+    key = dirty.layers["layer1.0.conv2"]
+    dirty.shapes[key]["ms"]["4"] = 10 * dirty.shapes[key]["ms"]["1"]  # a timing taken while something else ran
+    dirty.shapes[dirty.layers["layer3.0.conv2"]]["spread"]["2"] = 0.9
+    found = dirty.suspicious()
+    assert len(found) == 2 and "layer1.0.conv2) at 4 groups: " in found[0] and "10.0x the dense" in found[0]
+    assert "layer3.0.conv2) at 2 groups: spread 90%" in found[1]
+    dirty.save(tmp_path / "dirty.json")
+    clean.save(tmp_path / "clean.json")
+    args = ["train", "--cost", "latency", "--budget", "4", "--epochs", "1", "--limit-train", "64", "--no-progress"]
+    r = cli(*args, "--latency-table", str(tmp_path / "dirty.json"), "--out", str(tmp_path / "r1"))
+    assert r.returncode == 2 and "2 timing(s) look contaminated" in r.stderr and "--trust-latency-table" in r.stderr
+    assert not (tmp_path / "r1").exists()
+    r = cli(*args, "--latency-table", str(tmp_path / "dirty.json"), "--trust-latency-table", "--out", str(tmp_path / "r2"))
+    assert r.returncode == 0, r.stderr
+    assert cli(*args, "--latency-table", str(tmp_path / "clean.json"), "--out", str(tmp_path / "r3")).returncode == 0
+    # values only a crafted or broken file holds are refused when the table is loaded, before any training
+    doc = json.loads((tmp_path / "clean.json").read_text())
+    for field, value, message in [("ms", float("inf"), "every timing must be a positive number"),
+                                  ("ms", 0.0, "every timing must be a positive number"),
+                                  ("ms", 1e308, "every timing must be a positive number"),
+                                  ("ms", -1.0, "every timing must be a positive number"),
+                                  ("base_ms", -1e9, "base_ms (the rest of the network) must be"),
+                                  ("base_ms", float("nan"), "base_ms (the rest of the network) must be")]:
+        bad = copy.deepcopy(doc)
+        if field == "ms":
+            bad["shapes"][key]["ms"]["2"] = value
+        else:
+            bad["base_ms"] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            LatencyTable.load(tmp_path / "bad.json")

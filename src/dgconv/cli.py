@@ -100,6 +100,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--target", type=_positive_float,
       help="absolute cap on the network's cost in the cost's units (MACs per input, or ms), instead of --budget")
     a("--latency-table", help="latency table JSON for --cost latency (from `dgconv latency`)")
+    a("--trust-latency-table", action="store_true",
+      help="train on a latency table even though some of its timings look contaminated (`dgconv latency` names them)")
     a("--objective", choices=["paper", "lagrangian"],
       help="paper: L*(o/zeta)^a (default); lagrangian: L + lambda*(zeta/o - 1), lambda by dual ascent")
     a("--dual-lr", type=_positive_float, help="dual ascent step of --objective lagrangian (default 0.05)")
@@ -311,13 +313,17 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     size = tuple(args.input_size) if args.input_size else info.input_size
     limits = {k: getattr(args, k) for k in ("min_group_width", "max_groups") if getattr(args, k) is not None}
     model = _build(args.model, num_classes=args.num_classes, in_chans=size[0], **limits)
-    started = time.time()
-    with Progress(args.progress).phase("timing", 1) as update:
-        state = {"done": 0}
+    from .progress import duration
 
+    started = time.time()
+    bars = Progress(args.progress)
+    with bars.phase("timing", 1) as update:
         def progress(done: int, total: int, what: str) -> None:
-            update(0, layer=what, done=f"{done}/{total}")
-            state["done"] = done
+            spent = time.time() - started
+            left = duration(spent / done * (total - done)) if done else "?"
+            update(0, layer=what, done=f"{done}/{total}", left=left)
+            if not bars.enabled:  # a log or a pipe: one line per shape
+                print(f"timed {done}/{total} ({what}), about {left} left", flush=True)
 
         table = LatencyTable.measure(model, size, args.batch, args.device, args.dtype, args.channels_last, args.reps,
                                      model_name=args.model, progress=progress)
@@ -327,6 +333,12 @@ def _cmd_latency(args: argparse.Namespace) -> int:
           f"{len(table.layers)} DGConv layers, {len(table.shapes)} distinct shapes, {n} timings, rest of the network "
           f"{table.base_ms:.3f} ms; {time.time() - started:.1f} s")
     print(f"wrote {args.out}")
+    suspicious = table.suspicious()
+    if suspicious:
+        logging.getLogger("dgconv").warning(
+            "%d timing(s) look contaminated (something else ran, or the machine changed speed); `dgconv train --cost "
+            "latency` refuses this table unless --trust-latency-table. Measure again on a quiet machine, or with more "
+            "--reps:\n  %s", len(suspicious), "\n  ".join(suspicious))
     return 0
 
 

@@ -34,7 +34,8 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 #: Fields a resumed run may change; every other field comes from the checkpoint.
-RESUMABLE_OVERRIDES = ("epochs", "workers", "progress", "tensorboard", "device", "resume", "download")
+RESUMABLE_OVERRIDES = ("epochs", "workers", "progress", "tensorboard", "device", "resume", "download",
+                       "trust_latency_table")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class TrainConfig:
     cost: str = "connections"
     target: float | None = None
     latency_table: str | None = None
+    trust_latency_table: bool = False
     objective: str = "paper"
     dual_lr: float = 0.05
     min_group_width: int | None = None
@@ -147,6 +149,8 @@ class TrainConfig:
             raise ConfigError(f"unknown cost {cfg.cost!r}: choose from {list(COSTS)}")
         if cfg.cost == "latency" and not cfg.latency_table:
             raise ConfigError("--cost latency needs --latency-table FILE (measure one with `dgconv latency MODEL --out FILE`)")
+        if cfg.trust_latency_table and cfg.cost != "latency":
+            raise ConfigError("--trust-latency-table applies to --cost latency")
         if cfg.latency_table and cfg.cost != "latency":
             raise ConfigError(f"--latency-table is read only with --cost latency (the cost is {cfg.cost!r})")
         if cfg.objective not in OBJECTIVES:

@@ -327,7 +327,7 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
         model.to(memory_format=torch.channels_last)
     constraint = ResourceConstraint(
         model, budget=cfg.budget, alpha=cfg.alpha, cost=cfg.cost, target=cfg.target, input_size=input_size,
-        latency_table=cfg.latency_table, objective=cfg.objective, dual_lr=cfg.dual_lr,
+        latency_table=_latency_table(cfg), objective=cfg.objective, dual_lr=cfg.dual_lr,
     )  # bad costs, tables and unreachable budgets are ConfigErrors, before any training
     opt = configure_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if ckpt is None and hasattr(model, "initialize_from_data"):  # e.g. FastNet's whitening layer, from training images
@@ -363,6 +363,22 @@ def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, 
             run.lookahead.load_state_dict(ckpt["lookahead"])
     run.net = _wrap(model, cfg, env)
     return run
+
+
+def _latency_table(cfg: TrainConfig) -> Any:
+    """The latency table of ``--cost latency``, refused when its timings look contaminated (unless trusted)."""
+    if cfg.latency_table is None:
+        return None
+    from .latency import LatencyTable
+
+    table = LatencyTable.load(cfg.latency_table)
+    suspicious = table.suspicious()
+    if suspicious and not cfg.trust_latency_table:
+        raise ConfigError(
+            f"{cfg.latency_table}: {len(suspicious)} timing(s) look contaminated, e.g. {suspicious[0]}; measure the "
+            f"table again on a quiet machine (`dgconv latency`), or pass --trust-latency-table to train on it anyway"
+        )
+    return table
 
 
 def _take_skipped(loader: Any) -> list[str]:
