@@ -228,7 +228,7 @@ def test_stopping_a_sweep_ends_its_busy_workers():
 
 
 @pytest.mark.parametrize("rhos, verdict", [
-    ([0.87], "not resolved at this n** (a single run)"),
+    ([0.87], "not enough seeds** (a single run)"),
     ([0.87, 0.87], "not resolved at this n** (all 2 runs gave the same value"),  # a zero-width interval is no evidence
     ([0.8, 0.9, 0.95], "agrees** (the 95 % interval lies above 0)"),
     ([-0.5, -0.6, -0.7], "disagrees** (the 95 % interval lies below 0)"),

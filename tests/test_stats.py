@@ -56,6 +56,9 @@ def test_verdicts_are_read_from_the_interval():
     # "comparable within 1 point": 0.5 points worse with a tight interval agrees, 3 points worse disagrees
     assert verdict(welch([0.895, 0.8951, 0.8949], [0.90, 0.9001, 0.8999]), margin=0.01).word == "agrees"
     assert verdict(worse, margin=0.01).word == "disagrees"
-    assert verdict(welch([0.9], [0.8])).word == "not resolved at this n"
+    # fewer than 2 seeds on a side: no verdict, whatever the interval (one run against 3 has one)
+    for a, b in (([0.9], [0.8]), ([0.99], [0.80, 0.801, 0.799]), ([0.80, 0.801, 0.799], [0.5])):
+        v = verdict(welch(a, b))
+        assert v.word == "not enough seeds" and f"n = {len(a)} vs {len(b)}" in v.reason
     assert "-1 points" in verdict(noisy, margin=0.01, scale=100, unit=" points").reason
     assert "-0" not in verdict(noisy, scale=100, unit=" points").reason

@@ -6,7 +6,8 @@ against the runs it came from. A run that did not finish every epoch is *missing
 
 Statistics (:mod:`dgconv.stats`): each arm's top-1 accuracy over its seeds as mean, standard deviation and 95 %
 t interval; each claim's difference with its 95 % Welch interval and the seeds on each side. Verdicts are read
-from the intervals, never from point estimates:
+from the intervals, never from point estimates, and only with at least 2 seeds on each side ("not enough seeds"
+otherwise):
 
 1. *G-ResNeXt (b = 32) is at least as accurate as ResNeXt with fewer GConv MACs* (per budget cost): agrees when
    the interval of (G-ResNeXt - ResNeXt) lies above 0 and the GConv MACs are below the baseline's; disagrees when
@@ -46,7 +47,7 @@ from .protocols import (
 )
 from .report import plain_model
 from .rundir import SWEEP, Run, RunName, is_run, load_run, read_groups, read_json
-from .stats import Difference, Summary, Verdict, summarize, verdict, welch
+from .stats import NOT_ENOUGH, Difference, Summary, Verdict, summarize, verdict, welch
 
 __all__ = ["render_results", "load_sweep", "SweepResult", "ArmResult", "RunRow", "spearman"]
 
@@ -347,7 +348,7 @@ def _claim1(s: SweepResult, cost: str, n: int) -> str | None:
     d = welch(g.accs, base.accs)
     ratio = g.mean_of("gconv_macs") / base.mean_of("gconv_macs")
     v = verdict(d, scale=100, unit=" points")
-    word, reason = ("disagrees", "no GConv saving") if ratio >= 1 else (v.word, v.reason)
+    word, reason = ("disagrees", "no GConv saving") if ratio >= 1 and v.word != NOT_ENOUGH else (v.word, v.reason)
     return (f"- **Claim {n}** [{cost}] G-ResNeXt at b = {b0:g} vs ResNeXt: {_diff(d)} at {ratio:.2f}x the GConv MACs "
             f"(paper, ImageNet: +0.5 points at 0.83x). Verdict: **{word}** ({reason}).")
 
@@ -374,7 +375,7 @@ def _claim3(s: SweepResult, n: int) -> str | None:
     mean = z.mean
     ci = None if z.ci is None else (max(-1.0, z.ci[0]), min(1.0, z.ci[1]))
     if ci is None:
-        word, reason = "not resolved at this n", "a single run"
+        word, reason = NOT_ENOUGH, "a single run"
     elif z.sd == 0:  # every run gave the same value: a zero-width interval says nothing about the spread
         ci, word, reason = None, "not resolved at this n", f"all {z.n} runs gave the same value, so no interval"
     elif ci[0] > 0:
@@ -406,6 +407,8 @@ def _claim4(s: SweepResult, star: ArmResult, n: int) -> str | None:
         word = "partly (" + "; ".join(f"{label}: {v.word}" for label, v, _ in tests) + ")"
     elif "disagrees" in words:
         word = "disagrees"
+    elif NOT_ENOUGH in words:
+        word = NOT_ENOUGH
     else:
         word = "not resolved at this n"
     detail = "; ".join(f"{label}: {_diff(d)}" for label, _, d in tests)

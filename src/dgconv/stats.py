@@ -163,7 +163,8 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Differ
 
 @dataclass(frozen=True)
 class Verdict:
-    """A claim's verdict: ``"agrees"``, ``"disagrees"`` or ``"not resolved at this n"``, and why."""
+    """A claim's verdict: ``"agrees"``, ``"disagrees"``, ``"not resolved at this n"`` or ``"not enough seeds"``,
+    and why."""
 
     word: str
     reason: str
@@ -172,13 +173,21 @@ class Verdict:
         return self.word
 
 
+#: Runs each side of a comparison needs before any verdict is read from it.
+MIN_SEEDS = 2
+NOT_ENOUGH = "not enough seeds"
+
+
 def verdict(d: Difference, margin: float = 0.0, scale: float = 1.0, unit: str = "") -> Verdict:
     """Read "``a`` is at least as good as ``b`` up to ``margin``" (``a - b >= -margin``) from the interval of ``d``.
 
     agrees: the whole interval lies above ``-margin``; disagrees: the whole interval lies below ``-margin``;
-    otherwise (or without an interval) not resolved at this n. ``scale`` and ``unit`` only format the reason
-    (``scale=100, unit=" points"`` for accuracies).
+    otherwise (or without an interval) not resolved at this n. Fewer than 2 runs on either side give no verdict at
+    all: ``"not enough seeds"``. ``scale`` and ``unit`` only format the reason (``scale=100, unit=" points"`` for
+    accuracies).
     """
+    if min(d.n_a, d.n_b) < MIN_SEEDS:
+        return Verdict(NOT_ENOUGH, f"n = {d.n_a} vs {d.n_b}; a verdict needs at least {MIN_SEEDS} seeds per side")
     if d.ci is None:
         return Verdict("not resolved at this n", f"{d.method}")
     lo, hi = d.ci
