@@ -39,7 +39,7 @@ from .errors import ConfigError, DGConvError, Interrupted, RunDirError
 from .freeze import freeze_groups, restore_grouping
 from .layers import cached_gates, gate_gradients, set_gate_batch_fraction
 from .models import create_model, model_info
-from .progress import Progress, duration
+from .progress import Progress, duration, plural
 from .rundir import LAST, RunWriter, checkpoint_path, is_dgconv_run, read_groups, read_metrics
 
 __all__ = ["TrainConfig", "train", "evaluate", "DATASET_DEFAULTS", "TrainingError", "read_groups"]
@@ -238,8 +238,8 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
 def _already_finished(cfg: TrainConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
     done = int(ckpt["epoch"])
     _logger.info(
-        "%s already finished its %d epochs (test accuracy %.4f); nothing to do. To train it longer: %s",
-        cfg.out, done, float(ckpt.get("record", {}).get("test_acc", ckpt.get("best_acc", 0.0))),
+        "%s already finished its %s (test accuracy %.4f); nothing to do. To train it longer: %s",
+        cfg.out, plural(done, "epoch"), float(ckpt.get("record", {}).get("test_acc", ckpt.get("best_acc", 0.0))),
         _command("train", "--resume", str(cfg.out), "--epochs", str(done + max(1, done // 2))),
     )
     rows = read_metrics(cfg.out) if Path(cfg.out).is_dir() else []
@@ -560,8 +560,8 @@ def _train(cfg: TrainConfig, env: DistEnv, writer: RunWriter | None, ckpt: dict[
         }
         writer.write_config(config_doc, resumed_from=run.start_epoch if ckpt is not None else None)
         _logger.info(
-            "dgconv train: %s on %s (%d train images/epoch), %d epochs, batch %d, lr %s, %s, device %s x%d, out %s",
-            cfg.model, cfg.dataset, len(run.train_loader) * cfg.batch_size, cfg.epochs, cfg.batch_size, cfg.lr,
+            "dgconv train: %s on %s (%d train images/epoch), %s, batch %d, lr %s, %s, device %s x%d, out %s",
+            cfg.model, cfg.dataset, len(run.train_loader) * cfg.batch_size, plural(cfg.epochs, "epoch"), cfg.batch_size, cfg.lr,
             _budget_text(run.constraint), env.device, env.world_size, out,
         )
         if run.start_epoch:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["Progress", "duration"]
+__all__ = ["Progress", "duration", "plural"]
 
 
 class Progress:
@@ -77,3 +77,12 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def plural(n: float, word: str, words: str | None = None) -> str:
+    """``1 epoch``, ``3 epochs``, ``0.5 warm-up epochs``: a count with its noun in the right number.
+
+    >>> plural(1, "epoch"), plural(3, "seed"), plural(1.5, "warm-up epoch"), plural(2, "run", "runs at a time")
+    ('1 epoch', '3 seeds', '1.5 warm-up epochs', '2 runs at a time')
+    """
+    return f"{n:g} {word if n == 1 else (words or word + 's')}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .progress import plural
 from .rundir import Run, load_run, write_text
 
 __all__ = ["Run", "load_run", "layer_table", "plain_model", "write_report"]
@@ -79,7 +80,7 @@ def _plt():  # type: ignore[no-untyped-def]
 
 def _groups_figure(runs: list[Run], path: Path) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * max(len(r.groups) for r in runs) + 3), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * max(len(r.groups) for r in runs) + 3) + 3.5, 4.2))  # + the legend
     refs: dict[int, str] = {}
     for run in runs:
         g = [run.groups[n] for n in run.groups]
@@ -103,16 +104,16 @@ def _groups_figure(runs: list[Run], path: Path) -> None:
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.grid(True, which="major", alpha=0.3)
     ax.set_title("Learned groups per layer")
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside the data
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
 def _macs_figure(runs: list[Run], tables: dict[Path, list[dict[str, Any]]], path: Path) -> None:
     plt = _plt()
     n = max(len(tables[r.path]) for r in runs)
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.5 * n + 3), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.5 * n + 3) + 3.5, 4.2))  # + the legend
     width = 0.8 / len(runs)
     for i, run in enumerate(runs):
         rows = tables[run.path]
@@ -128,16 +129,21 @@ def _macs_figure(runs: list[Run], tables: dict[Path, list[dict[str, Any]]], path
     ax.set_ylabel("MACs per input (deployed layer)")
     ax.set_title("MACs of each DGConv layer at its learned groups", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
 def _integer_epochs(ax) -> None:  # type: ignore[no-untyped-def]
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = ax.dataLim.intervalx
+    if hi - lo < 1:  # one epoch: a tick at it, not fractions of an epoch around it
+        ax.set_xlim(lo - 0.5, hi + 0.5)
+        ax.set_xticks([round(lo)])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _dynamics_figure(runs: list[Run], path: Path) -> None:
@@ -148,15 +154,16 @@ def _dynamics_figure(runs: list[Run], path: Path) -> None:
     fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.4 * len(runs)), squeeze=False)
     for row, run in zip(axes, runs):
         epochs = [m["epoch"] for m in run.metrics]
+        mark = "o" if len(epochs) <= 5 else None  # a line of one point draws nothing without a marker
         names = list(run.metrics[-1]["groups"])
         cmap = plt.get_cmap("viridis")
         for j, n in enumerate(names):
             color = cmap(j / max(1, len(names) - 1))
-            row[0].plot(epochs, [m["groups"][n] for m in run.metrics], color=color, lw=1.4,
+            row[0].plot(epochs, [m["groups"][n] for m in run.metrics], color=color, lw=1.4, marker=mark, ms=4,
                         label=f"{n} ({run.channels.get(n, ['?'])[0]} ch)")
             gates = [m["gates"][n] for m in run.metrics]
             for k in range(len(gates[0])):
-                row[1].plot(epochs, [g[k] for g in gates], color=color, lw=0.9, alpha=0.8)
+                row[1].plot(epochs, [g[k] for g in gates], color=color, lw=0.9, alpha=0.8, marker=mark, ms=3)
         row[0].set_yscale("log", base=2)
         row[0].yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
         row[0].set_xlabel("epoch")
@@ -164,7 +171,7 @@ def _dynamics_figure(runs: list[Run], path: Path) -> None:
         row[0].set_title(f"{run.label}: groups per layer", fontsize=9)
         row[0].grid(True, alpha=0.3)
         if len(names) <= 12:
-            row[0].legend(fontsize=6, ncol=2)
+            row[0].legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         row[1].axhline(0, color="black", lw=0.8)
         row[1].set_xlabel("epoch")
         row[1].set_ylabel("gate value g~ (>= 0: connected)")
@@ -173,7 +180,7 @@ def _dynamics_figure(runs: list[Run], path: Path) -> None:
         _integer_epochs(row[0])
         _integer_epochs(row[1])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -182,16 +189,15 @@ def _training_figure(runs: list[Run], path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for run in runs:
         ep = [m["epoch"] for m in run.metrics]
-        cost = run.config.get("cost", "connections")
         if any(m.get("zeta_over_o") is not None for m in run.metrics):
-            line = axes[0].plot(ep, [m.get("zeta_over_o") for m in run.metrics], marker=".", label=f"{run.label} [{cost}]")[0]
+            line = axes[0].plot(ep, [m.get("zeta_over_o") for m in run.metrics], marker=".", label=run.label)[0]
             if any(m.get("gates_closed_by_projection") for m in run.metrics):
                 o = [m["o"] for m in run.metrics]
                 before = [m.get("zeta_before_projection", m["zeta"]) / oo for m, oo in zip(run.metrics, o)]
                 axes[0].plot(ep, before, ls=":", color=line.get_color(), alpha=0.7)
         if any(m.get("macs") is not None for m in run.metrics):
             axes[1].plot(ep, [m.get("macs") for m in run.metrics], marker=".", label=run.label)
-        axes[2].plot(ep, [m["train_loss"] for m in run.metrics], label=run.label)
+        axes[2].plot(ep, [m["train_loss"] for m in run.metrics], marker=".", label=run.label)
         axes[3].plot(ep, [m["test_acc"] for m in run.metrics], marker=".", label=run.label)
     axes[0].axhline(1.0, ls="--", color="gray", lw=1)
     axes[0].set_title("zeta / o in the budget's cost (dotted: before projection)", fontsize=9)
@@ -202,10 +208,12 @@ def _training_figure(runs: list[Run], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
         _integer_epochs(ax)
-    axes[3].legend(fontsize=7)
-    axes[0].legend(fontsize=6)
+    costs = sorted({str(r.config.get("cost", "connections")) for r in runs})
+    axes[0].set_title(f"zeta / o in {', '.join(costs)} (dotted: before projection)", fontsize=9)
+    handles, labels = axes[3].get_legend_handles_labels()  # one legend for the four panels, below them
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(labels)))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -216,7 +224,7 @@ def _summary(runs: list[Run]) -> str:
         out += [f"## {run.path.name}", ""]
         env = run.environment
         out.append(
-            f"- model `{c['model']}` on `{c['dataset']}`, {len(run.metrics)}/{c['epochs']} epochs, batch {c['batch_size']}, "
+            f"- model `{c['model']}` on `{c['dataset']}`, {len(run.metrics)} of {plural(c['epochs'], 'epoch')}, batch {c['batch_size']}, "
             f"lr {c['lr']}, budget b={c.get('budget')}, seed {c.get('seed')}"
         )
         out.append(f"- hardware: {env.get('device_name', '?')} ({env.get('device', '?')} x{env.get('world_size', 1)}), torch {env.get('torch', '?')}")

@@ -45,6 +45,7 @@ from .protocols import (
     planned_runs,
     protocol_from_dict,
 )
+from .progress import plural
 from .report import plain_model
 from .rundir import SWEEP, Run, RunName, is_run, load_run, read_groups, read_json
 from .stats import NOT_ENOUGH, Difference, Summary, Verdict, summarize, verdict, welch
@@ -225,7 +226,7 @@ def _header(s: SweepResult) -> list[str]:
     rows = s.rows()
     any_run = rows[0].run
     env, used = any_run.environment, any_run.config
-    warm = f" after {used['warmup_epochs']:g} warm-up epochs" if used.get("warmup_epochs") else ""
+    warm = f" after {plural(used['warmup_epochs'], 'warm-up epoch')}" if used.get("warmup_epochs") else ""
     base = PROTOCOLS.get(p.name)
     flags = "".join(
         f" {flag} {getattr(p, key)}" for key, flag in (("epochs", "--epochs"), ("parallel", "--parallel"),
@@ -245,10 +246,10 @@ def _header(s: SweepResult) -> list[str]:
         "",
         f"- Hardware: {env.get('device_name', '?')} (`{env.get('device', '?')}`), torch {env.get('torch', '?')}, "
         f"{env.get('cpu_count', '?')} CPU cores; sweep started {meta.get('started', '?')}{resumed}.",
-        f"- Schedule: {used['epochs']} epochs, batch {used['batch_size']}, SGD momentum {used.get('momentum', 0.9):g}"
+        f"- Schedule: {plural(used['epochs'], 'epoch')}, batch {used['batch_size']}, SGD momentum {used.get('momentum', 0.9):g}"
         f"{' (Nesterov)' if used.get('nesterov') else ''}, lr {used['lr']} {used.get('schedule', 'cosine')}{warm}, "
         f"weight decay {p.weight_decay} (not on gates), alpha -0.02, budget projection at epoch ends; "
-        f"{'bf16 autocast, ' if p.amp else ''}{'channels_last, ' if p.channels_last else ''}{p.parallel} run(s) at a time.",
+        f"{'bf16 autocast, ' if p.amp else ''}{'channels_last, ' if p.channels_last else ''}{plural(p.parallel, 'run at a time', 'runs at a time')}.",
         f"- Models: `{p.model}` ({_names(p)[1]}, learned groups) and `{p.plain}` ({_names(p)[0]}, the same number of "
         f"groups in every group convolution: {', '.join(str(int(a.arm.value)) for a in s.arms if a.arm.kind == 'plain')}). "
         f"Accuracy is top-1 on {f'{test_images:,}' if isinstance(test_images, int) else 'the'} test images "
@@ -476,11 +477,12 @@ def _figure(s: SweepResult, figures: Path | None) -> list[str]:
 
     plt = _plt()
     layers = list(arms[0].rows[0].run.groups)
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.5 * len(layers) + 3), 4.2))
-    for a in arms:
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.5 * len(layers) + 3) + 2.5, 4.2))  # + the legend
+    styles = ["o-", "s--", "^-.", "D:", "v-", "P--", "X-.", "*:"]
+    for i, a in enumerate(arms):  # markers, dashes and a small offset keep coinciding lines apart
         logs = np.array([[math.log2(r.run.groups[n]) for n in layers] for r in a.rows])
-        x = np.arange(len(layers))
-        line = ax.plot(x, 2 ** logs.mean(0), marker="o", lw=1.5, label=f"b = {a.arm.value:g}, {a.arm.cost} ({len(a.rows)} seeds)")[0]
+        x = np.arange(len(layers)) + 0.08 * (i - (len(arms) - 1) / 2)
+        line = ax.plot(x, 2 ** logs.mean(0), styles[i % len(styles)], lw=1.5, ms=5, alpha=0.9, label=f"b = {a.arm.value:g}, {a.arm.cost} ({plural(len(a.rows), 'seed')})")[0]
         if len(a.rows) > 1:
             ax.fill_between(x, 2 ** logs.min(0), 2 ** logs.max(0), color=line.get_color(), alpha=0.12)
     for a in s.arms:
@@ -494,11 +496,11 @@ def _figure(s: SweepResult, figures: Path | None) -> list[str]:
     ax.set_title(f"Protocol {s.protocol.name} ({s.path.name}/): learned groups by depth (dashed: fixed-groups arms)",
                  fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside the data
     fig.tight_layout()
     figures.mkdir(parents=True, exist_ok=True)
     name = f"groups_{s.path.name}.png"  # by sweep directory: two sweeps of one protocol get two figures
-    fig.savefig(figures / name, dpi=110)
+    fig.savefig(figures / name, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return [f"![Learned groups by depth, protocol {s.protocol.name}]({figures.name}/{name})", ""]
 
