@@ -149,10 +149,13 @@ def test_groupify_selectors_and_refusals():
     assert sum(isinstance(m, DGConv2d) for m in g.modules()) == 9
     assert_same_function(base, g, x)
     assert g.group_conv_names == base.group_conv_names
-    g3 = groupify(base, include="3x3")
-    assert isinstance(g3.conv1, DGConv2d)  # the stem is 3x3 too
-    assert "conv1" in g3.group_conv_names
+    g3, rep = groupify(base, include="3x3", report=True)
+    # the stem is 3x3 too, but 3 -> 64 channels have gcd 1: no gate, nothing to learn; it stays an nn.Conv2d
+    assert type(g3.conv1) is nn.Conv2d and "conv1" not in g3.group_conv_names and "gcd(3, 64) = 1" in rep.skipped["conv1"]
+    assert len(rep.converted) == 9 and all(m.factors for m in g3.modules() if isinstance(m, DGConv2d))
     assert_same_function(base, g3, x)
+    with pytest.raises(ValueError, match="selects no convolution whose groups can be learned"):
+        groupify(base, include=["conv1"])
     gn = groupify(base, include=["layer1.*.conv2"])
     assert sum(isinstance(m, DGConv2d) for m in gn.modules()) == 3
     gc = groupify(base, include=lambda name, conv: conv.in_channels == 512 and conv.groups > 1)

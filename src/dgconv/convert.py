@@ -19,6 +19,7 @@ import copy
 import fnmatch
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,9 @@ def groupify(model: nn.Module, include: Selector = "grouped", impl: str = "auto"
     The copy computes exactly the same function at conversion time (each DGConv starts at its conv's
     grouping, weights in the block diagonal) and can then learn its groups.
 
-    Only plain ``nn.Conv2d`` modules are converted. A selected *subclass* of ``nn.Conv2d`` (timm's ``Conv2dSame``
+    Only plain ``nn.Conv2d`` modules whose groups can be learned are converted: a selected convolution with
+    ``gcd(in, out) = 1`` (a 3-channel stem) could only ever have one group, so it stays as it is (listed in the report
+    with the reason). A selected *subclass* of ``nn.Conv2d`` (timm's ``Conv2dSame``
     pads in its own ``forward``, for instance) could compute something a DGConv2d would not reproduce, so it is
     left as it was and listed: in a logged warning, in the report, and as an error with ``strict=True``.
 
@@ -130,7 +133,7 @@ def groupify(model: nn.Module, include: Selector = "grouped", impl: str = "auto"
     Raises:
         TypeError: a name pattern selects something that is not an ``nn.Conv2d`` (a transposed or 1-D/3-D
             convolution, a linear layer); DGConv is a 2-D convolution. With ``strict``, also a subclass.
-        ValueError: nothing was selected.
+        ValueError: nothing was selected, or nothing selected has groups to learn.
 
     Example::
 
@@ -156,7 +159,13 @@ def groupify(model: nn.Module, include: Selector = "grouped", impl: str = "auto"
             raise TypeError(f"groupify: {len(skipped)} selected layer(s) cannot be converted exactly: {listing}")
         _logger.warning("groupify left %d selected layer(s) as they were (not plain nn.Conv2d): %s%s", len(skipped),
                         listing, " ..." if len(skipped) > 5 else "")
+    for name, m in chosen:  # gcd(in, out) = 1 (a 3-channel stem): the only grouping is 1, there is nothing to learn
+        if name not in skipped and math.gcd(m.in_channels, m.out_channels) == 1:
+            skipped[name] = f"gcd({m.in_channels}, {m.out_channels}) = 1: no gate, groups can only be 1"
     converted = [name for name, _ in chosen if name not in skipped]
+    if not converted:
+        raise ValueError(f"groupify: include={include!r} selects no convolution whose groups can be learned in "
+                         f"{type(model).__name__} (skipped: {'; '.join(f'{n}: {r}' for n, r in list(skipped.items())[:3])})")
     for name, m in chosen:
         if name not in skipped:
             _set_module(out, name, DGConv2d.from_conv(m, impl=impl, fill=fill, gate_magnitude=gate_magnitude))
