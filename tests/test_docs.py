@@ -54,3 +54,37 @@ def test_results_document_matches_the_committed_runs(tmp_path):
         "docs/results.md is stale: run `dgconv results "
         + " ".join(f"results/{s.name}" for s in sweeps) + " --out docs/results.md --figures docs/figures`"
     )
+
+
+def test_the_guide_objectives_table_is_recomputed_from_its_runs():
+    """docs/guide.md "A budget that binds by learning": each row from results/objectives-0.2 (the script's summary)."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        from objectives import summarize
+    finally:
+        sys.path.pop(0)
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    runs = sorted((ROOT / "results" / "objectives-0.2").iterdir())
+    assert len(runs) == 4
+    for run in runs:
+        _, cost, objective = run.name.split("-")
+        s = summarize(run)
+        row = (f"| {cost} | {objective} | {s['epochs_with_projection']} of {s['epochs']} | {s['gates_closed']} | "
+               f"{s['max_zeta_over_o_before_projection']:.3f} | {s['final_zeta_over_o']:.3f} | {100 * s['test_acc']:.2f} % | "
+               f"{' '.join(map(str, s['groups']))} |")
+        assert row in guide, row
+
+
+def test_the_readme_main_job_numbers_are_those_of_the_recorded_run():
+    """The README's main-job sentence quotes the recorded run of the digits default (the suite's defaults test checks
+    a fresh run reaches that accuracy within a point)."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    run = ROOT / "results" / "objectives-0.2" / "digits-connections-paper"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["model"] == "g_resnext_digits" and cfg["config"]["budget"] == 8  # the defaults
+    assert f"{len(rows)} epochs; final test accuracy {100 * rows[-1]['test_acc']:.2f} %" in readme
+    assert f"the best epoch {100 * max(r['test_acc'] for r in rows):.0f} %" in readme
+    assert f"zeta/o {rows[-1]['zeta_over_o']:.3f}" in readme

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +29,9 @@ def test_defaults_train_g_resnext_on_digits_and_report_groups(tmp_path):
     assert len(runs) == 1
     run = runs[0]
     rows = metrics(run)
-    assert len(rows) == 30 and rows[-1]["test_acc"] > 0.9  # chance is 0.1
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    quoted = float(re.search(r"final test accuracy (\d+\.\d+) %", readme)[1]) / 100
+    assert len(rows) == 30 and rows[-1]["test_acc"] >= quoted - 0.01  # what the README says, within a point
     assert "test accuracy" in r.stdout and "layer3.0.conv2" in r.stdout and "groups" in r.stdout
     doc = json.loads((run / "groups.json").read_text())
     ckpt = load_checkpoint(run / "last.pt")
