@@ -45,7 +45,7 @@ def _blobs(x: np.ndarray, lossless: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def pack(data_dir: str, out: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from dgconv.data import load_cifar
+    from dgconv.train.data import load_cifar
 
     ds = load_cifar("cifar10", data_dir)
     tr, tro = _blobs(ds.train_x.numpy(), lossless=False)

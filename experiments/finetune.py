@@ -1,7 +1,7 @@
 """Fine-tuning a converted network: does it keep its structure on the first steps, and can closed gates merge?
 
 1. ``first-step``: a ResNeXt-50 32x4d state_dict (random weights: no download here) loaded into ``g_resnext50`` with
-   ``dgconv.pretrained.load_pretrained`` -- gates at |g~| = 1e-8 (the paper's init) or 1.0 (our default), out-of-group
+   ``dgconv.train.pretrained.load_pretrained`` -- gates at |g~| = 1e-8 (the paper's init) or 1.0 (our default), out-of-group
    weights zero (0.1's ``from_conv``) or freshly initialised (our default) -- then one SGD step (lr 0.01, momentum
    0.9) on a random batch under b = 32: how many of the 16 layers changed their groups, zeta/o before and after, and
    how many closed gates received a non-zero gradient.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from dgconv import ResourceConstraint, create_model, learned_groups
 from dgconv.cli import main as dgconv
 from dgconv.constraint import dgconv_layers
-from dgconv.pretrained import load_pretrained
+from dgconv.train.pretrained import load_pretrained
 
 
 def first_step() -> None:

@@ -87,7 +87,7 @@ def catches(pid: int, sig: int) -> bool:
 
 
 def wait_for_handlers(proc: subprocess.Popen) -> None:
-    """Wait until ``dgconv`` in ``proc`` routes signals to its clean stop (:func:`dgconv.interrupts.install` is the
+    """Wait until ``dgconv`` in ``proc`` routes signals to its clean stop (:func:`dgconv.train.interrupts.install` is the
     first thing ``main`` does; before it, SIGTERM is not caught). An observable state, not a delay."""
     if not os.path.exists(f"/proc/{proc.pid}/status"):
         import pytest

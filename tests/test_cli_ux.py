@@ -120,8 +120,8 @@ def server(tmp_path):
 
 
 def test_download_verifies_the_checksum(tmp_path, server, monkeypatch):
-    from dgconv.data import load_cifar
-    from dgconv.download import download_cifar
+    from dgconv.train.data import load_cifar
+    from dgconv.train.data.cifar import download_cifar
 
     www, base = server
     md5 = _fake_cifar_archive(www / "cifar-10-python.tar.gz")
@@ -142,7 +142,7 @@ def test_download_verifies_the_checksum(tmp_path, server, monkeypatch):
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
     (www / "evil.tar.gz").write_bytes(evil.getvalue())
-    from dgconv.data import DataError
+    from dgconv.train.data import DataError
 
     with pytest.raises(DataError, match="refusing to unpack"):
         download_cifar("cifar10", tmp_path / "e", url=f"{base}/evil.tar.gz", md5=hashlib.md5(evil.getvalue()).hexdigest())

@@ -199,7 +199,7 @@ def test_cli_deploy_and_groups_from(tmp_path):
     groups = json.loads((run / "groups.json").read_text())["groups"]
     rebuilt = load_deployed(out)
     assert {n: m.groups for n, m in rebuilt.named_modules() if n in groups} == groups
-    from dgconv.checkpoint import model_from_checkpoint
+    from dgconv.train.checkpoint import model_from_checkpoint
 
     x = torch.randn(4, 1, 8, 8)
     assert_same_function(model_from_checkpoint(run / "last.pt").eval(), rebuilt, x)

@@ -46,7 +46,7 @@ RESULTS = ["gpu-fast", "gpu", "cpu", "gpu-0.1"]  # the sweeps docs/results.md re
 
 def test_results_document_matches_the_committed_runs(tmp_path):
     """docs/results.md is regenerated from results/ (the command below), never hand-edited."""
-    from dgconv.results import render_results
+    from dgconv.lab.results import render_results
 
     sweeps = [ROOT / "results" / name for name in RESULTS if (ROOT / "results" / name / "sweep.json").exists()]
     expected = render_results(sweeps, tmp_path / "figures")

@@ -96,7 +96,7 @@ def test_init_from_pretrained_resnext_and_resnet_state_dicts(tmp_path, source):
         t = timm()
         nets = {"g_resnext50": t.create_model("resnext50_32x4d", num_classes=10),
                 "g_resnet50": t.create_model("resnet50", num_classes=10)}
-    from dgconv.pretrained import load_pretrained
+    from dgconv.train.pretrained import load_pretrained
 
     x = torch.randn(2, 3, 64, 64)
     for name, net in nets.items():
@@ -112,7 +112,7 @@ def test_init_from_pretrained_resnext_and_resnet_state_dicts(tmp_path, source):
         fresh = create_model(name, num_classes=7)
         assert any("classifier fc left at its fresh initialisation" in n for n in load_pretrained(fresh, tmp_path / f"{name}.pth"))
     # a state_dict of another architecture: the first mismatches, counted
-    from dgconv.checkpoint import CheckpointError
+    from dgconv.train.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"does not fit this model: \d+ missing from the file"):
         load_pretrained(create_model("g_resnext101", num_classes=10), tmp_path / "g_resnext50.pth")

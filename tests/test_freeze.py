@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgconv import DGConv2d, create_model, learned_groups
-from dgconv.checkpoint import load_checkpoint, model_from_checkpoint
+from dgconv.train.checkpoint import load_checkpoint, model_from_checkpoint
 from dgconv.constraint import configure_optimizer, dgconv_layers
 from dgconv.freeze import freeze_groups, is_frozen
 from dgconv.layers import gate_gradients, set_gate_batch_fraction

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dgconv.checkpoint import load_checkpoint
+from dgconv.train.checkpoint import load_checkpoint
 from dgconv.errors import RunInUseError
-from dgconv.rundir import RunWriter, best_checkpoint, load_run
+from dgconv.train.rundir import RunWriter, best_checkpoint, load_run
 from tests.helpers import ENV, PATIENCE, cli, metrics, strip_time, wait_for_handlers, wait_until
 
 TRAIN = ["train", "--epochs", "3", "--limit-train", "256", "--limit-test", "128", "--budget", "4", "--no-progress"]
@@ -346,7 +346,7 @@ def test_signals_stop_at_a_checkpoint_and_a_closed_pipe_does_not(tmp_path):
 
 
 def test_out_of_memory_is_a_message_and_bugs_keep_their_traceback(monkeypatch):
-    import dgconv.engine as engine
+    import dgconv.train.engine as engine
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -367,7 +367,7 @@ def test_a_run_brought_back_without_its_checkpoint_is_set_aside_not_refused(tmp_
     """GPU sessions bring back run directories without checkpoints: such a run cannot resume, and a fresh start in its
     directory is refused, so the sweep moves it to ``<name>.partial`` (one kept) and starts it again."""
     from dgconv.errors import RunDirError
-    from dgconv.rundir import LAST, METRICS, finished_epochs, set_aside_unresumable
+    from dgconv.train.rundir import LAST, METRICS, finished_epochs, set_aside_unresumable
 
     run = tmp_path / "g-b32"
     assert set_aside_unresumable(run) is None  # nothing there

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from dgconv.errors import DGConvError
-from dgconv.protocols import PROTOCOLS, Protocol, planned_runs
-from dgconv.results import render_results, spearman
+from dgconv.lab.protocols import PROTOCOLS, Protocol, planned_runs
+from dgconv.lab.results import render_results, spearman
 from tests.helpers import ENV, PATIENCE, cli
 from tests.test_data import HAS_CIFAR, SHARED
 
@@ -198,7 +198,7 @@ def test_stopping_a_sweep_ends_its_busy_workers():
     # executor's process table, so _stop must take the workers first (it once failed there with a traceback).
     import time
 
-    from dgconv.sweep import _executor, _stop
+    from dgconv.lab.sweep import _executor, _stop
 
     ex = _executor(1)
     future = ex.submit(_sleep, 600)
@@ -237,7 +237,7 @@ def test_stopping_a_sweep_ends_its_busy_workers():
 def test_claim3_verdict_reads_the_interval(rhos, verdict):
     from types import SimpleNamespace
 
-    from dgconv.results import _claim3
+    from dgconv.lab.results import _claim3
 
     arm = SimpleNamespace(arm=SimpleNamespace(kind="g"), rows=[SimpleNamespace(depth_rho=r) for r in rhos])
     line = _claim3(SimpleNamespace(arms=[arm]), 3)
@@ -248,7 +248,7 @@ def test_a_sweep_directory_holds_one_protocol(tmp_path):
     """Continuing a sweep with other settings (a changed protocol, another --epochs) would put runs of both into one
     results table under the new settings' description: refused, naming what differs; harmless fields may change."""
     from dgconv.errors import ConfigError
-    from dgconv.sweep import run_sweep
+    from dgconv.lab.sweep import run_sweep
 
     out = tmp_path / "sweep"
     recorded = dataclasses.asdict(dataclasses.replace(PROTOCOLS["cpu"], weight_decay=1e-3, parallel=2))

@@ -1,4 +1,4 @@
-"""dgconv.stats against SciPy: t quantiles and CDF, t intervals, Welch intervals, and the verdict rules."""
+"""dgconv.lab.stats against SciPy: t quantiles and CDF, t intervals, Welch intervals, and the verdict rules."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dgconv.stats import summarize, t_cdf, t_quantile, verdict, welch
+from dgconv.lab.stats import summarize, t_cdf, t_quantile, verdict, welch
 
 stats = pytest.importorskip("scipy.stats")
 

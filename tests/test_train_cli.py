@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dgconv.checkpoint import load_checkpoint
+from dgconv.train.checkpoint import load_checkpoint
 from dgconv.constraint import learned_groups
 from dgconv.models import create_model
 from tests.helpers import ENV, PATIENCE, cli, dgconv, metrics
@@ -188,7 +188,7 @@ def test_lookahead_with_and_without_the_ramp_against_a_hand_computation():
     the ramp that fraction is 1 - (1 - alpha) t^3 (no averaging at the start, alpha at the end)."""
     from torch import nn
 
-    from dgconv.engine import Lookahead
+    from dgconv.train.engine import Lookahead
 
     for ramp in (False, True):
         net = nn.Linear(3, 1, bias=False)

@@ -16,14 +16,51 @@ Public API:
 
 The names load on first use (``import dgconv`` itself does not import torch), so the ``dgconv`` command answers
 ``--version`` and handles Ctrl-C from its first instant.
+
+Layout (docs/design.md): the core (the layer, its maths, costs, constraint, conversions, models) sits at the top;
+:mod:`dgconv.train` holds the trainer (config, engine, run directories, checkpoints, data) and :mod:`dgconv.lab` the
+experiments (protocols, sweeps, results, reports, statistics). The modules' 0.2 paths (``dgconv.engine``,
+``dgconv.rundir``, ``dgconv.data``, ...) still import: they name the same module objects (:data:`MOVED`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from ._version import __version__
+
+#: A module's path before 0.3 -> where it lives now (``import dgconv.engine`` is ``dgconv.train.engine``).
+MOVED = {
+    "config": "train.config", "engine": "train.engine", "checkpoint": "train.checkpoint", "rundir": "train.rundir",
+    "distributed": "train.distributed", "progress": "train.progress", "interrupts": "train.interrupts",
+    "pretrained": "train.pretrained", "data": "train.data", "data_folder": "train.data.folder",
+    "download": "train.data.cifar", "protocols": "lab.protocols", "sweep": "lab.sweep", "results": "lab.results",
+    "report": "lab.report", "stats": "lab.stats",
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports of an old path (:data:`MOVED`) return the module at its new path: one module object, two names."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        head, _, tail = fullname.partition(".")
+        if head == __name__ and tail in MOVED:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec: Any) -> Any:
+        return importlib.import_module(f"{__name__}.{MOVED[spec.name.partition('.')[2]]}")
+
+    def exec_module(self, module: Any) -> None:  # already executed under its new name
+        return None
+
+
+if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
+    sys.meta_path.append(_MovedModules())
 
 # public name -> the submodule that defines it
 _EXPORTS = {
@@ -49,7 +86,7 @@ _EXPORTS = {
     "set_gate_batch_fraction": "layers",
 }
 
-_SUBMODULES = ("models", "compiled", "costs", "latency", "rundir", "stats", "errors", "freeze")
+_SUBMODULES = ("models", "compiled", "costs", "latency", "errors", "freeze", "train", "lab", *MOVED)
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 

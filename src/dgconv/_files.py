@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ._faults import fault
+from .errors import RunDirError
 
-__all__ = ["atomic_write", "atomic_link", "md5_file", "TEMP_SUFFIX"]
+__all__ = ["atomic_write", "atomic_link", "md5_file", "write_text", "write_json", "read_json", "TEMP_SUFFIX"]
 
 #: Temporaries of :func:`atomic_write` are named ``.<name>.<random>.tmp`` beside their target.
 TEMP_SUFFIX = ".tmp"
@@ -89,7 +91,7 @@ def _sync_dir(folder: Path) -> None:
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it over ``path``: a crash at any
     moment leaves either the old file or the new one, never a torn one (a process killed mid-write leaves a
-    ``.<name>.*.tmp`` temporary, which :mod:`dgconv.rundir` removes on the run's next start).
+    ``.<name>.*.tmp`` temporary, which :mod:`dgconv.train.rundir` removes on the run's next start).
 
     Raises:
         OSError: the file system refused (its ``filename`` is set); nothing is left behind.
@@ -153,3 +155,29 @@ def md5_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ plain files
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (:func:`atomic_write`), creating its folder."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: str | Path, doc: Any) -> None:
+    """Write ``doc`` as indented JSON, atomically."""
+    write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Parse a JSON file; a missing, unreadable or malformed file is a :class:`~dgconv.errors.RunDirError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"no {what} at {path}") from None
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path} is not a text file") from None
+    except OSError as e:
+        raise RunDirError(f"cannot read {path}: {e.strerror or e}") from None

@@ -168,7 +168,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .engine import TrainConfig, train
+    from .train.engine import TrainConfig, train
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     train(TrainConfig(**given), explicit=set(given))
@@ -226,7 +226,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     from .models import model_info
     from .profile import profile
-    from .rundir import is_run, load_run, read_groups
+    from .train.rundir import is_run, load_run, read_groups
 
     name, classes, size, groups = args.model, args.num_classes, args.input_size, None
     run_source = args.model if is_run(args.model) else (args.groups_from if args.groups_from and is_run(args.groups_from) else None)
@@ -307,13 +307,13 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
     from .latency import LatencyTable
     from .models import model_info
-    from .progress import Progress
+    from .train.progress import Progress
 
     info = model_info(args.model)
     size = tuple(args.input_size) if args.input_size else info.input_size
     limits = {k: getattr(args, k) for k in ("min_group_width", "max_groups") if getattr(args, k) is not None}
     model = _build(args.model, num_classes=args.num_classes, in_chans=size[0], **limits)
-    from .progress import duration
+    from .train.progress import duration
 
     started = time.time()
     bars = Progress(args.progress)
@@ -360,11 +360,11 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .train.checkpoint import load_checkpoint, model_from_checkpoint
     from .convert import deploy, save_deployed
     from .models import model_info
     from .profile import profile
-    from .rundir import checkpoint_path
+    from .train.rundir import checkpoint_path
 
     src = checkpoint_path(args.source, best=args.best)
     if args.best and not Path(args.source).is_dir():
@@ -407,7 +407,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .lab.report import write_report
 
     for path in write_report(args.runs, args.out):
         print(f"wrote {path}")
@@ -422,7 +422,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         "(g_resnext29_32x4d, 30 epochs on one H200, over several sessions) and 'gpu-fast' (g_fastnet, a fast recipe, "
         "many seeds). Resumable: finished runs are skipped; a directory holding runs of other settings is refused.",
     )
-    from .sweep import PROTOCOLS
+    from .lab.sweep import PROTOCOLS
 
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
     p.add_argument("--data-dir", required=True, help="folder holding (or being) cifar-10-batches-py")
@@ -445,12 +445,12 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep
+    from .lab.sweep import run_sweep
 
     path = run_sweep(args.protocol, args.out, args.data_dir, data_note=args.data_note, results=args.results,
                      deadline=args.deadline, epochs=args.epochs, parallel=args.parallel, limit_train=args.limit_train,
                      limit_test=args.limit_test, batch_size=args.batch_size, device=args.device, amp=args.amp,
-                     max_seeds=args.max_seeds, model=args.model, plain=args.plain_model)
+                     max_seeds=args.max_seeds, model=args.model, plain=args.plain_model, runner=main)
     print(f"wrote {path}" + (f" and {args.results}" if args.results else ""))
     return 0
 
@@ -466,8 +466,8 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
 def _cmd_results(args: argparse.Namespace) -> int:
 
     from .errors import ConfigError
-    from .results import render_results
-    from .rundir import SWEEP, is_sweep, write_text
+    from .lab.results import render_results
+    from .train.rundir import SWEEP, is_sweep, write_text
 
     for s in args.sweeps:
         if not is_sweep(s):
@@ -482,7 +482,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(prog="dgconv", description="Dynamic Grouping Convolution: train, inspect and deploy G-ResNeXt.")
     parser.add_argument("--version", action="version", version=f"dgconv {__version__}")
@@ -551,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dgconv`` command. Returns the process exit status: 0 done, 1 the environment failed
     (file system, memory), 2 bad input or a run that could not go on, 128 + N stopped by signal N (130 Ctrl-C,
     143 SIGTERM; the run's last checkpoint is named). Unexpected errors keep their traceback."""
-    from . import interrupts
+    from .train import interrupts
     from .errors import DGConvError, Interrupted
 
     interrupts.install()  # before anything slow: Ctrl-C at any moment is a clean stop

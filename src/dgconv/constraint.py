@@ -55,7 +55,8 @@ from torch import Tensor, nn
 
 from .costs import COSTS, ConnectionCost, Cost, LatencyCost, MacCost, _InverseGroupsCost
 from .errors import ConfigError
-from .layers import GATE_INIT, DGConv2d
+from .layers import GATE_INIT, dgconv_layers, learned_groups
+from .layers import unwrap as _unwrap
 
 __all__ = [
     "ResourceConstraint",
@@ -68,22 +69,6 @@ __all__ = [
 ]
 
 OBJECTIVES = ("paper", "lagrangian")
-
-
-def dgconv_layers(model: nn.Module) -> list[tuple[str, DGConv2d]]:
-    """``(name, layer)`` of every :class:`DGConv2d` in ``model``, in module order (DDP/compile wrappers stripped)."""
-    return [(n, m) for n, m in _unwrap(model).named_modules() if isinstance(m, DGConv2d)]
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
-def learned_groups(model: nn.Module) -> dict[str, int]:
-    """Module name -> current number of groups of every DGConv layer (the format ``create_model(groups=...)``
-    takes and ``groups.json`` stores under ``"groups"``)."""
-    return {name: m.groups for name, m in dgconv_layers(model)}
 
 
 def _model_input_size(model: nn.Module) -> tuple[int, ...] | None:
@@ -372,13 +357,6 @@ class ResourceConstraint:
         world = all_reduce_sum(torch.ones((), dtype=torch.float64, device=g.device))
         total = all_reduce_sum(g.clone())
         return bool(torch.equal(total, g * world))
-
-    def groups_document(self, model_name: str | None = None) -> dict[str, Any]:
-        """What ``groups.json`` holds: the learned groups and channels of every layer (:func:`dgconv.rundir.groups_document`)."""
-        from .rundir import groups_document
-
-        s = self.summary()
-        return groups_document(s["groups"], s["channels"], model_name)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: ``zeta``, ``o``, ``zeta/o`` in the cost's units, the cost's name, the MACs of the

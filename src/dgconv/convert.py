@@ -28,12 +28,12 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor, nn
 
-from .constraint import dgconv_layers, learned_groups
 from .fast import _gather, memory_format_of
-from .layers import GATE_INIT, DGConv2d
+from .layers import GATE_INIT, DGConv2d, dgconv_layers, learned_groups
 from .models.registry import create_model, model_info
 
 __all__ = [
+    "deploy_in_place",
     "groupify",
     "GroupifyReport",
     "deploy",
@@ -387,9 +387,11 @@ def _fold_sites(root: nn.Module, name: str) -> FoldSites:
     return FoldSites()
 
 
-def _convert_in_place(root: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[LayerDeployment]:
-    """Replace every DGConv layer of ``root`` by its grouped ``nn.Conv2d``, folding permutations by the fold rules
-    (else inserting :class:`ChannelPermutation`), and carry ``optimizer``'s state of every surviving weight."""
+def deploy_in_place(root: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[LayerDeployment]:
+    """Replace every DGConv layer of ``root`` *in place* by its grouped ``nn.Conv2d`` (what :func:`deploy` does to a
+    copy), folding permutations by the fold rules (else inserting :class:`ChannelPermutation`), and carry
+    ``optimizer``'s state of every surviving weight (:func:`dgconv.freeze_groups` trains on from there).
+    Returns one record per converted layer."""
     edit = _StateEdit(optimizer)
     records = []
     for name, layer in dgconv_layers(root):
@@ -479,7 +481,7 @@ def deploy(model: nn.Module, *, summary: bool = False) -> nn.Module | tuple[nn.M
     source = getattr(model, "module", model)
     source = getattr(source, "_orig_mod", source)
     out = copy.deepcopy(source)
-    records = _convert_in_place(out)
+    records = deploy_in_place(out)
     return (out, DeploySummary(records)) if summary else out
 
 

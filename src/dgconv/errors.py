@@ -18,7 +18,7 @@ Example::
 
 from __future__ import annotations
 
-__all__ = ["DGConvError", "ConfigError", "RunDirError", "RunInUseError", "MissingExtraError", "Interrupted"]
+__all__ = ["DGConvError", "ConfigError", "DataError", "RunDirError", "RunInUseError", "MissingExtraError", "Interrupted"]
 
 
 class DGConvError(Exception):
@@ -27,6 +27,10 @@ class DGConvError(Exception):
 
 class ConfigError(DGConvError, ValueError):
     """An option or argument is invalid (unknown name, out of range, inconsistent with another one)."""
+
+
+class DataError(DGConvError, ValueError):
+    """A dataset is missing, malformed, or not what was asked for; the message says what was expected."""
 
 
 class RunDirError(DGConvError, OSError):

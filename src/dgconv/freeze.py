@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .constraint import dgconv_layers
+from .convert import deploy_in_place
+from .layers import dgconv_layers
 
 __all__ = ["freeze_groups", "frozen_record", "restore_grouping", "refreeze", "is_frozen"]
 
@@ -55,14 +56,12 @@ def freeze_groups(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
     Raises:
         ValueError: the model has no DGConv layers (nothing to freeze).
     """
-    from .convert import _convert_in_place
-
     root = getattr(model, "module", model)
     root = getattr(root, "_orig_mod", root)
     record = frozen_record(root)
     if not record:
         raise ValueError("freeze_groups: the model has no DGConv layers (already frozen, or never a G-network)")
-    _convert_in_place(root, optimizer)
+    deploy_in_place(root, optimizer)
     root.dgconv_frozen = record
     return record
 

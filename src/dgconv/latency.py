@@ -201,7 +201,7 @@ class LatencyTable:
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON (atomically); returns the path."""
-        from .rundir import write_json
+        from ._files import write_json
 
         write_json(path, self.to_dict())
         return Path(path)
@@ -209,7 +209,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
         """Read a table written by :meth:`save` (a :class:`ConfigError` for anything else)."""
-        from .rundir import read_json
+        from ._files import read_json
 
         try:
             doc = read_json(path, "latency table")
@@ -312,13 +312,15 @@ class LatencyTable:
             if channels_last:
                 convs = {g: c.to(memory_format=torch.channels_last) for g, c in convs.items()}
             fns = {g: (lambda c=c: c(x)) for g, c in convs.items()}
-            for attempt in range(2):  # a shape whose timings look contaminated is timed once more
+            best: dict[str, dict[str, float]] = {}
+            best_bad = -1
+            for _attempt in range(2):  # a shape whose timings look contaminated is timed once more
                 spread: dict[int, float] = {}
                 ms = _time_round_robin(fns, dev, reps, spreads=spread)
                 entry = {"ms": {str(g): round(v, 6) for g, v in sorted(ms.items())},
                          "spread": {str(g): round(v, 4) for g, v in sorted(spread.items())}}
                 bad = len(_suspicious_entries(entry["ms"], entry["spread"]))
-                if attempt == 0 or bad < best_bad:
+                if best_bad < 0 or bad < best_bad:
                     best, best_bad = entry, bad
                 if not bad:
                     break

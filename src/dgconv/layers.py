@@ -15,7 +15,8 @@ from . import grouping
 from ._compat import autocast_dtype
 from .functional import _pair, binarize_gates, dgconv2d_reference
 
-__all__ = ["DGConv2d", "GATE_INIT", "cached_gates", "gate_gradients", "set_gate_batch_fraction"]
+__all__ = ["DGConv2d", "GATE_INIT", "cached_gates", "gate_gradients", "set_gate_batch_fraction", "dgconv_layers",
+           "learned_groups", "unwrap"]
 
 #: Magnitude of the initial continuous gates (§4: "We initialize them as small values 1e-8 or -1e-8 randomly").
 GATE_INIT = 1e-8
@@ -616,3 +617,28 @@ def cached_gates(model: nn.Module) -> Iterator[None]:
         for m in layers:
             m._host_gates = None
 
+
+
+# ------------------------------------------------------------------------------------------------ finding layers
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside ``DistributedDataParallel`` (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def dgconv_layers(model: nn.Module) -> list[tuple[str, DGConv2d]]:
+    """``(name, layer)`` of every :class:`DGConv2d` in ``model``, in module order (DDP/compile wrappers stripped).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), DGConv2d(8, 8, 3, padding=1))
+        >>> [name for name, _ in dgconv_layers(net)]
+        ['1']
+    """
+    return [(n, m) for n, m in unwrap(model).named_modules() if isinstance(m, DGConv2d)]
+
+
+def learned_groups(model: nn.Module) -> dict[str, int]:
+    """Module name -> current number of groups of every DGConv layer (the format ``create_model(groups=...)``
+    takes and ``groups.json`` stores under ``"groups"``)."""
+    return {name: m.groups for name, m in dgconv_layers(model)}

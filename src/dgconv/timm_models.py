@@ -29,7 +29,7 @@ def _builder(name: str) -> Any:
     def build(pretrained: bool = False, **kwargs: Any) -> Any:
         if pretrained:
             raise ValueError(f"{name} has no pretrained weights; start from a pretrained timm/torchvision ResNet(X)t "
-                             f"with `dgconv train --init-from` or dgconv.pretrained.load_pretrained")
+                             f"with `dgconv train --init-from` or dgconv.train.pretrained.load_pretrained")
         for key in [k for k in kwargs if k.startswith("pretrained") or k in ("cache_dir", "features_only")]:
             kwargs.pop(key)
         from .models import create_model

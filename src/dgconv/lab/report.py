@@ -1,6 +1,6 @@
 """``dgconv report``: figures and a markdown summary from run directories (their files only).
 
-Reads each run through :func:`dgconv.rundir.load_run` (its ``config.json``, ``metrics.jsonl`` and ``groups.json``;
+Reads each run through :func:`dgconv.train.rundir.load_run` (its ``config.json``, ``metrics.jsonl`` and ``groups.json``;
 never a checkpoint). Writes PNGs
 (matplotlib, an optional extra: ``pip install 'dgconv[report]'``) and ``summary.md``:
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .progress import plural
-from .rundir import Run, load_run, write_text
+from ..train.progress import plural
+from ..train.rundir import Run, load_run, write_text
 
 __all__ = ["Run", "load_run", "layer_table", "plain_model", "write_report"]
 
@@ -28,7 +28,7 @@ __all__ = ["Run", "load_run", "layer_table", "plain_model", "write_report"]
 def plain_model(run: Run, groups: Any = None) -> tuple[Any, tuple[int, ...]]:
     """The run's plain ResNeXt counterpart built with ``groups`` (an int, a per-layer spec or ``None`` for its
     default), and the input size the run trained at. Raises ``UnknownModelError`` for an unregistered model."""
-    from .models import create_model, model_info
+    from ..models import create_model, model_info
 
     info = model_info(run.config["model"])
     size = tuple(run.input_size or info.input_size)
@@ -50,7 +50,7 @@ def _cardinality(run: Run) -> int | None:
 def layer_table(run: Run) -> list[dict[str, Any]]:
     """Per DGConv layer: channels, learned groups, MACs as a dense masked conv, deployed, and in the ResNeXt
     counterpart at its own groups (one input)."""
-    from .profile import profile
+    from ..profile import profile
 
     if not run.groups:
         return []
@@ -72,7 +72,7 @@ def _plt():  # type: ignore[no-untyped-def]
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        from .errors import MissingExtraError
+        from ..errors import MissingExtraError
 
         raise MissingExtraError("dgconv report draws with matplotlib: pip install 'dgconv[report]'") from None
     return plt
@@ -253,14 +253,14 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     """Write the figures and ``summary.md`` for ``run_dirs`` into ``out``; return the files written."""
     runs = [load_run(p) for p in run_dirs]
     if not runs:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError("report needs at least one run directory")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        from .errors import RunDirError
+        from ..errors import RunDirError
 
         raise RunDirError(f"cannot write the report into {out}: a file of that name is in the way") from None
     written = []

@@ -7,8 +7,8 @@ A protocol is a list of *arms*; an arm is one configuration trained with one or 
 * ``star`` -- ResNeXt*: the plain network built from the groups a ``g`` arm learned (same budget, cost and seed),
   trained from scratch (phase 2 of the sweep).
 
-Runs are named by :class:`dgconv.rundir.RunName` (``resnext-g32``, ``g-b32``, ``g-macs-b32-s1``, ``star-b96``).
-Nothing here touches files; :mod:`dgconv.sweep` runs a protocol and :mod:`dgconv.results` renders it.
+Runs are named by :class:`dgconv.train.rundir.RunName` (``resnext-g32``, ``g-b32``, ``g-macs-b32-s1``, ``star-b96``).
+Nothing here touches files; :mod:`dgconv.lab.sweep` runs a protocol and :mod:`dgconv.lab.results` renders it.
 
 Example::
 
@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .rundir import RunName
+from ..train.rundir import RunName
 
 __all__ = ["Arm", "Protocol", "PlannedRun", "PROTOCOLS", "arms_of", "planned_runs", "protocol_from_dict"]
 

@@ -6,7 +6,7 @@ any training starts.
 
 Example::
 
-    >>> from dgconv.config import TrainConfig
+    >>> from dgconv.train.config import TrainConfig
     >>> cfg = TrainConfig(epochs=3).resolved()
     >>> cfg.model, cfg.batch_size, cfg.budget
     ('g_resnext_digits', 64, 8)
@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
-from .models import model_info
+from ..errors import ConfigError
+from ..models import model_info
 
 __all__ = ["TrainConfig", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "merge_resume"]
 
@@ -29,7 +29,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"model": "g_resnext_digits", "epochs": 30, "batch_size": 64, "lr": 0.1},
     "cifar10": {"model": "g_resnext_cifar_tiny", "epochs": 30, "batch_size": 128, "lr": 0.1},
     "cifar100": {"model": "g_resnext_cifar_tiny", "epochs": 30, "batch_size": 128, "lr": 0.1},
-    # batch "auto": chosen from the folder's size (dgconv.data_folder.default_batch_size)
+    # batch "auto": chosen from the folder's size (dgconv.train.data.folder.default_batch_size)
     "imagefolder": {"model": "g_resnext50", "epochs": 100, "batch_size": "auto", "lr": 0.1},
 }
 
@@ -142,8 +142,8 @@ class TrainConfig:
             raise ConfigError(f"learning rate must be positive, got {cfg.lr}")
         if not cfg.alpha < 0:
             raise ConfigError(f"alpha must be negative, got {cfg.alpha}")
-        from .constraint import OBJECTIVES
-        from .costs import COSTS
+        from ..constraint import OBJECTIVES
+        from ..costs import COSTS
 
         if cfg.cost not in COSTS:
             raise ConfigError(f"unknown cost {cfg.cost!r}: choose from {list(COSTS)}")
@@ -199,7 +199,7 @@ class TrainConfig:
         cfg.freeze_epoch()  # validates
         if cfg.image_size is not None and (isinstance(cfg.image_size, bool) or cfg.image_size < 1):
             raise ConfigError(f"image size must be a positive integer, got {cfg.image_size!r}")
-        from .data_folder import RESIZE_POLICIES
+        from .data.folder import RESIZE_POLICIES
 
         if cfg.resize not in RESIZE_POLICIES:
             raise ConfigError(f"--resize must be one of {list(RESIZE_POLICIES)}, got {cfg.resize!r}")

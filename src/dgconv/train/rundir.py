@@ -7,7 +7,7 @@ Layout (every file plain and documented, so a run can be read without dgconv)::
                      "history": [{"resumed": time, "argv": [...], "from_epoch": E}, ...]}
     metrics.jsonl   one JSON object per finished epoch, "epoch" = 1, 2, ...
     groups.json     {"format": "dgconv.groups/1", "model", "groups": {layer: G}, "channels": {layer: [in, out]}}
-    last.pt         checkpoint of the last finished epoch (``dgconv.checkpoint``; it also holds that epoch's
+    last.pt         checkpoint of the last finished epoch (``dgconv.train.checkpoint``; it also holds that epoch's
                     metrics line as "record" and the best epoch so far as "best_epoch")
     best.pt         checkpoint of the epoch with the best test accuracy (a hard link to that epoch's last.pt)
     .lock           the writer's lock (an OS file lock) and its PID, while a writer holds it (removed on close)
@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._faults import armed, fault, kill
-from ._files import TEMP_SUFFIX, atomic_link, atomic_write
-from .errors import RunDirError, RunInUseError
+from .._faults import armed, fault, kill
+from .._files import TEMP_SUFFIX, atomic_link, atomic_write, read_json, write_json, write_text
+from ..errors import RunDirError, RunInUseError
 from .interrupts import deferred
 
 __all__ = [
@@ -95,32 +95,6 @@ SWEEP, RESULTS = "sweep.json", "results.md"  # a sweep directory: its record and
 LAST, BEST, LOCK, LOG, TENSORBOARD = "last.pt", "best.pt", ".lock", "train.log", "tensorboard"
 RUN_FORMAT = "dgconv.run/1"
 GROUPS_FORMAT = "dgconv.groups/1"
-
-
-# ------------------------------------------------------------------------------------------------ plain files
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (:func:`dgconv.checkpoint.atomic_write`), creating its folder."""
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_json(path: str | Path, doc: Any) -> None:
-    """Write ``doc`` as indented JSON, atomically."""
-    write_text(path, json.dumps(doc, indent=2) + "\n")
-
-
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Parse a JSON file; a missing, unreadable or malformed file is a :class:`RunDirError` naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"no {what} at {path}") from None
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except UnicodeDecodeError:
-        raise RunDirError(f"{path} is not a text file") from None
-    except OSError as e:
-        raise RunDirError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 @dataclass

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from .data import DataError
+from ...errors import DataError
 
 __all__ = ["folder_loaders", "FolderLoader", "FolderInfo", "default_workers", "default_batch_size", "RESIZE_POLICIES"]
 
@@ -113,7 +113,7 @@ def _collate(batch: list[tuple[Any, Any]]) -> tuple[Tensor, Tensor, list[str]]:
 
 
 class FolderLoader:
-    """Wraps a DataLoader with the ``len()`` / ``epoch(e)`` interface of :class:`dgconv.data.TensorLoader`; counts
+    """Wraps a DataLoader with the ``len()`` / ``epoch(e)`` interface of :class:`dgconv.train.data.TensorLoader`; counts
     the images it skipped since :meth:`take_skipped` was last called."""
 
     def __init__(self, loader: DataLoader, sampler: DistributedSampler | _Shard, device: torch.device,

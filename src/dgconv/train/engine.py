@@ -2,11 +2,11 @@
 
 The loop knows nothing of DGConv beyond "multiply the loss by the resource constraint" and "ask the constraint
 about the groups"; what a run writes and how (the run directory, its lock, crash recovery) belongs to
-:mod:`dgconv.rundir`. A run killed at any moment resumes with ``--resume RUN_DIR`` from its last completed epoch,
+:mod:`dgconv.train.rundir`. A run killed at any moment resumes with ``--resume RUN_DIR`` from its last completed epoch,
 writing to RUN_DIR; batch order and augmentation are functions of ``(seed, epoch, rank)``, so on the CPU the
 resumed run ends bit-identical to an uninterrupted one.
 
-Console output goes through :mod:`logging` (logger ``dgconv.engine``); ``dgconv train`` shows it on standard
+Console output goes through :mod:`logging` (logger ``dgconv.train.engine``); ``dgconv train`` shows it on standard
 output. Only the main process logs.
 """
 
@@ -28,19 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from ._env import cpu_name
+from .._version import __version__
+from .._env import cpu_name
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .config import DATASET_DEFAULTS, TrainConfig, merge_resume
-from .constraint import ResourceConstraint, configure_optimizer
-from .data import Loaders, make_loaders
+from ..constraint import ResourceConstraint, configure_optimizer
+from .data.loaders import Loaders, make_loaders
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
-from .errors import ConfigError, DGConvError, Interrupted, RunDirError
-from .freeze import freeze_groups, restore_grouping
-from .layers import cached_gates, gate_gradients, set_gate_batch_fraction
-from .models import create_model, model_info
+from ..errors import ConfigError, DGConvError, Interrupted, RunDirError
+from ..freeze import freeze_groups, restore_grouping
+from ..layers import cached_gates, gate_gradients, set_gate_batch_fraction
+from ..models import create_model, model_info
 from .progress import Progress, duration, plural
-from .rundir import LAST, RunWriter, checkpoint_path, is_dgconv_run, read_groups, read_metrics
+from .rundir import LAST, RunWriter, checkpoint_path, groups_document, is_dgconv_run, read_groups, read_metrics
 
 __all__ = ["TrainConfig", "train", "evaluate", "DATASET_DEFAULTS", "TrainingError", "read_groups"]
 
@@ -178,7 +178,7 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
     Raises:
         ConfigError, DataError, CheckpointError, RunDirError, TrainingError: bad input or a run that cannot go
             on; the message says why and what was kept.
-        Interrupted: SIGINT/SIGTERM (when :func:`dgconv.interrupts.install` routed them), after the current
+        Interrupted: SIGINT/SIGTERM (when :func:`dgconv.train.interrupts.install` routed them), after the current
             file write finished; ``detail`` names the checkpoint to resume from.
     """
     explicit = set() if explicit is None else explicit
@@ -369,7 +369,7 @@ def _latency_table(cfg: TrainConfig) -> Any:
     """The latency table of ``--cost latency``, refused when its timings look contaminated (unless trusted)."""
     if cfg.latency_table is None:
         return None
-    from .latency import LatencyTable
+    from ..latency import LatencyTable
 
     table = LatencyTable.load(cfg.latency_table)
     suspicious = table.suspicious()
@@ -516,7 +516,7 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
 
 def _commit_epoch(run: _Run, record: dict[str, Any], best: bool, writer: Any) -> None:
     """Main process: the checkpoint (with the record), best.pt, the metrics line, groups.json -- in that order,
-    see :mod:`dgconv.rundir` -- then TensorBoard and the console line."""
+    see :mod:`dgconv.train.rundir` -- then TensorBoard and the console line."""
     cfg, env = run.cfg, run.env
     ckpt_doc = {
         "format": FORMAT, "model_name": cfg.model, "num_classes": run.num_classes, "model_kwargs": run.model_kwargs,
@@ -528,7 +528,8 @@ def _commit_epoch(run: _Run, record: dict[str, Any], best: bool, writer: Any) ->
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if env.device.type == "cuda" else []},
         "config": dataclasses.asdict(cfg),
     }
-    groups = run.constraint.groups_document(cfg.model) if run.constraint.layers else None
+    state = run.constraint.summary()
+    groups = groups_document(state["groups"], state["channels"], cfg.model) if run.constraint.layers else None
     assert run.writer is not None
     run.writer.commit_epoch(ckpt_doc, record, best, groups)
     if writer is not None:

@@ -1,10 +1,10 @@
 r"""Render the results document of one or more sweeps from their run directories (``dgconv results``).
 
 The output is a pure function of the files in the sweep directories (``sweep.json`` and each run's files, read
-through :mod:`dgconv.rundir`) and of the model definitions, so ``docs/results.md`` can be regenerated and checked
+through :mod:`dgconv.train.rundir`) and of the model definitions, so ``docs/results.md`` can be regenerated and checked
 against the runs it came from. A run that did not finish every epoch is *missing*: it is listed, never counted.
 
-Statistics (:mod:`dgconv.stats`): each arm's top-1 accuracy over its seeds as mean, standard deviation and 95 %
+Statistics (:mod:`dgconv.lab.stats`): each arm's top-1 accuracy over its seeds as mean, standard deviation and 95 %
 t interval; each claim's difference with its 95 % Welch interval and the seeds on each side. Verdicts are read
 from the intervals, never from point estimates, and only with at least 2 seeds on each side ("not enough seeds"
 otherwise):
@@ -45,9 +45,9 @@ from .protocols import (
     planned_runs,
     protocol_from_dict,
 )
-from .progress import plural
+from ..train.progress import plural
 from .report import plain_model
-from .rundir import SWEEP, Run, RunName, is_run, load_run, read_groups, read_json
+from ..train.rundir import SWEEP, Run, RunName, is_run, load_run, read_groups, read_json
 from .stats import NOT_ENOUGH, Difference, Summary, Verdict, summarize, verdict, welch
 
 __all__ = ["render_results", "load_sweep", "SweepResult", "ArmResult", "RunRow", "spearman"]
@@ -148,7 +148,7 @@ def _architecture(run: Run, sweep: Path) -> Any:
 
 
 def _row(name: RunName, run: Run, sweep: Path) -> RunRow:
-    from .profile import profile
+    from ..profile import profile
 
     prof = profile(*plain_model(run, _architecture(run, sweep)))
     f = run.final

@@ -3,7 +3,7 @@
 :func:`install` makes both signals raise :class:`dgconv.errors.Interrupted` in the main thread. Code that must not
 be cut in half -- writing a checkpoint, appending a metrics line -- runs inside :func:`deferred`: a signal that
 arrives there is held and raised when the block ends, so a run stopped by Ctrl-C or ``kill`` leaves whole files
-behind (and the atomic writes of :mod:`dgconv.checkpoint` remove their temporaries on the way out).
+behind (and the atomic writes of :mod:`dgconv.train.checkpoint` remove their temporaries on the way out).
 
 The command line installs the handlers before it imports anything heavy; library users who want the same in their
 own program call :func:`install` themselves (nothing is installed on import).
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from .errors import Interrupted
+from ..errors import Interrupted
 
 __all__ = ["install", "deferred"]
 

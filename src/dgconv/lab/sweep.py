@@ -1,10 +1,10 @@
-"""``dgconv sweep``: run a named protocol (:mod:`dgconv.protocols`), one run directory per run, then render results.
+"""``dgconv sweep``: run a named protocol (:mod:`dgconv.lab.protocols`), one run directory per run, then render results.
 
 The sweep is resumable: finished runs are skipped, interrupted ones continue from their checkpoint (a run whose
 directory another process holds is reported, not started twice). Runs train in ``parallel`` worker processes that
 import torch once and run ``dgconv train`` after ``dgconv train``, each run's console output in its ``train.log``;
 a worker that dies fails only its run. Stopping the sweep (Ctrl-C, SIGTERM) stops the runs at checkpoint-safe points. When the runs are done it renders
-``results.md`` (:mod:`dgconv.results`) from the run directories -- whatever finished; the rest shows as missing.
+``results.md`` (:mod:`dgconv.lab.results`) from the run directories -- whatever finished; the rest shows as missing.
 
 A sweep directory holds one protocol: continuing it with other settings (a changed protocol definition, another
 ``--epochs``) is refused once runs are recorded, so one results table never mixes two settings.
@@ -22,15 +22,16 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._files import md5_file
-from .errors import ConfigError, DGConvError
-from .progress import duration
+from .._files import md5_file
+from ..errors import ConfigError, DGConvError
+from ..train.progress import duration
 from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs, protocol_from_dict
 from .results import render_results
-from .rundir import (
+from ..train.rundir import (
     LAST,
     LOG,
     RESULTS,
@@ -71,7 +72,7 @@ class SweepError(DGConvError, RuntimeError):
 def data_provenance(dataset: str, data_dir: str | Path, note: str | None = None) -> dict[str, Any]:
     """What a sweep records about its data: the MD5 of each file, whether all match the official release, the
     first line of a ``readme.txt`` beside them (if any), and the user's ``note``."""
-    from .data import find_cifar_dir
+    from ..train.data.cifar import find_cifar_dir
 
     folder = find_cifar_dir(dataset, data_dir)
     official = OFFICIAL_MD5.get(dataset, {})
@@ -97,14 +98,19 @@ def run_sweep(
     data_note: str | None = None,
     results: str | Path | None = None,
     deadline: float | None = None,
+    runner: Callable[[list[str]], int] | None = None,
     **overrides: Any,
 ) -> Path:
     """Run (or finish) a protocol's runs under ``out`` and render ``out/results.md``; return its path.
 
+    ``runner`` trains one run from the arguments of ``dgconv train`` and returns its exit status, in a worker
+    process (so it must be a module-level function): ``dgconv sweep`` passes its own entry point,
+    :func:`dgconv.cli.main`. The lab never imports the command line.
+
     Raises :class:`SweepError` after rendering if any run failed (its ``train.log`` says why).
 
     ``overrides`` replace protocol fields (``epochs=1, limit_train=512`` for a smoke run); they are recorded in
-    ``sweep.json``. Progress goes to the ``dgconv.sweep`` logger.
+    ``sweep.json``. Progress goes to the ``dgconv.lab.sweep`` logger.
 
     ``deadline``: seconds from now. Runs that would not finish in time (judged from the wall time of finished runs of
     their kind) are not started, and runs still going at the deadline stop at their last checkpoint; the next
@@ -132,7 +138,11 @@ def run_sweep(
         meta["started"] = old.get("started", now)
         meta["resumed"] = [*old.get("resumed", []), now]
     write_json(out / SWEEP, meta)
-    failed, deferred = _run_all(p, planned_runs(p), out, data_dir, None if deadline is None else started + deadline)
+    todo = [r for r in planned_runs(p) if finished_epochs(out / str(r.name)) < p.epochs]
+    if todo and runner is None:
+        raise ConfigError("run_sweep needs runner= to train runs (dgconv.cli.main, what `dgconv sweep` passes)")
+    failed, deferred = _run_all(p, planned_runs(p), out, data_dir, None if deadline is None else started + deadline,
+                                runner)
     if deferred:
         _logger.info("[sweep %s] not run before the deadline (the next invocation continues): %s", p.name, ", ".join(deferred))
     text = render_results([out])
@@ -158,13 +168,11 @@ def _protocol_changes(old_meta: dict[str, Any], p: Protocol) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b[k]!r}" for k in b if k not in _HARMLESS and a.get(k) != b[k]]
 
 
-def _train_in_worker(args: list[str], log: str) -> int:
-    """One ``dgconv train`` in a worker process (torch imported once per worker, not once per run), its console
-    output appended to ``log``. Returns the exit status."""
+def _train_in_worker(runner: Callable[[list[str]], int], args: list[str], log: str) -> int:
+    """One ``dgconv train`` (``runner(args)``) in a worker process (torch imported once per worker, not once per
+    run), its console output appended to ``log``. Returns the exit status."""
     import signal
     import traceback
-
-    from .cli import main
 
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     sys.stdout.flush()
@@ -173,7 +181,7 @@ def _train_in_worker(args: list[str], log: str) -> int:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     try:
-        return main(args)
+        return runner(args)
     except Exception:  # noqa: BLE001 - a bug in one run: its traceback goes to its log, the sweep goes on
         traceback.print_exc()
         return 1
@@ -261,8 +269,8 @@ def _estimate(out: Path, run: PlannedRun, runs: list[PlannedRun]) -> float | Non
     return 1.15 * statistics.fmean(times) + 15.0 if times else None
 
 
-def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Path, deadline: float | None = None
-             ) -> tuple[list[str], list[str]]:
+def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Path, deadline: float | None = None,
+             runner: Callable[[list[str]], int] | None = None) -> tuple[list[str], list[str]]:
     """Train the unfinished runs, ``p.parallel`` at a time, phase by phase; return the failed runs and the runs not
     started because they would not have finished before ``deadline`` (a ``time.time()`` value)."""
     from concurrent.futures import FIRST_COMPLETED, wait
@@ -314,7 +322,7 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                     rd.mkdir(parents=True, exist_ok=True)
                     _logger.info("[sweep %s] start %s (%d/%d): %s", p.name, r.name, ended + len(running) + 1, todo,
                                  " ".join(cmd))
-                    fut = executor.submit(_train_in_worker, cmd, str(rd / LOG))
+                    fut = executor.submit(_train_in_worker, runner, cmd, str(rd / LOG))
                     running[fut], started_at[fut] = r, time.time()
                 if deadline is not None and running and time.time() >= deadline:
                     _logger.info("[sweep %s] deadline: stopping %s at their last checkpoint", p.name,

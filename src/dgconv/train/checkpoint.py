@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ._files import TEMP_SUFFIX, _with_path, atomic_link, atomic_write
-from .errors import DGConvError
+from .._files import TEMP_SUFFIX, _with_path, atomic_link, atomic_write
+from ..errors import DGConvError
 
 __all__ = [
     "CheckpointError",
@@ -102,7 +102,7 @@ def _unpickler_detail(message: str) -> str:
 
 def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> torch.nn.Module:
     """Rebuild the model a checkpoint holds (a path or a dict from :func:`load_checkpoint`), weights loaded."""
-    from .models import create_model
+    from ..models import create_model
 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
@@ -114,7 +114,7 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> torch.nn.Module:
     except (TypeError, ValueError) as e:  # an unknown model, or arguments this version's builder does not take
         raise CheckpointError(f"the checkpoint's model {ckpt['model_name']!r} with {kwargs} cannot be built: {e}") from None
     if ckpt.get("frozen"):  # written after freeze_groups: rebuild that structure
-        from .freeze import refreeze
+        from ..freeze import refreeze
 
         try:
             refreeze(model, ckpt["frozen"])
