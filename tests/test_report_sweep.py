@@ -13,6 +13,7 @@ import pytest
 from dgconv.errors import DGConvError
 from dgconv.lab.protocols import PROTOCOLS, Protocol, planned_runs
 from dgconv.lab.results import render_results, spearman
+from dgconv.train.config import TrainConfig
 from tests.helpers import ENV, PATIENCE, cli
 from tests.test_data import HAS_CIFAR, SHARED
 
@@ -63,9 +64,10 @@ def test_protocols_plan_tables_3_5_6():
         assert {"resnext-g32", "resnext-g32-s1", "resnext-g32-s2"} <= set(names)
         assert len(names) == len(set(names)) == 3 + 2 * (4 + 2 + 2) - (p.name == "cpu")
         by = {str(r.name): r for r in runs}
-        assert by["star-macs-b96"].phase == 2 and "{sweep}/g-macs-b96/groups.json" in by["star-macs-b96"].args
-        assert "--cost" in by["g-macs-b64"].args and by["g-macs-b64"].args[by["g-macs-b64"].args.index("--cost") + 1] == "macs"
-        assert "--cost" not in by["g-b64"].args
+        assert by["star-macs-b96"].phase == 2 and by["star-macs-b96"].options["groups_from"] == "{sweep}/g-macs-b96/groups.json"
+        assert by["g-macs-b64"].options["cost"] == "macs" and by["g-macs-b64"].options["budget"] == 64.0
+        assert "cost" not in by["g-b64"].options  # the paper's connections, the default
+        TrainConfig(**{**by["g-macs-b64"].options, "data_dir": "x"}).resolved()  # typed values a run accepts
         assert [r.phase for r in runs] == sorted(r.phase for r in runs)
     assert PROTOCOLS["gpu"].amp and PROTOCOLS["gpu"].channels_last and PROTOCOLS["gpu"].device == "cuda"
     # gpu-fast: the key arms (dense, fixed G = 16, learned under MACs b = 16) with 8 seeds, the others with 3
@@ -74,15 +76,15 @@ def test_protocols_plan_tables_3_5_6():
         assert sum(n == key or n.startswith(key + "-s") for n in fast) == 8, key
     for other in ("fastnet-g4", "g-macs-b4", "g-b4", "g-b16", "star-macs-b4", "star-macs-b16"):
         assert sum(n == other or n.startswith(other + "-s") for n in fast) == 3, other
-    assert "star-macs-b16-s2" in fast and "{sweep}/g-macs-b16-s2/groups.json" in planned_runs(PROTOCOLS["gpu-fast"])[-1].args
+    assert "star-macs-b16-s2" in fast
+    assert planned_runs(PROTOCOLS["gpu-fast"])[-1].options["groups_from"] == "{sweep}/g-macs-b16-s2/groups.json"
 
 
 def test_short_schedules_keep_warmup_valid():
     import dataclasses
 
     p = dataclasses.replace(PROTOCOLS["gpu"], epochs=1)
-    args = planned_runs(p)[0].args
-    assert float(args[args.index("--warmup-epochs") + 1]) < 1
+    assert planned_runs(p)[0].options["warmup_epochs"] < 1
 
 
 def test_failed_runs_make_the_sweep_fail(tmp_path):

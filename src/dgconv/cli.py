@@ -9,9 +9,10 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "run_train", "build_parser"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,20 +66,6 @@ def _positive_float(s: str) -> float:
     return v
 
 
-def _budget(s: str) -> float | str | None:
-    if s.lower() == "none":
-        return None
-    if s.lower() == "default":
-        return "default"
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, 'default' or 'none', got {s!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, 'default' or 'none', got {s!r}")
-    return v
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -87,91 +74,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "digits (bundled, no download), under a minute on 2 CPU cores. Under torchrun, DDP (gloo on CPU, NCCL on GPU).",
         argument_default=argparse.SUPPRESS,
     )
-    a = p.add_argument
-    a("--model", help="registered model name (default per dataset: g_resnext_digits, g_resnext_cifar_tiny, g_resnext50)")
-    a("--dataset", choices=["digits", "cifar10", "cifar100", "imagefolder"], help="default: digits")
-    a("--data-dir", help="CIFAR: folder holding (or being) cifar-10-batches-py / cifar-100-python; imagefolder: DIR with train/ and val/")
-    a("--budget", type=_budget, help="complexity scale b: o = sum C_in C_out / b; 'default' (the model's), or 'none'")
-    a("--alpha", type=float, help="exponent of (o/zeta) while over budget (default -0.02)")
-    a("--no-enforce-budget", dest="enforce_budget", action="store_false",
-      help="do not project onto zeta <= o at epoch ends (the paper's soft objective alone)")
-    a("--cost", choices=["connections", "macs", "latency"],
-      help="what the budget counts: the paper's connections (default), MACs, or measured latency (--latency-table)")
-    a("--target", type=_positive_float,
-      help="absolute cap on the network's cost in the cost's units (MACs per input, or ms), instead of --budget")
-    a("--latency-table", help="latency table JSON for --cost latency (from `dgconv latency`)")
-    a("--trust-latency-table", action="store_true",
-      help="train on a latency table even though some of its timings look contaminated (`dgconv latency` names them)")
-    a("--objective", choices=["paper", "lagrangian"],
-      help="paper: L*(o/zeta)^a (default); lagrangian: L + lambda*(zeta/o - 1), lambda by dual ascent")
-    a("--dual-lr", type=_positive_float, help="dual ascent step of --objective lagrangian (default 0.05)")
-    a("--min-group-width", type=_positive_int, help="no group narrower than this many channels (hardware-friendly groups)")
-    a("--max-groups", type=_positive_int, help="at most this many groups in any DGConv layer")
-    a("--freeze-groups-at", metavar="X",
-      help="search, then train: after epoch X (or the fraction X of the schedule, e.g. 0.3) every DGConv layer becomes "
-           "its group convolution and training goes on as ResNeXt* (optimizer state kept)")
-    a("--gate-batch-fraction", type=_positive_float,
-      help="compute the gate gradients on this random fraction of each batch (unbiased; default 1: exact)")
-    a("--gate-every", type=int, help="gate gradients on every K-th step only (default 1: every step)")
-    a("--compile", action="store_true", help="torch.compile the network (DGConv layers run as one opaque op each)")
-    a("--epochs", type=_positive_int, help="training epochs (default per dataset: 30 digits and CIFAR, 100 folders)")
-    a("--batch-size", type=_positive_int,
-      help="global batch size, split over processes (default: 64 digits, 128 CIFAR; folders: a power of two in "
-           "32-256 giving about 50 steps per epoch)")
-    a("--lr", type=_positive_float, help="peak learning rate (default 0.1)")
-    a("--momentum", type=float, help="SGD momentum (default 0.9)")
-    a("--weight-decay", type=float, help="weight decay of all parameters but the gates (default 1e-4)")
-    a("--schedule", choices=["cosine", "step", "constant", "triangle"],
-      help="default: cosine; triangle: 0.2x -> 1x at the end of warm-up -> 0, linearly")
-    a("--warmup-epochs", type=float, help="linear warm-up epochs (default 0)")
-    a("--label-smoothing", type=float)
-    a("--nesterov", action="store_true", help="Nesterov momentum")
-    a("--lookahead", type=int, metavar="K", help="lookahead every K steps (0: off)")
-    a("--lookahead-alpha", type=float, help="how far the slow weights move each time (default 0.5)")
-    a("--lookahead-ramp", action="store_true",
-      help="start with no averaging and ramp to --lookahead-alpha by the end (1 - (1 - alpha) t^3, the fast recipe's)")
-    a("--tta", choices=["none", "flip"], help="test-time augmentation: average with the mirror image (default none)")
-    a("--crop-padding", type=int, help="CIFAR: zero padding of the random crop (default 4)")
-    a("--seed", type=int)
-    a("--amp", action="store_true", help="bfloat16 autocast")
-    a("--channels-last", action="store_true",
-      help="convert the model and the batches to channels_last (NHWC); for GPUs. On CPU the crop-augmented batches are "
-           "NHWC already, and channels_last weights slow torch's fused SGD step")
-    a("--workers", type=int, help="data-loading workers (imagefolder; default: the CPU cores less one, at most 8)")
-    a("--image-size", type=_positive_int,
-      help="train and evaluate at this size, every dataset (default: CIFAR and digits at their own size; image folders "
-           "of small images at their native size, larger ones at the model's input size)")
-    a("--resize", choices=["auto", "pad", "crop", "stretch"],
-      help="image folders: pad (pad-and-crop at the size, CIFAR recipe), crop (random-resized crop, ImageNet recipe), "
-           "stretch (resize to the size); auto (default) picks pad for images up to 64 px, crop above")
-    a("--mean", type=float, nargs="+", help="per-channel normalisation mean in [0, 1] (default: computed from the data)")
-    a("--std", type=float, nargs="+", help="per-channel normalisation std (default: computed from the data)")
-    a("--hflip", choices=["auto", "on", "off"], help="random horizontal flips (auto: for colour images only)")
-    a("--download", action="store_true",
-      help="CIFAR-10/100: download the official archive into --data-dir if it is not there (MD5 checked)")
-    a("--init-from", help="start from these weights: a dgconv checkpoint, or a torchvision/timm ResNet/ResNeXt "
-                          "state_dict (group convolutions become DGConv layers at their own grouping)")
-    a("--gate-init", type=_positive_float,
-      help="|g~| of gates converted by --init-from (default 1.0: keep the pretrained grouping until the loss says otherwise)")
-    a("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    a("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
-    a("--resume", help="continue the run in this directory (or from this checkpoint)")
-    a("--groups", type=_positive_int, help="uniform group number of every group convolution (a ResNeXt baseline)")
-    a("--groups-from", help="groups.json (or run directory) of learned groups: build ResNeXt* from them")
-    a("--zero-init-residual", action="store_true")
-    a("--limit-train", type=_positive_int, help="use only the first N training images")
-    a("--limit-test", type=_positive_int, help="use only the first N test images")
-    a("--deterministic", action="store_true", help="deterministic algorithms (slower)")
-    a("--tensorboard", action="store_true", help="also write TensorBoard logs (needs the tensorboard package)")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    from .train.options import add_arguments
+
+    p.add_argument("--config", metavar="FILE",
+                   help="read options from a YAML, TOML or JSON file (a run's config.json repeats that run); flags "
+                        "given beside it override its values")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved options (a JSON file --config reads back) and exit without training")
+    add_arguments(p)
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train.engine import TrainConfig, train
+    from .train.config import TrainConfig
+    from .train.options import read_config_file
 
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    train(TrainConfig(**given), explicit=set(given))
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "print_config")}
+    values = {**read_config_file(args.config), **given} if getattr(args, "config", None) else given
+    cfg = TrainConfig(**values)
+    if getattr(args, "print_config", False):
+        import dataclasses
+
+        print(json.dumps(dataclasses.asdict(cfg.resolved()), indent=2))
+        return 0
+    from .train.engine import train
+
+    train(cfg, explicit=set(values))
     return 0
 
 
@@ -450,7 +378,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     path = run_sweep(args.protocol, args.out, args.data_dir, data_note=args.data_note, results=args.results,
                      deadline=args.deadline, epochs=args.epochs, parallel=args.parallel, limit_train=args.limit_train,
                      limit_test=args.limit_test, batch_size=args.batch_size, device=args.device, amp=args.amp,
-                     max_seeds=args.max_seeds, model=args.model, plain=args.plain_model, runner=main)
+                     max_seeds=args.max_seeds, model=args.model, plain=args.plain_model, runner=run_train)
     print(f"wrote {path}" + (f" and {args.results}" if args.results else ""))
     return 0
 
@@ -552,15 +480,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     (file system, memory), 2 bad input or a run that could not go on, 128 + N stopped by signal N (130 Ctrl-C,
     143 SIGTERM; the run's last checkpoint is named). Unexpected errors keep their traceback."""
     from .train import interrupts
-    from .errors import DGConvError, Interrupted
 
     interrupts.install()  # before anything slow: Ctrl-C at any moment is a clean stop
     words = list(sys.argv[1:] if argv is None else argv)
-    command = next((w for w in words if not w.startswith("-")), "")  # for messages before the parser has run
-    try:
+    state = {"command": next((w for w in words if not w.startswith("-")), "")}  # for messages before parsing
+
+    def run() -> int:
         parser = build_parser()
         args, extras = parser.parse_known_args(words)
-        command = args.command or command
+        state["command"] = args.command or state["command"]
         if extras:
             _subparser(parser, args.command).unknown(extras)
         if args.command is None:
@@ -568,28 +496,57 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         _configure_logging()
         return int(args.func(args) or 0)
+
+    return _guarded(run, state)
+
+
+def run_train(options: dict[str, Any]) -> int:
+    """``dgconv train`` with these options (typed :class:`~dgconv.train.config.TrainConfig` values, all counted as
+    given) and its exit status: what ``dgconv sweep`` runs in its worker processes."""
+    from .train import interrupts
+
+    interrupts.install()
+
+    def run() -> int:
+        _configure_logging()
+        from .train.config import TrainConfig
+        from .train.engine import train
+
+        train(TrainConfig(**options), explicit=set(options))
+        return 0
+
+    return _guarded(run, {"command": "train"})
+
+
+def _guarded(run: Callable[[], int], state: dict[str, str]) -> int:
+    """``run()``, with every error a user can cause as a one-line message and its exit status (see :func:`main`)."""
+    from .errors import DGConvError, Interrupted
+
+    try:
+        return run()
     except Interrupted as e:
-        if not e.detail and command == "train":
+        if not e.detail and state["command"] == "train":
             e.detail = "the run had not started; nothing was written"
-        _say(f"{_prog(command)}: {e}")
+        _say(f"{_prog(state['command'])}: {e}")
         return e.exit_code
     except KeyboardInterrupt:
-        _say(f"{_prog(command)}: interrupted")
+        _say(f"{_prog(state['command'])}: interrupted")
         return 130
     except DGConvError as e:
-        _say(f"{_prog(command)}: error: {e}")
+        _say(f"{_prog(state['command'])}: error: {e}")
         return 2
     except BrokenPipeError:
         _silence(sys.stdout)
         return 0
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
-        _say(f"{_prog(command)}: error: {e.strerror or e}{where}")
+        _say(f"{_prog(state['command'])}: error: {e.strerror or e}{where}")
         return 1
     except (RuntimeError, MemoryError) as e:
         if not _out_of_memory(e):
             raise
-        _say(f"{_prog(command)}: error: out of memory ({str(e).splitlines()[0][:200]}); try a smaller --batch-size")
+        _say(f"{_prog(state['command'])}: error: out of memory ({str(e).splitlines()[0][:200]}); try a smaller "
+             f"--batch-size")
         return 1
 
 

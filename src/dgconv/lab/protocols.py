@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..train.options import parse_flags
 from ..train.rundir import RunName
 
 __all__ = ["Arm", "Protocol", "PlannedRun", "PROTOCOLS", "arms_of", "planned_runs", "protocol_from_dict"]
@@ -202,49 +203,50 @@ def _derived_arms(p: Protocol) -> list[Arm]:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a sweep: its name, its phase (2: needs phase 1's learned groups) and its ``dgconv train`` arguments
-    (``{sweep}`` stands for the sweep directory)."""
+    """One run of a sweep: its name, its phase (2: needs phase 1's learned groups) and its ``dgconv train`` options
+    as typed :class:`~dgconv.train.config.TrainConfig` values (``{sweep}`` in a path stands for the sweep directory)."""
 
     name: RunName
     phase: int
-    args: tuple[str, ...]
+    options: dict[str, Any]
 
 
-def _common(p: Protocol) -> list[str]:
+def _common(p: Protocol) -> dict[str, Any]:
     warmup = min(p.warmup_epochs, p.epochs / 5)  # at most a fifth of the schedule (short smoke runs too)
-    common = ["--dataset", "cifar10", "--epochs", str(p.epochs), "--batch-size", str(p.batch_size), "--lr", str(p.lr),
-              "--weight-decay", str(p.weight_decay), "--warmup-epochs", f"{warmup:g}", "--no-progress"]
+    common: dict[str, Any] = {"dataset": "cifar10", "epochs": p.epochs, "batch_size": p.batch_size, "lr": float(p.lr),
+                              "weight_decay": float(p.weight_decay), "warmup_epochs": float(warmup), "progress": False}
     if p.amp:
-        common.append("--amp")
+        common["amp"] = True
     if p.channels_last:
-        common.append("--channels-last")
+        common["channels_last"] = True
     if p.device:
-        common += ["--device", p.device]
+        common["device"] = p.device
     if p.limit_train:
-        common += ["--limit-train", str(p.limit_train)]
+        common["limit_train"] = p.limit_train
     if p.limit_test:
-        common += ["--limit-test", str(p.limit_test)]
-    return common + list(p.extra)
+        common["limit_test"] = p.limit_test
+    return {**common, **parse_flags(p.extra)}  # recorded as flags (sweep.json), passed as values
 
 
 def planned_runs(p: Protocol) -> list[PlannedRun]:
     """The runs of a protocol in order: phase 1 (seed 0 of every plain and ``g`` arm, then the other seeds), phase 2
     (the ``star`` arms, built from phase 1's learned groups)."""
     common = _common(p)
+    g_extra = parse_flags(p.g_extra)
     first: list[PlannedRun] = []
     later: list[PlannedRun] = []
     phase2: list[PlannedRun] = []
     for arm in arms_of(p):
         for name in arm.names(p.family):
-            seed = ("--seed", str(name.seed))
             if arm.kind == "plain":
-                args = ("--model", p.plain, "--budget", "none", "--groups", str(int(arm.value)), *seed, *common)
+                options = {"model": p.plain, "budget": None, "groups": int(arm.value), "seed": name.seed, **common}
             elif arm.kind == "g":
-                cost = () if arm.cost == "connections" else ("--cost", arm.cost)
-                args = ("--model", p.model, "--budget", f"{arm.value:g}", *cost, *seed, *common, *p.g_extra)
+                cost = {} if arm.cost == "connections" else {"cost": arm.cost}
+                options = {"model": p.model, "budget": float(arm.value), **cost, "seed": name.seed, **common, **g_extra}
             else:
                 source = f"{{sweep}}/{name.source}/groups.json"
-                phase2.append(PlannedRun(name, 2, ("--model", p.plain, "--budget", "none", "--groups-from", source, *seed, *common)))
+                phase2.append(PlannedRun(name, 2, {"model": p.plain, "budget": None, "groups_from": source,
+                                                    "seed": name.seed, **common}))
                 continue
-            (first if name.seed == arm.seeds[0] else later).append(PlannedRun(name, 1, args))
+            (first if name.seed == arm.seeds[0] else later).append(PlannedRun(name, 1, options))
     return first + later + phase2

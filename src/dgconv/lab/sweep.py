@@ -29,6 +29,7 @@ from typing import Any
 from .._files import md5_file
 from ..errors import ConfigError, DGConvError
 from ..train.progress import duration
+from ..train.options import to_flags
 from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs, protocol_from_dict
 from .results import render_results
 from ..train.rundir import (
@@ -82,13 +83,13 @@ def data_provenance(dataset: str, data_dir: str | Path, note: str | None = None)
     return {"dataset": dataset, "md5": md5, "official": bool(official) and md5 == official, "readme": first, "note": note}
 
 
-def _command(run: PlannedRun, out: Path, data_dir: str | Path, epochs: int) -> list[str]:
-    """The ``dgconv train`` arguments of a run: a fresh start, or ``--resume`` where a checkpoint exists."""
+def _options(run: PlannedRun, out: Path, data_dir: str | Path, epochs: int) -> dict[str, Any]:
+    """The ``dgconv train`` options of a run (typed values): a fresh start, or a resume where a checkpoint exists."""
     rd = out / str(run.name)
     if (rd / LAST).exists():
-        return ["train", "--resume", str(rd), "--epochs", str(epochs), "--no-progress"]
-    args = [a.replace("{sweep}", str(out)) for a in run.args]
-    return ["train", *args, "--data-dir", str(data_dir), "--out", str(rd)]
+        return {"resume": str(rd), "epochs": epochs, "progress": False}
+    options = {k: v.replace("{sweep}", str(out)) if isinstance(v, str) else v for k, v in run.options.items()}
+    return {**options, "data_dir": str(data_dir), "out": str(rd)}
 
 
 def run_sweep(
@@ -98,14 +99,14 @@ def run_sweep(
     data_note: str | None = None,
     results: str | Path | None = None,
     deadline: float | None = None,
-    runner: Callable[[list[str]], int] | None = None,
+    runner: Callable[[dict[str, Any]], int] | None = None,
     **overrides: Any,
 ) -> Path:
     """Run (or finish) a protocol's runs under ``out`` and render ``out/results.md``; return its path.
 
-    ``runner`` trains one run from the arguments of ``dgconv train`` and returns its exit status, in a worker
-    process (so it must be a module-level function): ``dgconv sweep`` passes its own entry point,
-    :func:`dgconv.cli.main`. The lab never imports the command line.
+    ``runner`` trains one run from its options (typed :class:`~dgconv.train.config.TrainConfig` values) and returns
+    its exit status, in a worker process (so it must be a module-level function): ``dgconv sweep`` passes
+    :func:`dgconv.cli.run_train`, which is ``dgconv train`` with those options. The lab never imports the command line.
 
     Raises :class:`SweepError` after rendering if any run failed (its ``train.log`` says why).
 
@@ -140,7 +141,7 @@ def run_sweep(
     write_json(out / SWEEP, meta)
     todo = [r for r in planned_runs(p) if finished_epochs(out / str(r.name)) < p.epochs]
     if todo and runner is None:
-        raise ConfigError("run_sweep needs runner= to train runs (dgconv.cli.main, what `dgconv sweep` passes)")
+        raise ConfigError("run_sweep needs runner= to train runs (dgconv.cli.run_train, what `dgconv sweep` passes)")
     failed, deferred = _run_all(p, planned_runs(p), out, data_dir, None if deadline is None else started + deadline,
                                 runner)
     if deferred:
@@ -168,8 +169,8 @@ def _protocol_changes(old_meta: dict[str, Any], p: Protocol) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b[k]!r}" for k in b if k not in _HARMLESS and a.get(k) != b[k]]
 
 
-def _train_in_worker(runner: Callable[[list[str]], int], args: list[str], log: str) -> int:
-    """One ``dgconv train`` (``runner(args)``) in a worker process (torch imported once per worker, not once per
+def _train_in_worker(runner: Callable[[dict[str, Any]], int], options: dict[str, Any], log: str) -> int:
+    """One ``dgconv train`` (``runner(options)``) in a worker process (torch imported once per worker, not once per
     run), its console output appended to ``log``. Returns the exit status."""
     import signal
     import traceback
@@ -181,7 +182,7 @@ def _train_in_worker(runner: Callable[[list[str]], int], args: list[str], log: s
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     try:
-        return runner(args)
+        return runner(options)
     except Exception:  # noqa: BLE001 - a bug in one run: its traceback goes to its log, the sweep goes on
         traceback.print_exc()
         return 1
@@ -270,7 +271,7 @@ def _estimate(out: Path, run: PlannedRun, runs: list[PlannedRun]) -> float | Non
 
 
 def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Path, deadline: float | None = None,
-             runner: Callable[[list[str]], int] | None = None) -> tuple[list[str], list[str]]:
+             runner: Callable[[dict[str, Any]], int] | None = None) -> tuple[list[str], list[str]]:
     """Train the unfinished runs, ``p.parallel`` at a time, phase by phase; return the failed runs and the runs not
     started because they would not have finished before ``deadline`` (a ``time.time()`` value)."""
     from concurrent.futures import FIRST_COMPLETED, wait
@@ -318,11 +319,11 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                         _logger.warning("[sweep %s] %s recorded %d epochs but has no checkpoint (brought back without "
                                         "it?): moved to %s, starting it again", p.name, r.name,
                                         finished_epochs(aside), aside.name)
-                    cmd = _command(r, out, data_dir, p.epochs)
+                    options = _options(r, out, data_dir, p.epochs)
                     rd.mkdir(parents=True, exist_ok=True)
                     _logger.info("[sweep %s] start %s (%d/%d): %s", p.name, r.name, ended + len(running) + 1, todo,
-                                 " ".join(cmd))
-                    fut = executor.submit(_train_in_worker, runner, cmd, str(rd / LOG))
+                                 " ".join(["dgconv", "train", *to_flags(options)]))
+                    fut = executor.submit(_train_in_worker, runner, options, str(rd / LOG))
                     running[fut], started_at[fut] = r, time.time()
                 if deadline is not None and running and time.time() >= deadline:
                     _logger.info("[sweep %s] deadline: stopping %s at their last checkpoint", p.name,

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..models import model_info
 
-__all__ = ["TrainConfig", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "merge_resume"]
+__all__ = ["TrainConfig", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "GROUPS", "CROP_PADDING", "merge_resume", "check_type"]
 
 #: Defaults that depend on the dataset (anything left ``None`` in :class:`TrainConfig`).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -38,6 +38,26 @@ RESUMABLE_OVERRIDES = ("epochs", "workers", "progress", "tensorboard", "device",
                        "trust_latency_table")
 
 
+#: Zero padding of the random crop of in-memory datasets, in pixels (CIFAR's recipe).
+CROP_PADDING = 4
+
+#: The option groups of ``dgconv train --help``, in order: field metadata ``group`` -> title.
+GROUPS = {
+    "model": "model and budget",
+    "groups": "learning the groups, faster",
+    "data": "data",
+    "optimisation": "optimisation",
+    "run": "the run",
+}
+
+
+def _opt(default: Any, group: str, help: str, **cli: Any) -> Any:
+    """A :class:`TrainConfig` field declared once: its default, option group and help, plus what the command line
+    needs beyond the field's type (``choices``, ``metavar``, ``nargs``, ``parse``: a named parser such as
+    ``"budget"``; ``type``: the type given on the command line when the field's type admits more)."""
+    return dataclasses.field(default=default, metadata={"group": group, "help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. ``None`` fields take the dataset's defaults.
@@ -51,64 +71,121 @@ class TrainConfig:
     ``gate_batch_fraction`` / ``gate_every``: cheaper gate gradients (sub-batch estimate / every K steps).
     """
 
-    model: str | None = None
-    dataset: str = "digits"
-    data_dir: str | None = None
-    budget: float | str | None = "default"
-    alpha: float = -0.02
-    enforce_budget: bool = True
-    cost: str = "connections"
-    target: float | None = None
-    latency_table: str | None = None
-    trust_latency_table: bool = False
-    objective: str = "paper"
-    dual_lr: float = 0.05
-    min_group_width: int | None = None
-    max_groups: int | None = None
-    image_size: int | None = None
-    resize: str = "auto"
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    hflip: str = "auto"
-    download: bool = False
-    init_from: str | None = None
-    gate_init: float | None = None
-    freeze_groups_at: str | None = None
-    gate_batch_fraction: float = 1.0
-    gate_every: int = 1
-    compile: bool = False
-    epochs: int | None = None
-    batch_size: int | str | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    nesterov: bool = False
-    lookahead: int = 0
-    lookahead_alpha: float = 0.5
-    lookahead_ramp: bool = False
-    tta: str = "none"
-    crop_padding: int = 4
-    seed: int = 0
-    amp: bool = False
-    channels_last: bool = False
-    workers: int | None = None
-    device: str | None = None
-    out: str | None = None
-    resume: str | None = None
-    groups: int | None = None
-    groups_from: str | None = None
-    zero_init_residual: bool = False
-    limit_train: int | None = None
-    limit_test: int | None = None
-    deterministic: bool = False
-    tensorboard: bool = False
-    progress: bool = True
+    # model and budget
+    model: str | None = _opt(None, "model", "registered model name (default per dataset: g_resnext_digits, "
+                             "g_resnext_cifar_tiny, g_resnext50)")
+    budget: float | str | None = _opt("default", "model", "complexity scale b: o = sum C_in C_out / b; 'default' (the "
+                                      "model's), or 'none'", parse="budget")
+    alpha: float = _opt(-0.02, "model", "exponent of (o/zeta) while over budget (default -0.02)")
+    enforce_budget: bool = _opt(True, "model", "do not project onto zeta <= o at epoch ends (the paper's soft "
+                                "objective alone)")
+    cost: str = _opt("connections", "model", "what the budget counts: the paper's connections (default), MACs, or "
+                     "measured latency (--latency-table)", choices=("connections", "macs", "latency"))
+    target: float | None = _opt(None, "model", "absolute cap on the network's cost in the cost's units (MACs per "
+                                "input, or ms), instead of --budget")
+    latency_table: str | None = _opt(None, "model", "latency table JSON for --cost latency (from `dgconv latency`)")
+    trust_latency_table: bool = _opt(False, "model", "train on a latency table even though some of its timings look "
+                                     "contaminated (`dgconv latency` names them)")
+    objective: str = _opt("paper", "model", "paper: L*(o/zeta)^a (default); lagrangian: L + lambda*(zeta/o - 1), "
+                          "lambda by dual ascent", choices=("paper", "lagrangian"))
+    dual_lr: float = _opt(0.05, "model", "dual ascent step of --objective lagrangian (default 0.05)")
+    min_group_width: int | None = _opt(None, "model", "no group narrower than this many channels (hardware-friendly "
+                                       "groups)")
+    max_groups: int | None = _opt(None, "model", "at most this many groups in any DGConv layer")
+    groups: int | None = _opt(None, "model", "uniform group number of every group convolution (a ResNeXt baseline)")
+    groups_from: str | None = _opt(None, "model", "groups.json (or run directory) of learned groups: build ResNeXt* "
+                                   "from them")
+    init_from: str | None = _opt(None, "model", "start from these weights: a dgconv checkpoint, or a torchvision/timm "
+                                 "ResNet/ResNeXt state_dict (group convolutions become DGConv layers at their own "
+                                 "grouping)")
+    gate_init: float | None = _opt(None, "model", "|g~| of gates converted by --init-from (default 1.0: keep the "
+                                   "pretrained grouping until the loss says otherwise)")
+    zero_init_residual: bool = _opt(False, "model", "zero-initialise the last batch norm of every residual block")
+    # learning the groups, faster
+    freeze_groups_at: str | int | float | None = _opt(None, "groups", "search, then train: after epoch X (or the fraction X of the "
+                                        "schedule, e.g. 0.3) every DGConv layer becomes its group convolution and "
+                                        "training goes on as ResNeXt* (optimizer state kept)", metavar="X")
+    gate_batch_fraction: float = _opt(1.0, "groups", "compute the gate gradients on this random fraction of each batch "
+                                      "(unbiased; default 1: exact)")
+    gate_every: int = _opt(1, "groups", "gate gradients on every K-th step only (default 1: every step)", metavar="K")
+    # data
+    dataset: str = _opt("digits", "data", "default: digits", choices=("digits", "cifar10", "cifar100", "imagefolder"))
+    data_dir: str | None = _opt(None, "data", "CIFAR: folder holding (or being) cifar-10-batches-py / "
+                                "cifar-100-python; imagefolder: DIR with train/ and val/")
+    download: bool = _opt(False, "data", "CIFAR-10/100: download the official archive into --data-dir if it is not "
+                          "there (MD5 checked)")
+    image_size: int | None = _opt(None, "data", "train and evaluate at this size, every dataset (default: CIFAR and "
+                                  "digits at their own size; image folders of small images at their native size, "
+                                  "larger ones at the model's input size)")
+    resize: str = _opt("auto", "data", "image folders: pad (pad-and-crop at the size, CIFAR recipe), crop (random-"
+                       "resized crop, ImageNet recipe), stretch (resize to the size); auto (default) picks pad for "
+                       "images up to 64 px, crop above", choices=("auto", "pad", "crop", "stretch"))
+    mean: list[float] | None = _opt(None, "data", "per-channel normalisation mean in [0, 1] (default: computed from "
+                                    "the data)", nargs="+")
+    std: list[float] | None = _opt(None, "data", "per-channel normalisation std (default: computed from the data)",
+                                   nargs="+")
+    hflip: str = _opt("auto", "data", "random horizontal flips (auto: for colour images only)",
+                      choices=("auto", "on", "off"))
+    crop_padding: int = _opt(CROP_PADDING, "data", f"CIFAR: zero padding of the random crop (default {CROP_PADDING})")
+    limit_train: int | None = _opt(None, "data", "use only the first N training images", metavar="N")
+    limit_test: int | None = _opt(None, "data", "use only the first N test images", metavar="N")
+    workers: int | None = _opt(None, "data", "data-loading workers (imagefolder; default: the CPU cores less one, at "
+                               "most 8)")
+    # optimisation
+    epochs: int | None = _opt(None, "optimisation", "training epochs (default per dataset: 30 digits and CIFAR, 100 "
+                              "folders)")
+    batch_size: int | str | None = _opt(None, "optimisation", "global batch size, split over processes (default: 64 "
+                                        "digits, 128 CIFAR; folders: a power of two in 32-256 giving about 50 steps "
+                                        "per epoch)", type=int)
+    lr: float | None = _opt(None, "optimisation", "peak learning rate (default 0.1)")
+    momentum: float = _opt(0.9, "optimisation", "SGD momentum (default 0.9)")
+    nesterov: bool = _opt(False, "optimisation", "Nesterov momentum")
+    weight_decay: float = _opt(1e-4, "optimisation", "weight decay of all parameters but the gates (default 1e-4)")
+    schedule: str = _opt("cosine", "optimisation", "default: cosine; triangle: 0.2x -> 1x at the end of warm-up -> 0, "
+                         "linearly", choices=("cosine", "step", "constant", "triangle"))
+    warmup_epochs: float = _opt(0.0, "optimisation", "linear warm-up epochs (default 0)")
+    label_smoothing: float = _opt(0.0, "optimisation", "label smoothing of the cross-entropy (default 0)")
+    lookahead: int = _opt(0, "optimisation", "lookahead every K steps (0: off)", metavar="K")
+    lookahead_alpha: float = _opt(0.5, "optimisation", "how far the slow weights move each time (default 0.5)")
+    lookahead_ramp: bool = _opt(False, "optimisation", "start with no averaging and ramp to --lookahead-alpha by the "
+                                "end (1 - (1 - alpha) t^3, the fast recipe's)")
+    tta: str = _opt("none", "optimisation", "test-time augmentation: average with the mirror image (default none)",
+                    choices=("none", "flip"))
+    seed: int = _opt(0, "optimisation", "random seed of the weights, the batch order and the augmentation (default 0)")
+    # the run
+    out: str | None = _opt(None, "run", "run directory (default runs/<model>-<dataset>-<time>)")
+    resume: str | None = _opt(None, "run", "continue the run in this directory (or from this checkpoint)")
+    device: str | None = _opt(None, "run", "default: cuda when available", choices=("cpu", "cuda"))
+    amp: bool = _opt(False, "run", "bfloat16 autocast")
+    channels_last: bool = _opt(False, "run", "convert the model and the batches to channels_last (NHWC); for GPUs. "
+                               "On CPU the crop-augmented batches are NHWC already, and channels_last weights slow "
+                               "torch's fused SGD step")
+    compile: bool = _opt(False, "run", "torch.compile the network (DGConv layers run as one opaque op each)")
+    deterministic: bool = _opt(False, "run", "deterministic algorithms (slower)")
+    tensorboard: bool = _opt(False, "run", "also write TensorBoard logs (needs the tensorboard package)")
+    progress: bool = _opt(True, "run", "no progress bar")
 
     def resolved(self) -> TrainConfig:
-        """A copy with dataset defaults filled in and every field checked (raises :class:`ConfigError`)."""
+        """A copy with dataset defaults filled in and every field checked (raises :class:`ConfigError`).
+
+        This is the one place that validates a run's options: the command line, config files and sweeps only
+        parse, and the layer and the constraint trust what it lets through (their own checks are for direct API
+        users)."""
+        for f in dataclasses.fields(self):
+            check_type(f.name, getattr(self, f.name))
+        for name in ("alpha", "target", "dual_lr", "gate_batch_fraction", "gate_init", "lr", "momentum", "weight_decay",
+                     "warmup_epochs", "label_smoothing", "lookahead_alpha"):
+            v = getattr(self, name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+        if isinstance(self.budget, float) and not math.isfinite(self.budget):
+            raise ConfigError(f"budget must be a finite positive number, got {self.budget}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be in [0, 2^63), got {self.seed}")
         if self.dataset not in DATASET_DEFAULTS:
             raise ConfigError(f"unknown dataset {self.dataset!r}: choose from {sorted(DATASET_DEFAULTS)}")
         cfg = dataclasses.replace(self)
@@ -131,6 +208,9 @@ class TrainConfig:
         if cfg.budget is not None:
             if isinstance(cfg.budget, bool) or not (cfg.budget > 0 and math.isfinite(cfg.budget)):
                 raise ConfigError(f"budget must be positive, got {cfg.budget}")
+            if cfg.budget < 1:  # o = sum C_in C_out / b above the dense network's: nothing to keep, and o overflows
+                raise ConfigError(f"budget b={cfg.budget:g} is below 1: it allows more than the dense network "
+                                  f"(o > sum C_in C_out), so it constrains nothing; give b >= 1, or --budget none")
             if not info.dgconv:
                 raise ConfigError(f"model {cfg.model!r} has no DGConv layers: a budget needs a g_* model (or --budget none)")
         if not isinstance(cfg.epochs, int) or isinstance(cfg.epochs, bool) or cfg.epochs < 1:
@@ -233,7 +313,9 @@ class TrainConfig:
         try:
             value = float(text)
         except ValueError:
-            raise ConfigError(f"--freeze-groups-at takes an epoch number or a fraction of the schedule, got {x!r}") from None
+            value = math.nan
+        if not math.isfinite(value):
+            raise ConfigError(f"--freeze-groups-at takes an epoch number or a fraction of the schedule, got {x!r}")
         if any(c in text for c in ".eE") or isinstance(x, float):
             if not 0 < value <= 1:
                 raise ConfigError(f"--freeze-groups-at {x}: a fraction of the schedule must be in (0, 1]")
@@ -263,3 +345,36 @@ def merge_resume(cfg: TrainConfig, saved: dict[str, Any], explicit: set[str]) ->
             setattr(merged, k, getattr(cfg, k))
     merged.resume = cfg.resume
     return merged
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+
+
+def check_type(name: str, value: Any, source: str = "") -> None:
+    """Raise :class:`ConfigError` unless ``value`` has the declared type of the :class:`TrainConfig` field ``name``
+    (an int is a float too; a bool is never a number). ``source`` names where the value came from (a file)."""
+    where = f" in {source}" if source else ""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if name not in fields:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(fields), n=1)
+        raise ConfigError(f"unknown option {name!r}{where}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    declared = str(fields[name].type)
+    for alternative in (t.strip() for t in declared.split("|")):
+        if alternative.startswith("list["):
+            inner = _TYPES[alternative[5:-1]]
+            if isinstance(value, list) and all(_is(v, inner) for v in value):
+                return
+        elif _is(value, _TYPES[alternative]):
+            return
+    raise ConfigError(f"option {name!r}{where} must be {declared.replace('None', 'null')}, got {value!r} "
+                      f"({type(value).__name__})")
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)

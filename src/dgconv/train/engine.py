@@ -493,6 +493,10 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
     constraint = run.constraint
     zeta_before = constraint.current()
     closed = constraint.project(optimizer=run.opt) if run.cfg.enforce_budget else []
+    bad = [n for n, m in constraint.layers if not torch.isfinite(m.gate).all()]
+    if bad:
+        raise TrainingError(f"the gates of {', '.join(bad[:3])} became non-finite at epoch {epoch + 1}; stopping, "
+                            f"{_kept(run)}. Check the budget, target and latency table for extreme values.")
     if not constraint.gates_in_sync(all_reduce_sum):
         raise TrainingError("DGConv gates differ between processes; this is a bug, please report it")
     state = constraint.summary()
