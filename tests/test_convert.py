@@ -8,7 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from dgconv import DGConv2d, architecture_spec, create_model, deploy, groupify, learned_groups, load_deployed, profile, save_deployed
+from dgconv import (
+    DGConv2d,
+    architecture_spec,
+    create_model,
+    deploy,
+    groupify,
+    learned_groups,
+    load_deployed,
+    profile,
+    save_deployed,
+)
 from dgconv.convert import ChannelPermutation
 from dgconv.models import model_info
 

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from dgconv.train.data import DataError, TensorLoader, augment_crop_flip, find_cifar_dir, load_cifar, load_digits
+from dgconv.train.data import (
+    DataError,
+    TensorLoader,
+    augment_crop_flip,
+    find_cifar_dir,
+    load_cifar,
+    load_digits,
+)
 
 SHARED = Path(os.environ.get("DGCONV_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 HAS_CIFAR = (SHARED / "cifar-10-batches-py" / "data_batch_1").is_file()

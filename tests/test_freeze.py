@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgconv import DGConv2d, create_model, learned_groups
-from dgconv.train.checkpoint import load_checkpoint, model_from_checkpoint
 from dgconv.constraint import configure_optimizer, dgconv_layers
 from dgconv.freeze import freeze_groups, is_frozen
 from dgconv.layers import gate_gradients, set_gate_batch_fraction
+from dgconv.train.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.helpers import ENV, PATIENCE, cli, metrics, strip_time
 from tests.reference import brute_mask
 

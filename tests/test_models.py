@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from dgconv import DGConv2d
-from dgconv.models import ResNet, UnknownModelError, create_model, list_models, model_info
+from dgconv.models import (
+    ResNet,
+    UnknownModelError,
+    create_model,
+    list_models,
+    model_info,
+)
 
 PAPER_NAMES = [
     "resnet50", "resnet101", "resnet200", "resnext50_32x4d", "resnext101_32x4d", "resnext101_32x8d",

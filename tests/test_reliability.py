@@ -16,10 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from dgconv.train.checkpoint import load_checkpoint
 from dgconv.errors import RunInUseError
+from dgconv.train.checkpoint import load_checkpoint
 from dgconv.train.rundir import RunWriter, best_checkpoint, load_run
-from tests.helpers import ENV, PATIENCE, cli, metrics, strip_time, wait_for_handlers, wait_until
+from tests.helpers import (
+    ENV,
+    PATIENCE,
+    cli,
+    metrics,
+    strip_time,
+    wait_for_handlers,
+    wait_until,
+)
 
 TRAIN = ["train", "--epochs", "3", "--limit-train", "256", "--limit-test", "128", "--budget", "4", "--no-progress"]
 ONE_THREAD = {**ENV, "OMP_NUM_THREADS": "1"}
@@ -367,7 +375,12 @@ def test_a_run_brought_back_without_its_checkpoint_is_set_aside_not_refused(tmp_
     """GPU sessions bring back run directories without checkpoints: such a run cannot resume, and a fresh start in its
     directory is refused, so the sweep moves it to ``<name>.partial`` (one kept) and starts it again."""
     from dgconv.errors import RunDirError
-    from dgconv.train.rundir import LAST, METRICS, finished_epochs, set_aside_unresumable
+    from dgconv.train.rundir import (
+        LAST,
+        METRICS,
+        finished_epochs,
+        set_aside_unresumable,
+    )
 
     run = tmp_path / "g-b32"
     assert set_aside_unresumable(run) is None  # nothing there
@@ -386,3 +399,28 @@ def test_a_run_brought_back_without_its_checkpoint_is_set_aside_not_refused(tmp_
         aside = set_aside_unresumable(run)
         assert aside == tmp_path / "g-b32.partial" and not run.exists() and finished_epochs(aside) == epochs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g-b32.partial"]
+
+
+def test_a_stop_signal_whose_exception_was_swallowed_still_stops_the_run():
+    """Ctrl-C during start-up can land in a library's bare ``except`` (an early Ctrl-C once let the run train to the
+    end, exit 0): the signal is kept and the trainer's next check raises it again."""
+    from dgconv.errors import Interrupted
+    from dgconv.train import interrupts
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        interrupts.install()
+        interrupts.check()  # nothing received yet
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here (or before)
+        except BaseException:  # noqa: BLE001 - what a careless library does
+            pass
+        with pytest.raises(Interrupted) as e:
+            interrupts.check()
+        assert e.value.exit_code == 130
+        interrupts.install()  # a new command starts clean
+        interrupts.check()
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dgconv.train.checkpoint import load_checkpoint
 from dgconv.constraint import learned_groups
 from dgconv.models import create_model
+from dgconv.train.checkpoint import load_checkpoint
 from tests.helpers import ENV, PATIENCE, cli, dgconv, metrics
 from tests.test_data import HAS_CIFAR, SHARED
 

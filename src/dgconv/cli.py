@@ -288,10 +288,10 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .train.checkpoint import load_checkpoint, model_from_checkpoint
     from .convert import deploy, save_deployed
     from .models import model_info
     from .profile import profile
+    from .train.checkpoint import load_checkpoint, model_from_checkpoint
     from .train.rundir import checkpoint_path
 
     src = checkpoint_path(args.source, best=args.best)

@@ -18,7 +18,7 @@ Example::
 
 from __future__ import annotations
 
-__all__ = ["DGConvError", "ConfigError", "DataError", "RunDirError", "RunInUseError", "MissingExtraError", "Interrupted"]
+__all__ = ["DGConvError", "ConfigError", "DataError", "TrainingError", "RunDirError", "RunInUseError", "MissingExtraError", "Interrupted"]
 
 
 class DGConvError(Exception):
@@ -31,6 +31,10 @@ class ConfigError(DGConvError, ValueError):
 
 class DataError(DGConvError, ValueError):
     """A dataset is missing, malformed, or not what was asked for; the message says what was expected."""
+
+
+class TrainingError(DGConvError, RuntimeError):
+    """A run cannot start or continue; the message says why and what was kept."""
 
 
 class RunDirError(DGConvError, OSError):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..train.options import parse_flags
-from ..train.rundir import RunName
+from ..train.runs import RunName
 
 __all__ = ["Arm", "Protocol", "PlannedRun", "PROTOCOLS", "arms_of", "planned_runs", "protocol_from_dict"]
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .._files import write_text
 from ..train.progress import plural
-from ..train.rundir import Run, load_run, write_text
+from ..train.runs import Run, load_run
 
 __all__ = ["Run", "load_run", "layer_table", "plain_model", "write_report"]
 

@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from .._files import read_json
+from ..train.progress import plural
+from ..train.runs import SWEEP, Run, RunName, is_run, load_run, read_groups
 from .protocols import (
     PROTOCOLS,
     Arm,
@@ -45,9 +48,7 @@ from .protocols import (
     planned_runs,
     protocol_from_dict,
 )
-from ..train.progress import plural
 from .report import plain_model
-from ..train.rundir import SWEEP, Run, RunName, is_run, load_run, read_groups, read_json
 from .stats import NOT_ENOUGH, Difference, Summary, Verdict, summarize, verdict, welch
 
 __all__ = ["render_results", "load_sweep", "SweepResult", "ArmResult", "RunRow", "spearman"]

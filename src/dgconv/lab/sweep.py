@@ -26,13 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._files import md5_file
+from .._files import md5_file, read_json, write_json, write_text
 from ..errors import ConfigError, DGConvError
-from ..train.progress import duration
 from ..train.options import to_flags
-from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs, protocol_from_dict
-from .results import render_results
-from ..train.rundir import (
+from ..train.progress import duration
+from ..train.runs import (
     LAST,
     LOG,
     RESULTS,
@@ -40,12 +38,11 @@ from ..train.rundir import (
     finished_epochs,
     is_run,
     load_run,
-    read_json,
     read_metrics,
     set_aside_unresumable,
-    write_json,
-    write_text,
 )
+from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs, protocol_from_dict
+from .results import render_results
 
 __all__ = ["run_sweep", "SweepError", "data_provenance", "OFFICIAL_MD5"]
 

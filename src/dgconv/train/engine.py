@@ -20,7 +20,6 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,71 +27,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._version import __version__
 from .._env import cpu_name
+from .._version import __version__
+from ..constraint import ResourceConstraint
+from ..errors import ConfigError, Interrupted, TrainingError
+from ..freeze import freeze_groups
+from ..layers import cached_gates, gate_gradients
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .config import DATASET_DEFAULTS, TrainConfig, merge_resume
-from ..constraint import ResourceConstraint, configure_optimizer
-from .data.loaders import Loaders, make_loaders
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
-from ..errors import ConfigError, DGConvError, Interrupted, RunDirError
-from ..freeze import freeze_groups, restore_grouping
-from ..layers import cached_gates, gate_gradients, set_gate_batch_fraction
-from ..models import create_model, model_info
+from . import interrupts
 from .progress import Progress, duration, plural
-from .rundir import LAST, RunWriter, checkpoint_path, groups_document, is_dgconv_run, read_groups, read_metrics
+from .setup import Lookahead, RunState, setup, take_skipped, wrap
+from .rundir import (
+    LAST,
+    RunWriter,
+    checkpoint_path,
+    groups_document,
+    is_dgconv_run,
+    read_groups,
+    read_metrics,
+)
 
 __all__ = ["TrainConfig", "train", "evaluate", "DATASET_DEFAULTS", "TrainingError", "read_groups"]
 
 _logger = logging.getLogger(__name__)
-
-
-class TrainingError(DGConvError, RuntimeError):
-    """A run cannot start or continue; the message says why and what was kept."""
-
-
-class Lookahead:
-    """Lookahead over a model's parameters: every K steps the slow weights move ``alpha`` of the way to the fast
-    ones, and the fast weights restart from them (Zhang et al. 2019; the fast recipe uses it as an EMA).
-
-    ``ramp``: the fraction moved starts at 1 (no averaging) and falls to ``alpha`` as ``1 - (1 - alpha) * t**3``
-    over training progress ``t`` in [0, 1] (the published fast recipe's EMA schedule): a constant ``alpha = 0.5``
-    halves every early step's progress.
-
-    Example::
-
-        >>> net = nn.Linear(1, 1, bias=False)
-        >>> la = Lookahead(net, alpha=0.25, ramp=True)
-        >>> round(la.fraction(0.0), 3), round(la.fraction(0.5), 3), round(la.fraction(1.0), 3)
-        (1.0, 0.906, 0.25)
-    """
-
-    def __init__(self, model: nn.Module, alpha: float, ramp: bool = False) -> None:
-        self.params = dict(model.named_parameters())
-        self.alpha = alpha
-        self.ramp = ramp
-        self.slow = {n: p.detach().clone() for n, p in self.params.items()}
-
-    def fraction(self, progress: float) -> float:
-        """How far the slow weights move at ``progress`` (0: start of training, 1: end)."""
-        t = min(max(progress, 0.0), 1.0)
-        return 1 - (1 - self.alpha) * t**3 if self.ramp else self.alpha
-
-    @torch.no_grad()
-    def step(self, progress: float = 1.0) -> None:
-        alpha = self.fraction(progress)
-        for n, p in self.params.items():
-            slow = self.slow[n]
-            slow.add_(p.detach() - slow, alpha=alpha)
-            p.copy_(slow)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.slow)
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for n, t in state.items():
-            if n in self.slow:
-                self.slow[n].copy_(t)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -216,6 +175,7 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
         cfg.out = _default_out(cfg)
     if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs:
         return _already_finished(cfg, ckpt)
+    interrupts.check()
     env = init_distributed(cfg.device)
     finished = False
     try:
@@ -246,197 +206,20 @@ def _already_finished(cfg: TrainConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
     return rows[-1] if rows else dict(ckpt.get("record", {}))
 
 
-@dataclass
-class _Run:
-    """The live objects of one training run (built by :func:`_setup`)."""
-
-    cfg: TrainConfig
-    env: DistEnv
-    out: Path
-    writer: RunWriter | None  # the main process's handle on the run directory; None on other ranks
-    model: nn.Module
-    net: nn.Module  # the model, or its DistributedDataParallel wrapper
-    opt: torch.optim.Optimizer
-    constraint: ResourceConstraint
-    train_loader: Any
-    test_loader: Any
-    num_classes: int
-    input_size: tuple[int, ...]
-    model_kwargs: dict[str, Any]
-    data: Loaders
-    lookahead: Lookahead | None = None
-    start_epoch: int = 0
-    step: int = 0
-    best_acc: float = 0.0
-    best_epoch: int = 0
-    epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # the epochs this process trained
-
-    def eta(self, epoch: int) -> float:
-        """Seconds left after ``epoch`` (1-based) epochs: the median epoch of this process times those to go."""
-        if not self.epoch_seconds:
-            return math.nan
-        return sorted(self.epoch_seconds)[len(self.epoch_seconds) // 2] * (self.cfg.epochs - epoch)
-
-
-def _setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, ckpt: dict[str, Any] | None) -> _Run:
-    if isinstance(cfg.batch_size, int) and cfg.batch_size % env.world_size:
-        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {env.world_size} processes")
-    if writer is not None:
-        if ckpt is None:
-            writer.check_fresh()
-        for note in writer.recover(ckpt, checkpoint_path(cfg.resume) if cfg.resume else None):
-            _logger.info("%s: %s", out, note)
-    if cfg.deterministic or torch.are_deterministic_algorithms_enabled():  # reset too: sweeps reuse processes
-        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)  # (its first call imports the compiler)
-    torch.backends.cudnn.benchmark = not cfg.deterministic
-    torch.manual_seed(cfg.seed)
-
-    data = make_loaders(cfg, env, model_info(cfg.model).input_size)
-    train_loader, test_loader, num_classes, input_size = data.train, data.test, data.num_classes, data.input_size
-    if cfg.batch_size == "auto":  # chosen from the data; recorded like a given value (a resume reuses it)
-        cfg.batch_size = train_loader.batch_size * env.world_size
-    _check_input_size(cfg.model, input_size)
-    spec: int | dict[str, int] | None = cfg.groups
-    if cfg.groups_from:
-        try:
-            spec = read_groups(cfg.groups_from)
-        except RunDirError as e:
-            raise ConfigError(f"--groups-from: {e}") from None
-    model_kwargs: dict[str, Any] = {"in_chans": input_size[0], **({"groups": spec} if spec else {})}
-    for key in ("min_group_width", "max_groups"):
-        if getattr(cfg, key) is not None:
-            model_kwargs[key] = getattr(cfg, key)
-    try:
-        model = create_model(cfg.model, num_classes=num_classes, zero_init_residual=cfg.zero_init_residual, **model_kwargs)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, DGConvError):
-            raise
-        raise ConfigError(f"cannot build {cfg.model}: {e}") from None
-    if cfg.init_from and ckpt is None:
-        from .pretrained import GATE_INIT_PRETRAINED, load_pretrained
-
-        for note in load_pretrained(model, cfg.init_from, cfg.gate_init or GATE_INIT_PRETRAINED):
-            if env.is_main:
-                _logger.info("%s", note)
-    if ckpt is not None and ckpt["num_classes"] != num_classes:
-        raise TrainingError(
-            f"class count mismatch: the checkpoint has {ckpt['num_classes']} classes, the data has {num_classes}"
-        )
-    model.to(env.device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    constraint = ResourceConstraint(
-        model, budget=cfg.budget, alpha=cfg.alpha, cost=cfg.cost, target=cfg.target, input_size=input_size,
-        latency_table=_latency_table(cfg), objective=cfg.objective, dual_lr=cfg.dual_lr,
-    )  # bad costs, tables and unreachable budgets are ConfigErrors, before any training
-    opt = configure_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    if ckpt is None and hasattr(model, "initialize_from_data"):  # e.g. FastNet's whitening layer, from training images
-        model.initialize_from_data(_initial_images(train_loader))
-    set_gate_batch_fraction(model, cfg.gate_batch_fraction)
-    run = _Run(cfg, env, out, writer, model, model, opt, constraint, train_loader, test_loader, num_classes, input_size,
-               model_kwargs, data)
-    if ckpt is not None:
-        if ckpt.get("frozen"):  # the groups were frozen before this checkpoint: rebuild that structure first
-            try:
-                restore_grouping(model, ckpt["frozen"])
-            except ValueError as e:
-                raise CheckpointError(f"the checkpoint's frozen grouping does not fit {cfg.model}: {e}") from None
-            constraint.freeze()
-            freeze_groups(model, opt)
-        try:
-            model.load_state_dict(ckpt["model"])
-        except (RuntimeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"the checkpoint does not fit {cfg.model}: {e}") from None
-        try:
-            opt.load_state_dict(ckpt["optimizer"])
-        except (KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"the checkpoint's optimizer state does not fit: {e}") from None
-        run.start_epoch, run.step, run.best_acc = int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt["best_acc"])
-        run.best_epoch = int(ckpt.get("best_epoch") or 0)
-        constraint.load_state_dict(ckpt.get("constraint", {}))
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if env.device.type == "cuda" and ckpt["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    if cfg.lookahead:
-        run.lookahead = Lookahead(model, cfg.lookahead_alpha, cfg.lookahead_ramp)
-        if ckpt is not None and ckpt.get("lookahead"):
-            run.lookahead.load_state_dict(ckpt["lookahead"])
-    run.net = _wrap(model, cfg, env)
-    return run
-
-
-def _latency_table(cfg: TrainConfig) -> Any:
-    """The latency table of ``--cost latency``, refused when its timings look contaminated (unless trusted)."""
-    if cfg.latency_table is None:
-        return None
-    from ..latency import LatencyTable
-
-    table = LatencyTable.load(cfg.latency_table)
-    suspicious = table.suspicious()
-    if suspicious and not cfg.trust_latency_table:
-        raise ConfigError(
-            f"{cfg.latency_table}: {len(suspicious)} timing(s) look contaminated, e.g. {suspicious[0]}; measure the "
-            f"table again on a quiet machine (`dgconv latency`), or pass --trust-latency-table to train on it anyway"
-        )
-    return table
-
-
-def _take_skipped(loader: Any) -> list[str]:
-    take = getattr(loader, "take_skipped", None)
-    return take() if take is not None else []
-
-
-def _initial_images(loader: Any, n: int = 5000) -> torch.Tensor:
-    """Up to ``n`` training images as the model sees them (normalised), for data-dependent initialisation."""
-    got, count = [], 0
-    for x, _ in loader.epoch(0):
-        got.append(x)
-        count += len(x)
-        if count >= n:
-            break
-    return torch.cat(got)[:n]
-
-
-def _check_input_size(model: str, size: tuple[int, ...]) -> None:
-    """Warn when the data is far from the size the model is designed for (its stem and strides assume that size)."""
-    want = model_info(model).input_size
-    ratio = max(size[-1], want[-1]) / max(1, min(size[-1], want[-1]))
-    if ratio >= 2:
-        _logger.warning(
-            "%s is designed for %dx%d inputs and the data is %dx%d: its stem and strides %s. Pick a model made for "
-            "this size (`dgconv models` lists the input size of each) or set --image-size %d.",
-            model, want[-2], want[-1], size[-2], size[-1],
-            "shrink these images to almost nothing" if size[-1] < want[-1] else "waste compute on them", want[-1],
-        )
-
-
-def _wrap(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
-    """The network the loop calls: the model, DDP around it with several processes, ``torch.compile`` on request."""
-    net: nn.Module = model
-    if env.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=True,
-            find_unused_parameters=cfg.gate_every > 1,  # gate-less steps leave the gates without gradients
-        )
-    if cfg.compile:
-        net = torch.compile(net)  # type: ignore[assignment]
-    return net
-
-
-def _freeze(run: _Run, epoch: int) -> None:
+def _freeze(run: RunState, epoch: int) -> None:
     """Search, then train: every DGConv layer becomes its group convolution (optimizer state carried)."""
     run.constraint.freeze()
     freeze_groups(run.model, run.opt)
     if run.lookahead is not None:  # the parameters changed: the slow weights start again from them
         run.lookahead = Lookahead(run.model, run.cfg.lookahead_alpha, run.cfg.lookahead_ramp)
-    run.net = _wrap(run.model, run.cfg, run.env)
+    run.net = wrap(run.model, run.cfg, run.env)
     if run.env.is_main:
         groups = run.constraint.summary()["groups"]
         _logger.info("froze the learned groups after epoch %d: %s; from here on the network trains as ResNeXt*",
                      epoch, list(groups.values()))
 
 
-def _kept(run: _Run) -> str:
+def _kept(run: RunState) -> str:
     """What a run stopped during ``run.epoch`` leaves behind, and how to continue it (for messages)."""
     if run.writer is None or not run.writer.has_checkpoint():
         return f"run {run.out} had not finished an epoch; nothing was kept"
@@ -445,7 +228,7 @@ def _kept(run: _Run) -> str:
             f"{_command('train', '--resume', str(run.out))}")
 
 
-def _train_epoch(run: _Run, epoch: int, progress: Progress) -> tuple[float, torch.Tensor]:
+def _train_epoch(run: RunState, epoch: int, progress: Progress) -> tuple[float, torch.Tensor]:
     """One pass over the training data; returns the last learning rate and the (unreduced) sums of task loss,
     constrained loss, correct predictions and examples."""
     cfg, env = run.cfg, run.env
@@ -455,6 +238,7 @@ def _train_epoch(run: _Run, epoch: int, progress: Progress) -> tuple[float, torc
     lr = cfg.lr
     with progress.phase(f"epoch {epoch + 1}/{cfg.epochs}", steps, run.train_loader.batch_size) as update:
         for i, (x, y) in enumerate(run.train_loader.epoch(epoch)):
+            interrupts.check()  # a stop whose exception something swallowed still stops here
             lr = _lr_at(cfg, run.step, steps)
             for group in run.opt.param_groups:
                 group["lr"] = lr
@@ -482,7 +266,7 @@ def _train_epoch(run: _Run, epoch: int, progress: Progress) -> tuple[float, torc
     return lr, sums
 
 
-def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started: float, progress: Progress) -> tuple[dict[str, Any], bool]:
+def _finish_epoch(run: RunState, epoch: int, lr: float, sums: torch.Tensor, started: float, progress: Progress) -> tuple[dict[str, Any], bool]:
     """Evaluate, enforce the budget, check the gates across processes; returns the metrics record and whether
     this epoch has the best test accuracy so far."""
     all_reduce_sum(sums)
@@ -500,7 +284,7 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
     if not constraint.gates_in_sync(all_reduce_sum):
         raise TrainingError("DGConv gates differ between processes; this is a bug, please report it")
     state = constraint.summary()
-    skipped = [*_take_skipped(run.train_loader), *_take_skipped(run.test_loader)]
+    skipped = [*take_skipped(run.train_loader), *take_skipped(run.test_loader)]
     if skipped and run.env.is_main:
         _logger.warning("epoch %d skipped %d unreadable image(s), e.g. %s", epoch + 1, len(skipped), ", ".join(skipped[:3]))
     best = test_acc > run.best_acc
@@ -518,7 +302,7 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, sums: torch.Tensor, started:
     return record, best
 
 
-def _commit_epoch(run: _Run, record: dict[str, Any], best: bool, writer: Any) -> None:
+def _commit_epoch(run: RunState, record: dict[str, Any], best: bool, writer: Any) -> None:
     """Main process: the checkpoint (with the record), best.pt, the metrics line, groups.json -- in that order,
     see :mod:`dgconv.train.rundir` -- then TensorBoard and the console line."""
     cfg, env = run.cfg, run.env
@@ -553,7 +337,7 @@ def _commit_epoch(run: _Run, record: dict[str, Any], best: bool, writer: Any) ->
 
 def _train(cfg: TrainConfig, env: DistEnv, writer: RunWriter | None, ckpt: dict[str, Any] | None) -> dict[str, Any]:
     out = Path(cfg.out)  # type: ignore[arg-type]
-    run = _setup(cfg, env, out, writer, ckpt)
+    run = setup(cfg, env, out, writer, ckpt)
     main = env.is_main
     if writer is not None:
         config_doc = {
@@ -627,7 +411,7 @@ def _budget_text(c: ResourceConstraint) -> str:
     return f"{what} in {c.cost.name}" + (", lagrangian" if c.objective == "lagrangian" else "")
 
 
-def _final_summary(run: _Run, record: dict[str, Any]) -> None:
+def _final_summary(run: RunState, record: dict[str, Any]) -> None:
     log = _logger.info
     log("")
     log("test accuracy %.4f (best %.4f at epoch %d)", record["test_acc"], record["best_acc"], run.best_epoch)

@@ -25,24 +25,35 @@ from types import FrameType
 
 from ..errors import Interrupted
 
-__all__ = ["install", "deferred"]
+__all__ = ["install", "deferred", "check"]
 
 _depth = 0
 _pending: int | None = None
+_received: int | None = None  # the first stop signal, kept: a raise can be swallowed (a bare except in an import)
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    global _pending
+    global _pending, _received
+    _received = _received or signum
     if _depth > 0:
         _pending = signum
         return
     raise Interrupted(signum)
 
 
+def check() -> None:
+    """Raise :class:`~dgconv.errors.Interrupted` if a stop signal arrived, even one whose exception some other code
+    swallowed (the trainer calls this between steps)."""
+    if _received is not None and _depth == 0:
+        raise Interrupted(_received)
+
+
 def install() -> None:
     """Route SIGINT and SIGTERM to :class:`~dgconv.errors.Interrupted` (main thread only; a no-op elsewhere)."""
+    global _received
     if threading.current_thread() is not threading.main_thread():
         return
+    _received = None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _handler)
 

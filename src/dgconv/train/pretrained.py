@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import FORMAT, CheckpointError, load_weights_only
 from ..constraint import dgconv_layers
 from ..layers import DGConv2d
+from .checkpoint import FORMAT, CheckpointError, load_weights_only
 
 __all__ = ["load_pretrained", "read_state_dict", "GATE_INIT_PRETRAINED"]
 

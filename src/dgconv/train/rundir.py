@@ -1,18 +1,5 @@
-"""The run directory: the one module that knows which files a run holds, how they are written and how they are read.
-
-Layout (every file plain and documented, so a run can be read without dgconv)::
-
-    config.json     {"format": "dgconv.run/1", "config": {TrainConfig}, "environment": {... "started", "argv"},
-                     "num_classes", "input_size", "o", "train_images_per_epoch", "test_images",
-                     "history": [{"resumed": time, "argv": [...], "from_epoch": E}, ...]}
-    metrics.jsonl   one JSON object per finished epoch, "epoch" = 1, 2, ...
-    groups.json     {"format": "dgconv.groups/1", "model", "groups": {layer: G}, "channels": {layer: [in, out]}}
-    last.pt         checkpoint of the last finished epoch (``dgconv.train.checkpoint``; it also holds that epoch's
-                    metrics line as "record" and the best epoch so far as "best_epoch")
-    best.pt         checkpoint of the epoch with the best test accuracy (a hard link to that epoch's last.pt)
-    .lock           the writer's lock (an OS file lock) and its PID, while a writer holds it (removed on close)
-    tensorboard/    TensorBoard logs (optional)
-    train.log       a sweep's capture of the run's console output
+"""Writing a run directory: the one module that writes a run's files (:class:`RunWriter`); the layout and the readers
+are :mod:`dgconv.train.runs`, whose names this module also offers (the 0.2 ``dgconv.rundir`` API).
 
 Ownership: one process writes a run directory at a time. :class:`RunWriter` takes an exclusive ``flock`` on
 ``.lock`` before it touches anything; the kernel releases it when the process ends, however it ends. A second
@@ -31,9 +18,6 @@ one step behind ``last.pt``, (c) the metrics file without the checkpoint's epoch
 :meth:`RunWriter.recover` repairs all three from ``last.pt`` when the run starts again (saying what it
 repaired); anything else malformed is an error that names the file and line. :func:`best_checkpoint` resolves
 ``best.pt`` the same way for readers of a run that was not resumed.
-
-Readers (``dgconv report``, ``results``, ``deploy``, ``profile``, sweeps) use :func:`load_run`, the typed
-:class:`Run`, :func:`read_groups` and :class:`RunName` -- no other module opens these files by name.
 """
 
 from __future__ import annotations
@@ -41,393 +25,89 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._faults import armed, fault, kill
-from .._files import TEMP_SUFFIX, atomic_link, atomic_write, read_json, write_json, write_text
+from .._files import (
+    TEMP_SUFFIX,
+    atomic_link,
+    atomic_write,
+    read_json,
+    write_json,
+    write_text,
+)
 from ..errors import RunDirError, RunInUseError
 from .interrupts import deferred
+from .runs import (  # the readers, offered here too (the 0.2 dgconv.rundir API)
+    BEST,
+    CONFIG,
+    GROUPS,
+    GROUPS_FORMAT,
+    LAST,
+    LOCK,
+    LOG,
+    METRICS,
+    RESULTS,
+    RUN_FORMAT,
+    SWEEP,
+    TENSORBOARD,
+    Run,
+    RunName,
+    _epoch_of,
+    _ours,
+    _parse_metrics,
+    best_checkpoint,
+    checkpoint_path,
+    finished_epochs,
+    groups_document,
+    is_dgconv_run,
+    is_run,
+    is_sweep,
+    iter_runs,
+    load_run,
+    read_groups,
+    read_metrics,
+    set_aside_unresumable,
+)
 
 __all__ = [
-    "CONFIG",
-    "METRICS",
-    "GROUPS",
-    "LAST",
     "BEST",
+    "CONFIG",
+    "GROUPS",
+    "GROUPS_FORMAT",
+    "LAST",
     "LOCK",
     "LOG",
-    "TENSORBOARD",
+    "METRICS",
+    "RESULTS",
     "RUN_FORMAT",
-    "GROUPS_FORMAT",
+    "SWEEP",
+    "TENSORBOARD",
     "Run",
     "RunName",
-    "set_aside_unresumable",
-    "RunWriter",
-    "load_run",
-    "is_run",
-    "is_dgconv_run",
-    "read_groups",
-    "groups_document",
-    "read_metrics",
     "best_checkpoint",
     "checkpoint_path",
     "finished_epochs",
+    "groups_document",
+    "is_dgconv_run",
+    "is_run",
+    "is_sweep",
+    "iter_runs",
+    "load_run",
+    "read_groups",
+    "read_metrics",
+    "set_aside_unresumable",
+    "RunWriter",
     "write_json",
     "write_text",
     "read_json",
-    "iter_runs",
-    "SWEEP",
-    "RESULTS",
-    "is_sweep",
 ]
 
 _logger = logging.getLogger(__name__)
-
-CONFIG, METRICS, GROUPS = "config.json", "metrics.jsonl", "groups.json"
-SWEEP, RESULTS = "sweep.json", "results.md"  # a sweep directory: its record and its rendered results
-LAST, BEST, LOCK, LOG, TENSORBOARD = "last.pt", "best.pt", ".lock", "train.log", "tensorboard"
-RUN_FORMAT = "dgconv.run/1"
-GROUPS_FORMAT = "dgconv.groups/1"
-
-
-@dataclass
-class _Metrics:
-    rows: list[dict[str, Any]]
-    torn_tail: bool  # the last line was cut short (a crash while appending it) and is left out of rows
-
-
-def _parse_metrics(path: Path) -> _Metrics:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return _Metrics([], False)
-    except OSError as e:
-        raise RunDirError(f"cannot read {path}: {e.strerror or e}") from None
-    lines = data.split(b"\n")
-    rows: list[dict[str, Any]] = []
-    torn = False
-    last_index = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            if i == last_index and not data.endswith(b"\n"):
-                torn = True  # a crash while the line was appended: repairable from the checkpoint
-                continue
-            raise RunDirError(f"{path}:{i + 1} is not a JSON line ({e}); fix or remove that line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or isinstance(row.get("epoch"), bool):
-            raise RunDirError(f"{path}:{i + 1} is not an epoch record (a JSON object with an integer 'epoch')")
-        expected = len(rows) + 1
-        if row["epoch"] != expected:
-            raise RunDirError(f"{path}:{i + 1} records epoch {row['epoch']} where epoch {expected} was expected")
-        rows.append(row)
-    return _Metrics(rows, torn)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The epoch records of a run, in order. A torn final line (a crash while it was written) is left out;
-    any other malformed line is a :class:`RunDirError` naming the file and line."""
-    return _parse_metrics(Path(run_dir) / METRICS).rows
-
-
-def finished_epochs(run_dir: str | Path) -> int:
-    """How many epochs a run has recorded (0 for a missing or empty metrics file)."""
-    try:
-        return len(read_metrics(run_dir))
-    except RunDirError:
-        return 0
-
-
-def set_aside_unresumable(run_dir: str | Path) -> Path | None:
-    """Move a run that recorded epochs but has no checkpoint to ``<name>.partial`` (replacing an older one) so the run
-    can start again in its own directory; return the new path, or ``None`` when there was nothing to move.
-
-    This is what a run stopped on another machine looks like once its directory came back without the checkpoint
-    (GPU sessions bring back the JSON files only): it cannot resume, and a fresh start refuses recorded epochs.
-    """
-    path = Path(run_dir)
-    if not path.is_dir() or (path / LAST).exists() or finished_epochs(path) == 0:
-        return None
-    aside = path.with_name(path.name + ".partial")
-    if aside.exists():
-        shutil.rmtree(aside)
-    path.rename(aside)
-    return aside
-
-
-# ------------------------------------------------------------------------------------------------ groups
-def groups_document(groups: Mapping[str, int], channels: Mapping[str, list[int]], model_name: str | None) -> dict[str, Any]:
-    """The ``groups.json`` document: ``{"format", "model", "groups": {name: G}, "channels": {name: [in, out]}}``."""
-    return {"format": GROUPS_FORMAT, "model": model_name, "groups": dict(groups), "channels": {k: list(v) for k, v in channels.items()}}
-
-
-def read_groups(path: str | Path) -> dict[str, int]:
-    """Read a group spec: a ``groups.json`` written by a run (or a run directory holding one), or a plain JSON
-    mapping ``{module name: groups}``. Raises :class:`RunDirError` (a ``ValueError`` too) on anything else.
-
-    Example::
-
-        >>> import json, tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "g.json"
-        >>> _ = p.write_text(json.dumps({"layer1.0.conv2": 8}))
-        >>> read_groups(p)
-        {'layer1.0.conv2': 8}
-    """
-    p = Path(path)
-    if p.is_dir():
-        p = p / GROUPS
-    if not p.is_file():
-        raise RunDirError(f"no group spec at {p}")
-    doc = read_json(p, "group spec")
-    spec = doc.get("groups", doc) if isinstance(doc, dict) else None
-    if not isinstance(spec, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in spec.items()
-    ):
-        raise RunDirError(f"{p} is not a group spec: expected {{module name: groups}} or a groups.json with a 'groups' mapping")
-    return spec
-
-
-# ------------------------------------------------------------------------------------------------ run names
-_NAME = re.compile(
-    r"^(?:(?P<family>[a-z][a-z0-9_]*)-g(?P<groups>\d+)|(?P<arm>g|star)(?:-(?P<cost>connections|macs|latency))?-b(?P<budget>[0-9.]+))"
-    r"(?:-s(?P<seed>\d+))?$"
-)
-
-
-@dataclass(frozen=True)
-class RunName:
-    """The name of a run inside a sweep directory, and what it says about the run.
-
-    ``arm``: ``"plain"`` (a network with ``value`` groups in every group convolution; named by its ``family``,
-    e.g. ``resnext-g32``), ``"g"`` (groups learned under budget ``b = value``: ``g-b32``, ``g-macs-b32``) or
-    ``"star"`` (ResNeXt* -- a plain network built from the groups a ``"g"`` run learned, trained from scratch:
-    ``star-b32``, ``star-macs-b32``). ``cost`` is the budget's cost measure (omitted from the name for the paper's
-    ``connections``); a seed other than 0 is appended as ``-s<seed>``.
-
-    Example::
-
-        >>> str(RunName("g", 32, cost="macs", seed=1))
-        'g-macs-b32-s1'
-        >>> RunName.parse("resnext-g32")
-        RunName(arm='plain', value=32, cost='connections', seed=0, family='resnext')
-    """
-
-    arm: str
-    value: float
-    cost: str = "connections"
-    seed: int = 0
-    family: str = "resnext"
-
-    def __post_init__(self) -> None:
-        if self.arm not in ("plain", "g", "star"):
-            raise ValueError(f"run arm must be 'plain', 'g' or 'star', got {self.arm!r}")
-
-    def __str__(self) -> str:
-        seed = f"-s{self.seed}" if self.seed else ""
-        if self.arm == "plain":
-            return f"{self.family}-g{int(self.value)}{seed}"
-        cost = "" if self.cost == "connections" else f"-{self.cost}"
-        return f"{self.arm}{cost}-b{self.value:g}{seed}"
-
-    @property
-    def source(self) -> RunName:
-        """For a ``"star"`` run, the ``"g"`` run whose learned groups it trains (same budget, cost and seed)."""
-        return RunName("g", self.value, self.cost, self.seed, self.family)
-
-    @classmethod
-    def parse(cls, name: str) -> RunName | None:
-        """The :class:`RunName` a directory name spells, or ``None`` for any other name."""
-        m = _NAME.match(name)
-        if m is None:
-            return None
-        seed = int(m["seed"] or 0)
-        if m["family"]:
-            if m["family"] in ("g", "star"):
-                return None
-            return cls("plain", int(m["groups"]), seed=seed, family=m["family"])
-        try:
-            value = float(m["budget"])
-        except ValueError:
-            return None
-        value = int(value) if value.is_integer() else value
-        return cls(m["arm"], value, m["cost"] or "connections", seed)
-
-
-# ------------------------------------------------------------------------------------------------ reading
-@dataclass
-class Run:
-    """The files of one run directory, parsed (what ``report``, ``results`` and sweeps read).
-
-    Attributes:
-        path: the run directory.
-        config: the training configuration (``TrainConfig`` fields).
-        environment: where and when it ran (versions, device, ``started``, ``argv``).
-        metrics: the epoch records (``metrics.jsonl``), in order.
-        groups, channels: ``groups.json`` (learned groups; empty for a run without DGConv layers).
-        input_size, num_classes: what the model was built for.
-        history: resumptions (``{"resumed", "argv", "from_epoch"}``), oldest first.
-        extra: every other top-level field of ``config.json`` (``o``, ``test_images``, ...).
-    """
-
-    path: Path
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    groups: dict[str, int]
-    channels: dict[str, list[int]]
-    input_size: tuple[int, ...]
-    num_classes: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        """The directory's name."""
-        return self.path.name
-
-    @property
-    def run_name(self) -> RunName | None:
-        """What the directory's name says (sweeps name their runs with :class:`RunName`), or ``None``."""
-        return RunName.parse(self.path.name)
-
-    @property
-    def label(self) -> str:
-        """A short legend entry: ``name: model b=... seed ...``."""
-        c = self.config
-        b = c.get("budget")
-        extra = f" b={b:g}" if isinstance(b, (int, float)) and not isinstance(b, bool) else ""
-        cost = c.get("cost")
-        if extra and cost and cost != "connections":
-            extra += f" ({cost})"
-        seed = f" seed {c.get('seed')}" if c.get("seed") else ""
-        return f"{self.path.name}: {c.get('model', '?')}{extra}{seed}"
-
-    @property
-    def final(self) -> dict[str, Any]:
-        """The last epoch record (empty before the first epoch ends)."""
-        return self.metrics[-1] if self.metrics else {}
-
-    @property
-    def epochs(self) -> int:
-        """Epochs the configuration asks for."""
-        return int(self.config.get("epochs") or 0)
-
-    @property
-    def finished(self) -> bool:
-        """Whether every configured epoch has a record."""
-        return bool(self.metrics) and len(self.metrics) >= self.epochs
-
-    @property
-    def train_seconds(self) -> float:
-        """Sum of the epochs' wall times."""
-        return float(sum(m.get("time", 0.0) for m in self.metrics))
-
-    def checkpoint(self, best: bool = False) -> Path:
-        """The path of the run's ``last.pt`` (or the consistent best checkpoint, :func:`best_checkpoint`)."""
-        return best_checkpoint(self.path) if best else checkpoint_path(self.path)
-
-
-def is_sweep(path: str | Path) -> bool:
-    """Whether ``path`` is a sweep directory (it has a ``sweep.json``)."""
-    return (Path(path) / SWEEP).is_file()
-
-
-def is_run(path: str | Path) -> bool:
-    """Whether ``path`` is a run directory (it has a ``config.json``)."""
-    return (Path(path) / CONFIG).is_file()
-
-
-def _require(doc: Any, key: str, kind: type | tuple[type, ...], path: Path) -> Any:
-    if not isinstance(doc, dict) or key not in doc or not isinstance(doc[key], kind):
-        raise RunDirError(f"{path} is malformed: expected a field {key!r} of type {getattr(kind, '__name__', kind)}")
-    return doc[key]
-
-
-def load_run(path: str | Path) -> Run:
-    """Parse a run directory. A missing directory or ``config.json``, or any malformed file, is a
-    :class:`RunDirError` that names the file (and line)."""
-    p = Path(path)
-    if not p.is_dir():
-        raise RunDirError(f"{p} is not a run directory (no such directory)")
-    cpath = p / CONFIG
-    if not cpath.is_file():
-        raise RunDirError(f"{p} is not a run directory: no {CONFIG}")
-    doc = read_json(cpath, CONFIG)
-    config = _require(doc, "config", dict, cpath)
-    for key in ("model", "dataset", "epochs"):
-        if key not in config:
-            raise RunDirError(f"{cpath} is malformed: its 'config' has no {key!r}")
-    env = doc.get("environment", {})
-    if not isinstance(env, dict):
-        raise RunDirError(f"{cpath} is malformed: 'environment' must be an object")
-    rows = read_metrics(p)
-    groups: dict[str, int] = {}
-    channels: dict[str, list[int]] = {}
-    gpath = p / GROUPS
-    if gpath.exists():
-        gdoc = read_json(gpath, GROUPS)
-        groups = read_groups(gpath)
-        channels = gdoc.get("channels", {}) if isinstance(gdoc, dict) and isinstance(gdoc.get("channels", {}), dict) else {}
-    elif rows and isinstance(rows[-1].get("groups"), dict):
-        groups = rows[-1]["groups"]
-    size = doc.get("input_size") or []
-    if not isinstance(size, list) or not all(isinstance(s, int) for s in size):
-        raise RunDirError(f"{cpath} is malformed: 'input_size' must be a list of integers")
-    history = doc.get("history", [])
-    extra = {k: v for k, v in doc.items() if k not in ("config", "environment", "input_size", "num_classes", "history", "format")}
-    try:
-        num_classes = int(doc.get("num_classes", 0))
-    except (TypeError, ValueError):
-        raise RunDirError(f"{cpath} is malformed: 'num_classes' must be an integer") from None
-    return Run(p, config, env, rows, groups, channels, tuple(size), num_classes,
-               history if isinstance(history, list) else [], extra)
-
-
-def checkpoint_path(source: str | Path, best: bool = False) -> Path:
-    """The checkpoint a run directory's name resolves to (``last.pt``, or with ``best`` the consistent best one),
-    or ``source`` itself when it is a checkpoint file. ``--resume ''`` and other empty paths are refused."""
-    if not str(source).strip():
-        raise RunDirError("no run directory given (an empty path)")
-    p = Path(source)
-    if p.is_dir():
-        return best_checkpoint(p) if best else p / LAST
-    return p
-
-
-def _epoch_of(path: Path) -> int | None:
-    from .checkpoint import CheckpointError, load_checkpoint
-
-    try:
-        return int(load_checkpoint(path)["epoch"])
-    except CheckpointError:
-        return None
-
-
-def best_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint of the run's best epoch: ``best.pt``, unless a crash between writing ``last.pt`` and
-    ``best.pt`` left ``best.pt`` behind -- then ``last.pt``, which holds that same epoch."""
-    run_dir = Path(run_dir)
-    from .checkpoint import load_checkpoint
-
-    last, best = run_dir / LAST, run_dir / BEST
-    if not last.exists():
-        return best
-    ckpt = load_checkpoint(last)
-    want = ckpt.get("best_epoch")
-    if want is None:  # a checkpoint from dgconv 0.1: no record of the best epoch
-        return best
-    if int(want) == int(ckpt["epoch"]) and (not best.exists() or _epoch_of(best) != int(want)):
-        return last
-    return best
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -723,34 +403,3 @@ def _same_file(fd: int, path: Path) -> bool:
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _ours(p: Path) -> bool:
-    """Whether ``p``, inside a folder where a fresh run starts, is something a dgconv run (or the sweep that started
-    it) writes: its files, its lock, temporaries of its atomic writes, TensorBoard logs, the sweep's log."""
-    name = p.name
-    if name in (LOCK, LOG, METRICS, GROUPS, LAST, BEST, TENSORBOARD):
-        return True
-    if name == CONFIG:
-        try:
-            doc = json.loads(p.read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(doc, dict) and doc.get("format") == RUN_FORMAT
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX) and any(
-        name.startswith(f".{target}.") for target in (CONFIG, METRICS, GROUPS, LAST, BEST))
-
-
-def is_dgconv_run(path: str | Path) -> bool:
-    """Whether ``path`` is a folder that a dgconv run wrote (its ``config.json`` has dgconv's format)."""
-    p = Path(path) / CONFIG
-    return p.is_file() and _ours(p)
-
-
-def iter_runs(folder: str | Path) -> Iterator[Run]:
-    """Every run directory directly under ``folder`` (sorted by name) that has recorded at least one epoch."""
-    for d in sorted(Path(folder).iterdir()):
-        if d.is_dir() and is_run(d):
-            run = load_run(d)
-            if run.metrics:
-                yield run
