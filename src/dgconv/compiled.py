@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .fast import memory_format_of
+from .gathers import memory_format_of
 from .grouping import Grouping
 
 __all__ = ["available", "grouped_conv"]

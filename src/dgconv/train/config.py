@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..models import model_info
 
 __all__ = ["TrainConfig", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "GROUPS", "CROP_PADDING", "merge_resume", "check_type"]
 
@@ -192,6 +191,8 @@ class TrainConfig:
         for key, value in DATASET_DEFAULTS[self.dataset].items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
+        from ..models import model_info  # here: the command line builds its parser from this module without torch
+
         info = model_info(cfg.model)  # raises UnknownModelError (a ConfigError) with close matches
         if cfg.target is not None:
             if cfg.budget not in ("default", None):

@@ -13,7 +13,7 @@ once: type, default, help, choices, group) and read from three places: flags, co
 Example::
 
     >>> parse_flags(["--budget", "32", "--cost", "macs", "--no-enforce-budget"])
-    {'budget': 32.0, 'enforce_budget': False, 'cost': 'macs'}
+    {'budget': 32.0, 'cost': 'macs', 'enforce_budget': False}
     >>> to_flags({"budget": 32.0, "enforce_budget": False, "mean": [0.5]})
     ['--budget', '32', '--no-enforce-budget', '--mean', '0.5']
 """

@@ -1,5 +1,5 @@
-"""The ``dgconv`` command line: ``dgconv train | models | profile | deploy | report | sweep | results``
-(and ``python -m dgconv ...``)."""
+"""The subcommands of ``dgconv``: each one's arguments (``_add_*``) and what it does (``_cmd_*``). ``train``'s
+options come from :class:`~dgconv.train.config.TrainConfig` (:mod:`dgconv.train.options`)."""
 
 from __future__ import annotations
 
@@ -7,43 +7,10 @@ import argparse
 import json
 import logging
 import math
-import os
-import sys
-from collections.abc import Callable, Sequence
-from typing import Any
 
-__all__ = ["main", "run_train", "build_parser"]
+from .console import run_train
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: what was wrong, a close match for a misspelled flag, and where the help is
-    (no usage dump: ``dgconv train``'s usage alone is 29 lines)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        import difflib
-        import re
-
-        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-        if bad:
-            close = difflib.get_close_matches(bad[1], re.findall(r"'([^']*)'", bad[2]), n=1, cutoff=0.6)
-            if close:
-                message += f"; did you mean {close[0]}?"
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-    def unknown(self, extras: list[str]) -> None:
-        """Refuse arguments this (sub)command does not take, suggesting the closest option for each flag."""
-        import difflib
-
-        options = [o for o in self._option_string_actions if o.startswith("--")]
-        hints = []
-        for arg in extras:
-            flag = arg.split("=", 1)[0]
-            if flag.startswith("-"):
-                close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
-                if close:
-                    hints.append(f"{flag}: did you mean {close[0]}?")
-        shown = " ".join(extras)
-        self.error(f"unrecognized argument{'s' if len(extras) > 1 else ''} {shown}" + (f"; {'; '.join(hints)}" if hints else ""))
+__all__ = ["COMMANDS"]
 
 
 def _positive_int(s: str) -> int:
@@ -74,7 +41,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "digits (bundled, no download), under a minute on 2 CPU cores. Under torchrun, DDP (gloo on CPU, NCCL on GPU).",
         argument_default=argparse.SUPPRESS,
     )
-    from .train.options import add_arguments
+    from ..train.options import add_arguments
 
     p.add_argument("--config", metavar="FILE",
                    help="read options from a YAML, TOML or JSON file (a run's config.json repeats that run); flags "
@@ -86,8 +53,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train.config import TrainConfig
-    from .train.options import read_config_file
+    from ..train.config import TrainConfig
+    from ..train.options import read_config_file
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "print_config")}
     values = {**read_config_file(args.config), **given} if getattr(args, "config", None) else given
@@ -97,7 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         print(json.dumps(dataclasses.asdict(cfg.resolved()), indent=2))
         return 0
-    from .train.engine import train
+    from ..train.engine import train
 
     train(cfg, explicit=set(values))
     return 0
@@ -110,8 +77,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-    from .models import list_models, model_info
+    from ..errors import ConfigError
+    from ..models import list_models, model_info
 
     names = list_models(args.pattern)
     if not names:
@@ -138,8 +105,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
 
 def _build(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
     """``create_model`` with a bad argument (a group count the layer cannot take, ...) as a ConfigError."""
-    from .errors import ConfigError, DGConvError
-    from .models import create_model
+    from ..errors import ConfigError, DGConvError
+    from ..models import create_model
 
     try:
         return create_model(name, **kwargs)  # type: ignore[arg-type]
@@ -152,9 +119,9 @@ def _build(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
 def _cmd_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .models import model_info
-    from .profile import profile
-    from .train.rundir import is_run, load_run, read_groups
+    from ..models import model_info
+    from ..profile import profile
+    from ..train.rundir import is_run, load_run, read_groups
 
     name, classes, size, groups = args.model, args.num_classes, args.input_size, None
     run_source = args.model if is_run(args.model) else (args.groups_from if args.groups_from and is_run(args.groups_from) else None)
@@ -166,7 +133,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         classes = classes or run.num_classes or None
         size = size or (list(run.input_size) if run.input_size else None)
     elif Path(args.model).exists():
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"{args.model} is not a run directory (no config.json) and not a model name; `dgconv models` lists the names")
     info = model_info(name)
@@ -193,7 +160,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _costs(model, size, table_path):  # type: ignore[no-untyped-def]
     """zeta of the DGConv layers in every cost that can be computed (latency only with a table)."""
-    from .constraint import ResourceConstraint, dgconv_layers
+    from ..constraint import ResourceConstraint, dgconv_layers
 
     if not dgconv_layers(model):
         return {}
@@ -233,15 +200,15 @@ def _add_latency(sub: argparse._SubParsersAction) -> None:
 def _cmd_latency(args: argparse.Namespace) -> int:
     import time
 
-    from .latency import LatencyTable
-    from .models import model_info
-    from .train.progress import Progress
+    from ..latency import LatencyTable
+    from ..models import model_info
+    from ..train.progress import Progress
 
     info = model_info(args.model)
     size = tuple(args.input_size) if args.input_size else info.input_size
     limits = {k: getattr(args, k) for k in ("min_group_width", "max_groups") if getattr(args, k) is not None}
     model = _build(args.model, num_classes=args.num_classes, in_chans=size[0], **limits)
-    from .train.progress import duration
+    from ..train.progress import duration
 
     started = time.time()
     bars = Progress(args.progress)
@@ -288,15 +255,15 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .convert import deploy, save_deployed
-    from .models import model_info
-    from .profile import profile
-    from .train.checkpoint import load_checkpoint, model_from_checkpoint
-    from .train.rundir import checkpoint_path
+    from ..convert import deploy, save_deployed
+    from ..models import model_info
+    from ..profile import profile
+    from ..train.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..train.rundir import checkpoint_path
 
     src = checkpoint_path(args.source, best=args.best)
     if args.best and not Path(args.source).is_dir():
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError("--best picks a run directory's best checkpoint; give the run directory, not a file")
     ckpt = load_checkpoint(src)
@@ -335,7 +302,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .lab.report import write_report
+    from ..lab.report import write_report
 
     for path in write_report(args.runs, args.out):
         print(f"wrote {path}")
@@ -350,7 +317,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         "(g_resnext29_32x4d, 30 epochs on one H200, over several sessions) and 'gpu-fast' (g_fastnet, a fast recipe, "
         "many seeds). Resumable: finished runs are skipped; a directory holding runs of other settings is refused.",
     )
-    from .lab.sweep import PROTOCOLS
+    from ..lab.sweep import PROTOCOLS
 
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
     p.add_argument("--data-dir", required=True, help="folder holding (or being) cifar-10-batches-py")
@@ -373,7 +340,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .lab.sweep import run_sweep
+    from ..lab.sweep import run_sweep
 
     path = run_sweep(args.protocol, args.out, args.data_dir, data_note=args.data_note, results=args.results,
                      deadline=args.deadline, epochs=args.epochs, parallel=args.parallel, limit_train=args.limit_train,
@@ -393,9 +360,9 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_results(args: argparse.Namespace) -> int:
 
-    from .errors import ConfigError
-    from .lab.results import render_results
-    from .train.rundir import SWEEP, is_sweep, write_text
+    from ..errors import ConfigError
+    from ..lab.results import render_results
+    from ..train.rundir import SWEEP, is_sweep, write_text
 
     for s in args.sweeps:
         if not is_sweep(s):
@@ -409,161 +376,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ._version import __version__
-
-    parser = _Parser(prog="dgconv", description="Dynamic Grouping Convolution: train, inspect and deploy G-ResNeXt.")
-    parser.add_argument("--version", action="version", version=f"dgconv {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_train(sub)
-    _add_models(sub)
-    _add_profile(sub)
-    _add_deploy(sub)
-    _add_latency(sub)
-    _add_report(sub)
-    _add_sweep(sub)
-    _add_results(sub)
-    return parser
 
 
-class _ConsoleHandler(logging.StreamHandler):
-    """Log records to standard output (warnings and errors to standard error, prefixed). A closed pipe
-    (``dgconv train | head -1``) silences the console instead of stopping the job."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
-        self.closed_pipe = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.closed_pipe:
-            return
-        self.stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
-        try:
-            msg = self.format(record)
-            if record.levelno >= logging.WARNING:
-                msg = f"warning: {msg}"
-            self.stream.write(msg + "\n")
-            self.stream.flush()
-        except BrokenPipeError:
-            self.closed_pipe = True
-            _silence(self.stream)
-        except Exception:  # noqa: BLE001 - logging's own policy for a failing handler
-            self.handleError(record)
-
-
-def _silence(stream: object) -> None:
-    """Point a closed stream's descriptor at /dev/null, so that later writes (and the flush at exit) succeed."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())  # type: ignore[attr-defined]
-    except (OSError, AttributeError, ValueError):
-        pass
-
-
-def _configure_logging() -> None:
-    logger = logging.getLogger("dgconv")
-    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
-        handler = _ConsoleHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    text = str(e)
-    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dgconv`` command. Returns the process exit status: 0 done, 1 the environment failed
-    (file system, memory), 2 bad input or a run that could not go on, 128 + N stopped by signal N (130 Ctrl-C,
-    143 SIGTERM; the run's last checkpoint is named). Unexpected errors keep their traceback."""
-    from .train import interrupts
-
-    interrupts.install()  # before anything slow: Ctrl-C at any moment is a clean stop
-    words = list(sys.argv[1:] if argv is None else argv)
-    state = {"command": next((w for w in words if not w.startswith("-")), "")}  # for messages before parsing
-
-    def run() -> int:
-        parser = build_parser()
-        args, extras = parser.parse_known_args(words)
-        state["command"] = args.command or state["command"]
-        if extras:
-            _subparser(parser, args.command).unknown(extras)
-        if args.command is None:
-            parser.print_help()
-            return 2
-        _configure_logging()
-        return int(args.func(args) or 0)
-
-    return _guarded(run, state)
-
-
-def run_train(options: dict[str, Any]) -> int:
-    """``dgconv train`` with these options (typed :class:`~dgconv.train.config.TrainConfig` values, all counted as
-    given) and its exit status: what ``dgconv sweep`` runs in its worker processes."""
-    from .train import interrupts
-
-    interrupts.install()
-
-    def run() -> int:
-        _configure_logging()
-        from .train.config import TrainConfig
-        from .train.engine import train
-
-        train(TrainConfig(**options), explicit=set(options))
-        return 0
-
-    return _guarded(run, {"command": "train"})
-
-
-def _guarded(run: Callable[[], int], state: dict[str, str]) -> int:
-    """``run()``, with every error a user can cause as a one-line message and its exit status (see :func:`main`)."""
-    from .errors import DGConvError, Interrupted
-
-    try:
-        return run()
-    except Interrupted as e:
-        if not e.detail and state["command"] == "train":
-            e.detail = "the run had not started; nothing was written"
-        _say(f"{_prog(state['command'])}: {e}")
-        return e.exit_code
-    except KeyboardInterrupt:
-        _say(f"{_prog(state['command'])}: interrupted")
-        return 130
-    except DGConvError as e:
-        _say(f"{_prog(state['command'])}: error: {e}")
-        return 2
-    except BrokenPipeError:
-        _silence(sys.stdout)
-        return 0
-    except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        _say(f"{_prog(state['command'])}: error: {e.strerror or e}{where}")
-        return 1
-    except (RuntimeError, MemoryError) as e:
-        if not _out_of_memory(e):
-            raise
-        _say(f"{_prog(state['command'])}: error: out of memory ({str(e).splitlines()[0][:200]}); try a smaller "
-             f"--batch-size")
-        return 1
-
-
-def _prog(command: str) -> str:
-    return f"dgconv {command}" if command else "dgconv"
-
-
-def _subparser(parser: argparse.ArgumentParser, command: str | None) -> _Parser:
-    """The parser of ``command`` (the top-level parser when there is none)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
-            return action.choices[command]  # type: ignore[return-value]
-    return parser  # type: ignore[return-value]
-
-
-def _say(message: str) -> None:
-    try:
-        print(message, file=sys.stderr, flush=True)
-    except (BrokenPipeError, OSError):
-        pass
+#: The subcommands, in the order ``dgconv --help`` lists them.
+COMMANDS = (_add_train, _add_models, _add_profile, _add_deploy, _add_latency, _add_report, _add_sweep, _add_results)
