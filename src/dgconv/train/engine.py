@@ -39,6 +39,7 @@ from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from . import interrupts
 from .progress import Progress, duration, plural
 from .setup import Lookahead, RunState, setup, take_skipped, wrap
+from .runs import default_run_dir
 from .rundir import (
     LAST,
     RunWriter,
@@ -115,10 +116,6 @@ def _environment(env: DistEnv) -> dict[str, Any]:
     }
 
 
-def _default_out(cfg: TrainConfig) -> str:
-    return str(Path("runs") / f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
 def _command(*args: str) -> str:
     return " ".join(shlex.quote(a) for a in ("dgconv", *args))
 
@@ -172,7 +169,7 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
         cfg.out = str(run_dir)
     cfg = cfg.resolved()
     if cfg.out is None:
-        cfg.out = _default_out(cfg)
+        cfg.out = str(default_run_dir(cfg.model, cfg.dataset))
     if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs:
         return _already_finished(cfg, ckpt)
     interrupts.check()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ __all__ = [
     "CONFIG", "METRICS", "GROUPS", "LAST", "BEST", "LOCK", "LOG", "TENSORBOARD", "RUN_FORMAT", "GROUPS_FORMAT",
     "SWEEP", "RESULTS", "Run", "RunName", "set_aside_unresumable", "load_run", "is_run", "is_dgconv_run", "is_sweep",
     "read_groups", "groups_document", "read_metrics", "best_checkpoint", "checkpoint_path", "finished_epochs",
-    "iter_runs",
+    "iter_runs", "default_run_dir",
 ]
 
 CONFIG, METRICS, GROUPS = "config.json", "metrics.jsonl", "groups.json"
@@ -283,6 +284,11 @@ class Run:
     def checkpoint(self, best: bool = False) -> Path:
         """The path of the run's ``last.pt`` (or the consistent best checkpoint, :func:`best_checkpoint`)."""
         return best_checkpoint(self.path) if best else checkpoint_path(self.path)
+
+
+def default_run_dir(model: str, dataset: str) -> Path:
+    """Where a run goes when no ``--out`` is given: ``runs/<model>-<dataset>-<YYYYmmdd-HHMMSS>``."""
+    return Path("runs") / f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def is_sweep(path: str | Path) -> bool:

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 
 from ...errors import DataError
+from ..config import CROP_PADDING, TrainConfig
+from ..distributed import DistEnv
 from .cifar import download_cifar, load_cifar
 from .digits import load_digits
 from .tensors import TensorDataset
@@ -42,7 +44,7 @@ class Loaders:
     info: dict[str, Any]
 
 
-def make_loaders(cfg: Any, env: Any, model_size: Sequence[int] | None = None) -> Loaders:
+def make_loaders(cfg: TrainConfig, env: DistEnv, model_size: Sequence[int] | None = None) -> Loaders:
     """Loaders for ``cfg.dataset`` (digits, CIFAR-10/100 in memory; image folders streamed), split over the
     processes of ``env``. ``model_size`` is the model's designed input size (image folders use it for large images)."""
     if cfg.dataset == "imagefolder":
@@ -55,29 +57,29 @@ def make_loaders(cfg: Any, env: Any, model_size: Sequence[int] | None = None) ->
     if cfg.dataset == "digits":
         ds = load_digits()
     elif cfg.dataset in ("cifar10", "cifar100"):
-        if getattr(cfg, "download", False):
+        if cfg.download:
             download_cifar(cfg.dataset, cfg.data_dir)
         ds = load_cifar(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test)
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}: choose from {list(DATASETS)}")
     if cfg.limit_train or cfg.limit_test:
         ds = ds.subset(cfg.limit_train, cfg.limit_test)
-    ds = ds.with_statistics(getattr(cfg, "mean", None), getattr(cfg, "std", None))
-    size = getattr(cfg, "image_size", None)
+    ds = ds.with_statistics(cfg.mean, cfg.std)
+    size = cfg.image_size
     args = (per_rank, env.device, cfg.seed, env.rank, env.world_size, cfg.channels_last, size,
-            getattr(cfg, "crop_padding", 4))
+            cfg.crop_padding)
     train, test = TensorLoader(ds, True, *args), TensorLoader(ds, False, *args)
     if len(train) == 0:
         raise DataError(f"{len(ds.train_x)} training examples make no full batch of {per_rank} per process")
     shape = (ds.input_size[0], size or ds.input_size[1], size or ds.input_size[2])
     info = {"source": cfg.dataset, "native_size": list(ds.input_size[1:]), "image_size": shape[-1],
             "mean": list(ds.mean), "std": list(ds.std), "augment": ds.augment,
-            "crop_padding": getattr(cfg, "crop_padding", 4) if ds.augment != "none" else None}
+            "crop_padding": cfg.crop_padding if ds.augment != "none" else None}
     return Loaders(train, test, ds.num_classes, shape, info)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------ batches
-def augment_crop_flip(x: Tensor, gen: torch.Generator, pad: int = 4) -> Tensor:
+def augment_crop_flip(x: Tensor, gen: torch.Generator, pad: int = CROP_PADDING) -> Tensor:
     """Random crop with ``pad``-pixel zero padding and random horizontal flip, per image, on x's device.
 
     The result is NHWC in memory (``channels_last``; the crop gathers whole pixels). Convolutions follow their input's
@@ -128,7 +130,7 @@ class TensorLoader:
         world_size: int = 1,
         channels_last: bool = False,
         image_size: int | None = None,
-        crop_padding: int = 4,
+        crop_padding: int = CROP_PADDING,
     ) -> None:
         self.x = (ds.train_x if train else ds.test_x).to(device)
         self.y = (ds.train_y if train else ds.test_y).to(device)
