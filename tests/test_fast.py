@@ -61,6 +61,43 @@ def test_merge_regimes_really_differ():
     assert (full.merge, len(full.partners)) == (32, 0)
 
 
+@pytest.mark.parametrize("bits", [[0, 0, 0, 0, 0, 1, 1, 1], [1, 0, 1, 0, 0, 1, 0, 0]], ids=["contiguous", "strided"])
+def test_an_off_step_backward_makes_the_calls_of_a_group_convolution(monkeypatch, bits):
+    """Without gate gradients (--gate-every's off-steps, gate_gradients(False)) the backward makes exactly the calls
+    nn.Conv2d(groups=32) makes -- one convolution_backward at groups = 32 -- and no super-group (M-wide) weight
+    gradient, which it once did at the merge widths; the gradients stay the reference's."""
+    from dgconv import gate_gradients
+
+    monkeypatch.setattr(fast, "MERGE_WIDTH", {"cpu": (32, 128), "cuda": (64, 256)})
+    layer = DGConv2d(256, 256, 3, padding=1, bias=True, impl="fast").double()
+    layer.gate.data = torch.tensor([0.3 if b else -0.3 for b in bits], dtype=torch.float64)
+    assert layer.groups == 32
+    x = torch.randn(2, 256, 6, 6, dtype=torch.float64, requires_grad=True)
+    calls = []
+    real = fast.conv_backward
+
+    def spy(gy, xp, w, stride, padding, dilation, groups, mask, *rest):
+        calls.append((groups, list(mask)))
+        return real(gy, xp, w, stride, padding, dilation, groups, mask, *rest)
+
+    monkeypatch.setattr(fast, "conv_backward", spy)
+    with gate_gradients(layer, False):
+        y = layer(x)
+        gy = torch.randn_like(y)
+        y.backward(gy)
+    assert calls == [(32, [True, True, True])]  # nn.Conv2d(groups=32)'s one call: input, weight, bias
+    _, grads = dense_reference(x.detach(), layer.weight.detach(), layer.bias.detach(), layer.gate.detach(),
+                               layer.factors, 1, 1, 1)
+    dx, dw, db, _ = grads(gy)
+    torch.testing.assert_close(x.grad, dx)
+    torch.testing.assert_close(layer.weight.grad, dw)
+    torch.testing.assert_close(layer.bias.grad, db)
+    assert layer.gate.grad is None
+    calls.clear()  # with the gates on, the same layer takes its super-group (groups < 32) or partner passes
+    layer(x).backward(gy)
+    assert len(calls) >= 2 and calls[0] != (32, [True, True, True])  # the gates' passes come on top
+
+
 def test_gradients_flow_only_where_asked():
     layer = DGConv2d(32, 32, 3, padding=1, groups=4)
     layer.gate.requires_grad_(False)

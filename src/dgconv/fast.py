@@ -283,7 +283,8 @@ def grouped_backward(
     gyp = grad_y if plan.contiguous else _channels(grad_y, plan.out_perm)
     grad_x = grad_w = grad_b = grad_g = None
     gwg = dwm = None
-    if M == 1:  # one call: input, in-group weight and bias gradients
+    if M == 1 or not need_g:  # one call, nn.Conv2d(groups=G)'s: input, in-group weight and bias gradients (an
+        # off-step without gate gradients needs no super-group weight gradient, whatever the merge width)
         gxp, gwg, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, need_w or need_g, need_b], need_b)
     else:
         gxp, _, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, False, need_b], need_b)
@@ -302,7 +303,7 @@ def grouped_backward(
         acc = torch.promote_types(weight.dtype, torch.float32)
         grad_g = torch.zeros(gate_count, dtype=acc, device=weight.device)
         if len(plan.block_gates):
-            dblock, wblock = (gwg, wg) if M == 1 else (dwm, _gather(weight, plan.wm_index, out))
+            dblock, wblock = (gwg, wg) if dwm is None else (dwm, _gather(weight, plan.wm_index, out))
             m = (dblock.to(acc) * wblock.to(acc)).sum(dim=(2, 3)).reshape(-1)  # dL/dU on the block's pairs
             grad_g.index_add_(0, plan.block_gates, plan.block_masks.to(acc) @ m)
         gy_s, x_s, scale = gyp, xp, 1.0
