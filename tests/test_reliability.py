@@ -424,3 +424,16 @@ def test_a_stop_signal_whose_exception_was_swallowed_still_stops_the_run():
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
+
+
+def test_a_checkpoint_never_chooses_to_download(tmp_path):
+    """A crafted checkpoint whose config says download=true with data_dir elsewhere once made --resume create that
+    folder and fetch CIFAR there; a resume now downloads only when the user says --download."""
+    run = tmp_path / "run"
+    assert cli(*TRAIN[:2], "1", *TRAIN[3:], "--out", str(run)).returncode == 0
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["config"].update(dataset="cifar10", download=True, data_dir=str(tmp_path / "elsewhere" / "deep"))
+    torch.save(ckpt, run / "last.pt")
+    r = cli("train", "--resume", str(run), "--epochs", "2", "--no-progress")
+    assert r.returncode == 2 and "Expected a folder" in r.stderr  # it looked for the data, and fetched nothing
+    assert not (tmp_path / "elsewhere").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -269,3 +270,41 @@ def test_a_sweep_directory_holds_one_protocol(tmp_path):
     with pytest.raises(DGConvError) as e:
         run_sweep("cpu", out, tmp_path / "no-data")
     assert "other settings" not in str(e.value)
+
+
+def _no_training(options: dict) -> int:
+    """A runner for the tests below: trains nothing; the run named g-b32 'fails'."""
+    return 1 if options.get("out", "").endswith("/g-b32") else 0
+
+
+def test_one_sweep_per_directory_and_phase_two_only_from_finished_runs(tmp_path):
+    """Two sweeps on one directory: the second is refused (it once reported 'run(s) failed' for runs the first
+    finished). A star run is not started from a source run that has not finished (it once trained from epoch-1
+    groups)."""
+    from dgconv.errors import RunInUseError
+    from dgconv.lab.sweep import SWEEP_LOCK, SweepError, _lock_sweep, run_sweep
+
+    out = tmp_path / "s"
+    out.mkdir()
+    fd = _lock_sweep(out)
+    try:
+        with pytest.raises(RunInUseError, match=f"in use by another dgconv sweep \\(PID {os.getpid()}\\)"):
+            run_sweep("cpu", out, tmp_path / "no-data", runner=_no_training)
+    finally:
+        os.close(fd)
+    if not HAS_CIFAR:
+        pytest.skip("the rest needs the CIFAR-10 copy (the sweep records its checksums first)")
+    with pytest.raises(SweepError) as e:
+        run_sweep("cpu", out, SHARED, runner=_no_training, max_seeds=1, epochs=1, parallel=1)
+    failed = str(e.value)
+    assert "g-b32" in failed and "star-b32" in failed  # its source failed
+    assert "star-macs-b96" not in failed  # its source 'finished' with no epoch recorded: it waits, it is not failed
+    assert not any((out / n / "config.json").exists() for n in ("star-b32", "star-b96", "star-macs-b96"))
+    assert not (out / SWEEP_LOCK).exists()
+
+
+def test_an_empty_group_spec_is_refused(tmp_path):
+    (tmp_path / "g.json").write_text("{}")
+    r = cli("train", "--groups-from", str(tmp_path / "g.json"), "--model", "resnext_digits", "--budget", "none",
+            "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "names no layer's groups" in r.stderr and not (tmp_path / "r").exists()

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .._files import md5_file, read_json, write_json, write_text
-from ..errors import ConfigError, DGConvError
+from ..errors import ConfigError, DGConvError, RunInUseError
 from ..train.options import to_flags
-from ..train.progress import duration
+from ..train.progress import duration, plural
 from ..train.runs import (
     LAST,
     LOG,
@@ -120,6 +120,40 @@ def run_sweep(
     p = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     p = dataclasses.replace(p, **{k: v for k, v in overrides.items() if v is not None})
     out = Path(out).resolve()
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _lock_sweep(out)  # one sweep at a time per directory: a second one would start the same runs
+    try:
+        return _sweep(p, out, data_dir, data_note, results, started, deadline, runner)
+    finally:
+        (out / SWEEP_LOCK).unlink(missing_ok=True)
+        os.close(lock)
+        if created:
+            try:
+                out.rmdir()  # only if the sweep stopped before writing anything
+            except OSError:
+                pass
+
+
+def _lock_sweep(out: Path) -> int:
+    """Hold ``out/.sweep.lock`` (an OS file lock, released when the process ends); a second sweep gets an error."""
+    import fcntl
+
+    fd = os.open(out / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 100, 0).decode(errors="replace").split()
+        os.close(fd)
+        raise RunInUseError(f"{out} is in use by another dgconv sweep (PID {holder[0] if holder else 'unknown'}): "
+                            f"let it finish (it runs every run of the protocol), or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _sweep(p: Protocol, out: Path, data_dir: str | Path, data_note: str | None, results: str | Path | None,
+           started: float, deadline: float | None, runner: Callable[[dict[str, Any]], int] | None) -> Path:
     previous = out / SWEEP
     old = read_json(previous, SWEEP) if previous.exists() else None
     changes = _protocol_changes(old, p) if isinstance(old, dict) else []
@@ -152,6 +186,7 @@ def run_sweep(
     return out / RESULTS
 
 
+SWEEP_LOCK = ".sweep.lock"
 _HARMLESS = ("parallel", "label")  # protocol fields that do not change what a run computes
 
 
@@ -306,6 +341,13 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
             while pending or running:
                 while pending and len(running) < width:
                     r = pending.pop(0)
+                    if r.phase == 2 and finished_epochs(out / str(r.name.source)) < p.epochs:
+                        # its groups would come from an unfinished search: never start it from those
+                        source_failed = str(r.name.source) in failed
+                        (failed if source_failed else deferred).append(str(r.name))
+                        _logger.info("[sweep %s] %s not started: its source run %s %s", p.name, r.name, r.name.source,
+                                     "failed" if source_failed else f"has not finished its {plural(p.epochs, 'epoch')}")
+                        continue
                     guess = _estimate(out, r, runs)
                     if deadline is not None and (time.time() >= deadline or (guess and time.time() + guess > deadline)):
                         deferred.append(str(r.name))

@@ -341,6 +341,7 @@ def merge_resume(cfg: TrainConfig, saved: dict[str, Any], explicit: set[str]) ->
     if conflicts:
         raise ConfigError("--resume continues the saved configuration; these options differ from it: " + "; ".join(conflicts))
     merged = TrainConfig(**{k: v for k, v in saved.items() if k in fields})
+    merged.download = False  # a checkpoint (a file anyone can craft) never chooses to fetch anything, or where to
     for k in RESUMABLE_OVERRIDES:
         if k in explicit:
             setattr(merged, k, getattr(cfg, k))

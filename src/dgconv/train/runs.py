@@ -143,6 +143,8 @@ def read_groups(path: str | Path) -> dict[str, int]:
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in spec.items()
     ):
         raise RunDirError(f"{p} is not a group spec: expected {{module name: groups}} or a groups.json with a 'groups' mapping")
+    if not spec:
+        raise RunDirError(f"{p} names no layer's groups (an empty mapping would leave every layer as it is)")
     return spec
 
 
