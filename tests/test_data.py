@@ -140,3 +140,61 @@ def test_test_batches_come_in_the_training_batches_layout(augment, channels_last
     mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
     std = torch.tensor(ds.std).view(1, -1, 1, 1)
     torch.testing.assert_close(x, (ds.test_x.float() / ds.scale - mean) / std)
+
+
+# ------------------------------------------------------------------------------------------------ image folders
+# What the folder reader does with odd images, tested on its helpers (PIL only; training on folders needs torchvision
+# and runs in tests/test_ecosystem.py).
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height and whose data is one empty row (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+
+
+def test_sixteen_bit_and_float_images_are_scaled_by_their_range_not_clipped(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    from dgconv.train.data.folder import _open
+
+    a = np.full((8, 8), 16384, dtype=np.uint16)  # a quarter of the 16-bit range
+    a[:4] = 65535
+    Image.fromarray(a).save(tmp_path / "16.png")  # mode I;16
+    img = np.asarray(_open(str(tmp_path / "16.png"), "L"))
+    assert img[:4].min() == 255 and img[4:].max() == round(16384 / 65535 * 255)  # 64, not 255 (clipped)
+    f = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(f).save(tmp_path / "f.tif")  # mode F
+    g = np.asarray(_open(str(tmp_path / "f.tif"), "L"))
+    assert g.min() == 0 and g.max() == 255 and 100 < g.mean() < 155
+    rgb = np.asarray(_open(str(tmp_path / "16.png"), "RGB"))
+    assert rgb.shape == (8, 8, 3) and rgb[4:, :, 0].max() == 64
+
+
+def test_bombs_are_skipped_unread_and_unreadable_splits_refused(tmp_path):
+    pytest.importorskip("PIL.Image")
+    from dgconv.train.data.folder import _open, _scan
+
+    (tmp_path / "bomb.png").write_bytes(_png_header(30000, 30000))  # 270 bytes claiming 900 M pixels
+    assert _open(str(tmp_path / "bomb.png"), "L") is None  # skipped (and counted by the loader), not decoded
+    val = tmp_path / "val" / "a"
+    val.mkdir(parents=True)
+    (val / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (val / "bomb.png").write_bytes(_png_header(30000, 30000))
+    with pytest.raises(DataError, match="no readable image in a sample of"):
+        _scan(tmp_path / "val")
+
+
+def test_a_symlink_loop_is_refused_with_its_path_and_other_links_are_followed(tmp_path):
+    from dgconv.train.data.folder import _check_links
+
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "more").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "extra").symlink_to(tmp_path / "elsewhere")  # followed once: fine
+    _check_links(tmp_path / "train")
+    (tmp_path / "train" / "cat" / "loop").symlink_to("..")
+    with pytest.raises(DataError, match=r"cat/loop is a symbolic link to .*train, a folder above it \(a loop\)"):
+        _check_links(tmp_path / "train")

@@ -163,3 +163,35 @@ def test_timm_builds_our_models_in_either_import_order():
         code = f"{order}; m = timm.create_model('g_resnext_cifar_tiny', num_classes=10); print(type(m).__name__, m.fc.out_features)"
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE)
         assert r.returncode == 0 and r.stdout.split() == ["ResNet", "10"], r.stderr
+
+
+def test_odd_images_train_and_a_symlink_loop_stops_before_training(tmp_path):
+    """One image of another size in val (once: 'stack expects each tensor to be equal size' after the epoch) is
+    resized; a decompression bomb is skipped and counted; a 16-bit folder trains; a loop is an error before any
+    training and leaves no run directory."""
+    tv()
+    from PIL import Image
+
+    from tests.test_data import _png_header
+
+    data = tmp_path / "data"
+    write_folder(data, (16, 16), 16, "L", classes=2)
+    Image.fromarray(np.full((20, 20), 200, dtype=np.uint8)).save(data / "val" / "class0" / "big.png")
+    (data / "train" / "class1" / "bomb.png").write_bytes(_png_header(30000, 30000))
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(data), "--model", "g_resnext_cifar_tiny", "--epochs",
+            "1", "--batch-size", "8", "--no-progress"]
+    r = cli(*args, "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    assert metrics(tmp_path / "run")[0]["skipped_images"] == 1 and "bomb.png" in r.stderr
+    deep = tmp_path / "deep"
+    write_folder(deep, (16, 16), 8, "L", classes=2)
+    for png in deep.rglob("*.png"):  # the same images as 16-bit PNGs
+        a = np.asarray(Image.open(png), dtype=np.uint16) * 257
+        Image.fromarray(a).save(png)
+    r = cli(*args[:4], str(deep), *args[5:], "--out", str(tmp_path / "run16"))
+    assert r.returncode == 0, r.stderr
+    assert 0.05 < json.loads((tmp_path / "run16" / "config.json").read_text())["data"]["mean"][0] < 0.6  # not all white
+    (data / "train" / "class0" / "loop").symlink_to("..")
+    r = cli(*args, "--out", str(tmp_path / "looped"))
+    assert r.returncode == 2 and "class0/loop is a symbolic link" in r.stderr and "(a loop)" in r.stderr
+    assert not (tmp_path / "looped").exists()

@@ -17,8 +17,16 @@ Defaults follow the data, not ImageNet:
   per epoch (ImageNet 256; 4,000 images 64).
 
 Corrupt or unreadable images are **skipped and counted**, never fatal: a ten-hour ImageNet epoch should not die on
-one truncated JPEG. Each epoch the trainer logs how many were skipped and names the first few (``metrics.jsonl``
-records ``skipped_images``). A folder in which no image can be read is an error.
+one truncated JPEG. So are images of more than :data:`MAX_PIXELS` pixels (decompression bombs: a 2.7 MB PNG can
+claim 30000x30000), which are refused before they are decoded. Each epoch the trainer logs how many were skipped and
+names the first few (``metrics.jsonl`` records ``skipped_images``). A folder (train or val) in which no image of a
+sample can be read is an error before training.
+
+Images are converted by their real range: 16-bit and 32-bit integer images (``I;16``, ``I``) are scaled by 65535 or
+their own maximum, float images (``F``) by theirs, never clipped at 255. Every image is brought to the training size
+(an image of another size among the others is resized, not a crash after the epoch). Symbolic links to folders are
+followed once: a link back to a folder above it (a loop, which made ImageFolder list images many times under the
+wrong class) is an error naming the link.
 
 torchvision is optional: install the build that matches your torch (``pip install torchvision==X`` for the X paired
 with your torch version; a bare ``pip install torchvision`` may replace torch). Shuffling is seeded by
@@ -43,6 +51,8 @@ from ...errors import DataError
 __all__ = ["folder_loaders", "FolderLoader", "FolderInfo", "default_workers", "default_batch_size", "RESIZE_POLICIES"]
 
 RESIZE_POLICIES = ("auto", "pad", "crop", "stretch")
+#: Images with more pixels than this are skipped unread (Pillow's own limit only warns below twice it).
+MAX_PIXELS = 89_478_485
 SMALL = 64  # images no larger than this (longer side) train at their native size by default
 
 
@@ -72,15 +82,35 @@ class _Shard(Sampler[int]):
 
 
 def _open(path: str, mode: str) -> Any:
-    """A PIL image in ``mode``, or ``None`` when the file cannot be read as an image."""
+    """A PIL image in ``mode``, or ``None`` when the file cannot be read as an image (or claims too many pixels)."""
     from PIL import Image
 
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
-            return img.convert(mode)
+            if img.width * img.height > MAX_PIXELS:
+                return None
+            return _to_8bit(img).convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def _to_8bit(img: Any) -> Any:
+    """``img`` with 16/32-bit integer or float pixels scaled to 8 bits by their real range (Pillow's ``convert``
+    clips them at 255: a 16-bit image turned almost all white)."""
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return img
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    elif img.mode == "I":
+        top = 65535.0 if 255 < a.max() <= 65535 else max(float(a.max()), 1.0)
+    else:  # float pixels: [0, 1] or [0, 255] as they come
+        top = 1.0 if a.max() <= 1.0 else max(float(a.max()), 1.0)
+    return Image.fromarray(np.clip(a / top * 255.0, 0, 255).round().astype(np.uint8), "L")
 
 
 class _SkippingFolder:
@@ -169,16 +199,32 @@ def _scan(root: Path, sample: int = 64) -> tuple[tuple[int, int], str]:
     for p in files[::step][:sample]:
         try:
             with Image.open(p) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    continue
                 sizes.append((img.height, img.width))
                 modes.append(img.mode)
-        except (OSError, ValueError, SyntaxError):
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             continue
     if not sizes:
         raise DataError(f"imagefolder: no readable image in a sample of {root}")
     h = int(statistics.median(s[0] for s in sizes))
     w = int(statistics.median(s[1] for s in sizes))
-    gray = all(m in ("L", "1", "I;16", "I", "F", "LA") for m in modes)
+    gray = all(m in ("L", "1", "I;16", "I;16B", "I;16L", "I;16N", "I", "F", "LA") for m in modes)
     return (h, w), ("L" if gray else "RGB")
+
+
+def _check_links(root: Path) -> None:
+    """Refuse a symbolic link to a folder that contains it (ImageFolder follows links, so a loop lists the same
+    images again and again under the wrong class); other links to folders are followed once."""
+    for folder, dirs, _ in os.walk(root, followlinks=False):
+        for d in dirs:
+            link = Path(folder) / d
+            if link.is_symlink():
+                target = link.resolve()
+                here = link.parent.resolve()
+                if here == target or target in here.parents:
+                    raise DataError(f"imagefolder: {link} is a symbolic link to {target}, a folder above it (a loop); "
+                                    f"remove it or point it elsewhere")
 
 
 def _statistics(dataset: Any, limit: int = 2000) -> tuple[list[float], list[float]]:
@@ -223,7 +269,10 @@ def folder_loaders(cfg: Any, env: Any, per_rank_batch: int | None, model_size: S
                 f"imagefolder: no '{split}' folder under {root}. Expected {root}/train/<class>/<image> and "
                 f"{root}/val/<class>/<image> (the layout torchvision's ImageFolder reads)"
             )
+    for split in ("train", "val"):
+        _check_links(root / split)
     native, mode = _scan(root / "train")
+    _scan(root / "val")  # a val split of unreadable images is an error now, not an accuracy of 0 after training
     policy = cfg.resize
     if policy == "auto":
         policy = "pad" if max(native) <= SMALL else "crop"
@@ -236,9 +285,8 @@ def folder_loaders(cfg: Any, env: Any, per_rank_batch: int | None, model_size: S
     channels = 1 if mode == "L" else 3
     hflip = {"on": True, "off": False}.get(cfg.hflip, channels == 3)
     flip = [transforms.RandomHorizontalFlip()] if hflip else []
-    square = native[0] != native[1] or native[0] != size
-    if policy == "pad":
-        base = [transforms.Resize((size, size))] if square else []
+    if policy == "pad":  # every image at the size, whatever its own (one 20x20 among 16x16 ones once broke a batch)
+        base = [transforms.Resize((size, size))]
         train_tf = [*base, transforms.RandomCrop(size, padding=max(1, size // 8)), *flip]
         eval_tf = list(base)
     elif policy == "crop":
