@@ -437,3 +437,29 @@ def test_a_checkpoint_never_chooses_to_download(tmp_path):
     r = cli("train", "--resume", str(run), "--epochs", "2", "--no-progress")
     assert r.returncode == 2 and "Expected a folder" in r.stderr  # it looked for the data, and fetched nothing
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_lost_rank_is_one_line_with_the_resume_command(tmp_path, monkeypatch):
+    """When another torchrun process dies, a survivor's collective fails inside gloo ('Connection closed by peer'); the
+    survivor ends with one line naming the lost rank and the command that resumes the job, not gloo's traceback."""
+    import dgconv.train.engine as engine
+    from dgconv.train.distributed import DistEnv
+
+    monkeypatch.setattr(engine, "init_distributed", lambda device=None: DistEnv(0, 2, 0, torch.device("cpu")))
+
+    def collective_fails(*a, **k):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                           "[127.0.0.1]:29500")
+
+    monkeypatch.setattr(engine, "_train", collective_fails)
+    r = cli(*TRAIN, "--out", str(tmp_path / "ddp"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "rank 0 lost contact with rank 1 of this 2-process job" in r.stderr
+    assert f"torchrun --nproc_per_node 2 -m dgconv train --resume {tmp_path / 'ddp'}" in r.stderr
+
+    def a_bug(*a, **k):
+        raise RuntimeError("an unexpected failure")
+
+    monkeypatch.setattr(engine, "_train", a_bug)  # anything else keeps its traceback
+    with pytest.raises(RuntimeError, match="an unexpected failure"):
+        cli(*TRAIN, "--out", str(tmp_path / "ddp2"))

@@ -185,11 +185,37 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
             if not e.detail:  # stopped before the epoch loop (loading data, building the model)
                 e.detail = f"run {cfg.out} had not started an epoch; nothing was kept"
             raise
+        except RuntimeError as e:
+            if env.distributed and _lost_peer(e):  # a rank died (killed, out of memory): say so, not gloo's traceback
+                raise TrainingError(_lost_rank_message(env, cfg, writer)) from None
+            raise
         finally:
             if writer is not None:  # a run that committed no epoch leaves nothing behind
                 writer.close(discard=not finished)
     finally:
         shutdown(barrier=finished)
+
+
+def _lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another process of the job is gone."""
+    import torch.distributed as dist
+
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistBackendError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL error",
+                            "Socket closed", "connection reset"))
+
+
+def _lost_rank_message(env: Any, cfg: TrainConfig, writer: RunWriter | None) -> str:
+    others = [r for r in range(env.world_size) if r != env.rank]
+    who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others[0]}-{others[-1]}"
+    kept = (f"the last checkpoint {Path(cfg.out) / LAST} is whole; continue with: "
+            f"torchrun --nproc_per_node {env.world_size} -m dgconv train --resume {cfg.out}")
+    if writer is None:
+        kept = f"rank 0 keeps the run directory {cfg.out}"
+    elif not writer.has_checkpoint():
+        kept = "no epoch had finished, so nothing was kept; start the job again"
+    return f"rank {env.rank} lost contact with {who} of this {env.world_size}-process job (it stopped or died); {kept}"
 
 
 def _already_finished(cfg: TrainConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
