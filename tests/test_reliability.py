@@ -447,15 +447,20 @@ def test_a_lost_rank_is_one_line_with_the_resume_command(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine, "init_distributed", lambda device=None: DistEnv(0, 2, 0, torch.device("cpu")))
 
-    def collective_fails(*a, **k):
+    def collective_fails(cfg, env, writer, ckpt):
+        if cfg.seed == 1:  # as if an epoch had been committed
+            writer.last.write_bytes(b"a checkpoint")
         raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
                            "[127.0.0.1]:29500")
 
     monkeypatch.setattr(engine, "_train", collective_fails)
-    r = cli(*TRAIN, "--out", str(tmp_path / "ddp"))
+    r = cli(*TRAIN, "--seed", "1", "--out", str(tmp_path / "ddp"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "rank 0 lost contact with rank 1 of this 2-process job" in r.stderr
     assert f"torchrun --nproc_per_node 2 -m dgconv train --resume {tmp_path / 'ddp'}" in r.stderr
+    r = cli(*TRAIN, "--out", str(tmp_path / "ddp0"))  # lost during the first epoch: nothing to resume
+    assert r.returncode == 2 and "no epoch had finished, so nothing was kept" in r.stderr
+    assert not (tmp_path / "ddp0").exists()
 
     def a_bug(*a, **k):
         raise RuntimeError("an unexpected failure")
