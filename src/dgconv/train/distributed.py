@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "init_distributed", "all_reduce_sum", "shutdown"]
+__all__ = ["DistEnv", "init_distributed", "all_reduce_sum", "shutdown", "lost_peer", "lost_rank_message"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,26 @@ def shutdown(barrier: bool = True) -> None:
             except RuntimeError:
                 pass
         dist.destroy_process_group()
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another process of the job is gone."""
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistBackendError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL error",
+                            "Socket closed", "connection reset"))
+
+
+def lost_rank_message(env: DistEnv, out: str, checkpoint: Path | None) -> str:
+    """What a surviving process says when another one is gone: which rank, and how to go on (``checkpoint``: the
+    run's last checkpoint, on rank 0, when one was written)."""
+    others = [r for r in range(env.world_size) if r != env.rank]
+    who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others[0]}-{others[-1]}"
+    if not env.is_main:
+        kept = f"rank 0 keeps the run directory {out}"
+    elif checkpoint is None:
+        kept = "no epoch had finished, so nothing was kept; start the job again"
+    else:
+        kept = (f"the last checkpoint {checkpoint} is whole; continue with: "
+                f"torchrun --nproc_per_node {env.world_size} -m dgconv train --resume {out}")
+    return f"rank {env.rank} lost contact with {who} of this {env.world_size}-process job (it stopped or died); {kept}"

@@ -33,13 +33,18 @@ from ..constraint import ResourceConstraint
 from ..errors import ConfigError, Interrupted, TrainingError
 from ..freeze import freeze_groups
 from ..layers import cached_gates, gate_gradients
+from . import interrupts
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .config import DATASET_DEFAULTS, TrainConfig, merge_resume
-from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
-from . import interrupts
+from .distributed import (
+    DistEnv,
+    all_reduce_sum,
+    init_distributed,
+    lost_peer,
+    lost_rank_message,
+    shutdown,
+)
 from .progress import Progress, duration, plural
-from .setup import Lookahead, RunState, setup, take_skipped, wrap
-from .runs import default_run_dir
 from .rundir import (
     LAST,
     RunWriter,
@@ -49,6 +54,8 @@ from .rundir import (
     read_groups,
     read_metrics,
 )
+from .runs import default_run_dir
+from .setup import Lookahead, RunState, setup, take_skipped, wrap
 
 __all__ = ["TrainConfig", "train", "evaluate", "DATASET_DEFAULTS", "TrainingError", "read_groups"]
 
@@ -186,36 +193,15 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
                 e.detail = f"run {cfg.out} had not started an epoch; nothing was kept"
             raise
         except RuntimeError as e:
-            if env.distributed and _lost_peer(e):  # a rank died (killed, out of memory): say so, not gloo's traceback
-                raise TrainingError(_lost_rank_message(env, cfg, writer)) from None
+            if env.distributed and lost_peer(e):  # a rank died (killed, out of memory): say so, not gloo's traceback
+                checkpoint = writer.last if writer is not None and writer.has_checkpoint() else None
+                raise TrainingError(lost_rank_message(env, str(cfg.out), checkpoint)) from None
             raise
         finally:
             if writer is not None:  # a run that committed no epoch leaves nothing behind
                 writer.close(discard=not finished)
     finally:
         shutdown(barrier=finished)
-
-
-def _lost_peer(e: BaseException) -> bool:
-    """Whether ``e`` is a collective that failed because another process of the job is gone."""
-    import torch.distributed as dist
-
-    text = str(e)
-    return isinstance(e, getattr(dist, "DistBackendError", ())) or any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL error",
-                            "Socket closed", "connection reset"))
-
-
-def _lost_rank_message(env: Any, cfg: TrainConfig, writer: RunWriter | None) -> str:
-    others = [r for r in range(env.world_size) if r != env.rank]
-    who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others[0]}-{others[-1]}"
-    kept = (f"the last checkpoint {Path(cfg.out) / LAST} is whole; continue with: "
-            f"torchrun --nproc_per_node {env.world_size} -m dgconv train --resume {cfg.out}")
-    if writer is None:
-        kept = f"rank 0 keeps the run directory {cfg.out}"
-    elif not writer.has_checkpoint():
-        kept = "no epoch had finished, so nothing was kept; start the job again"
-    return f"rank {env.rank} lost contact with {who} of this {env.world_size}-process job (it stopped or died); {kept}"
 
 
 def _already_finished(cfg: TrainConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
