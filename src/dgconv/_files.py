@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +25,8 @@ from typing import Any, BinaryIO
 from ._faults import fault
 from .errors import RunDirError
 
-__all__ = ["atomic_write", "atomic_link", "md5_file", "write_text", "write_json", "read_json", "TEMP_SUFFIX"]
+__all__ = ["atomic_write", "atomic_link", "md5_file", "write_text", "write_json", "read_json", "take_lock", "release_lock",
+           "LockHeld", "TEMP_SUFFIX"]
 
 #: Temporaries of :func:`atomic_write` are named ``.<name>.<random>.tmp`` beside their target.
 TEMP_SUFFIX = ".tmp"
@@ -181,3 +183,63 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise RunDirError(f"{path} is not a text file") from None
     except OSError as e:
         raise RunDirError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+# ------------------------------------------------------------------------------------------------ lock files
+class LockHeld(Exception):
+    """Another process holds the lock; ``holder`` is the PID it wrote (or ``"unknown"``)."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+def take_lock(path: str | Path) -> int:
+    """Hold an exclusive OS file lock (``flock``) on ``path``, created if missing, with this process's PID and the
+    time written in it; returns the descriptor (closing it releases the lock, as does the process ending).
+
+    A holder that closes removes the file (:func:`release_lock`); if that happens between our ``open`` and our
+    ``flock``, we would hold a lock on a file nobody sees, so the lock is taken again on the file now at ``path``.
+    Raises :class:`LockHeld` when another process holds it, :class:`OSError` when the file cannot be created. Where
+    the platform has no ``flock`` the file is written and nothing is locked."""
+    path = Path(path)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None  # type: ignore[assignment]
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is None:  # pragma: no cover
+            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            os.close(fd)
+            raise LockHeld(holder[0] if holder else "unknown") from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)
+    else:  # pragma: no cover - a hundred holders closing in turn
+        raise LockHeld("unknown (the lock file kept being replaced)")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    return fd
+
+
+def release_lock(fd: int, path: str | Path) -> None:
+    """Remove the lock file (if it is still the one ``fd`` holds) and release the lock."""
+    try:
+        if _same_file(fd, Path(path)):
+            Path(path).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open descriptor ``fd`` is the file now at ``path``."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)

@@ -26,7 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._files import md5_file, read_json, write_json, write_text
+from .._files import (
+    LockHeld,
+    md5_file,
+    read_json,
+    release_lock,
+    take_lock,
+    write_json,
+    write_text,
+)
 from ..errors import ConfigError, DGConvError, RunInUseError
 from ..train.options import to_flags
 from ..train.progress import duration, plural
@@ -126,8 +134,7 @@ def run_sweep(
     try:
         return _sweep(p, out, data_dir, data_note, results, started, deadline, runner)
     finally:
-        (out / SWEEP_LOCK).unlink(missing_ok=True)
-        os.close(lock)
+        release_lock(lock, out / SWEEP_LOCK)
         if created:
             try:
                 out.rmdir()  # only if the sweep stopped before writing anything
@@ -137,19 +144,11 @@ def run_sweep(
 
 def _lock_sweep(out: Path) -> int:
     """Hold ``out/.sweep.lock`` (an OS file lock, released when the process ends); a second sweep gets an error."""
-    import fcntl
-
-    fd = os.open(out / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 100, 0).decode(errors="replace").split()
-        os.close(fd)
-        raise RunInUseError(f"{out} is in use by another dgconv sweep (PID {holder[0] if holder else 'unknown'}): "
-                            f"let it finish (it runs every run of the protocol), or choose another --out") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        return take_lock(out / SWEEP_LOCK)
+    except LockHeld as e:
+        raise RunInUseError(f"{out} is in use by another dgconv sweep (PID {e.holder}): let it finish (it runs every "
+                            f"run of the protocol), or choose another --out") from None
 
 
 def _sweep(p: Protocol, out: Path, data_dir: str | Path, data_note: str | None, results: str | Path | None,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -141,8 +140,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     values = {}
     for key, value in doc.items():
         name = str(key).replace("-", "_")
-        if isinstance(value, float) and math.isnan(value):
-            value = math.nan
         check_type(name, value, str(p))
         values[name] = value
     return values

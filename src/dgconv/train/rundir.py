@@ -34,9 +34,12 @@ from typing import Any
 from .._faults import armed, fault, kill
 from .._files import (
     TEMP_SUFFIX,
+    LockHeld,
     atomic_link,
     atomic_write,
     read_json,
+    release_lock,
+    take_lock,
     write_json,
     write_text,
 )
@@ -163,38 +166,15 @@ class RunWriter:
             raise RunDirError(f"cannot write into {self.path}: permission denied")
 
     def _lock(self) -> None:
-        lock = self.path / LOCK
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no lock, a warning
-            fcntl = None  # type: ignore[assignment]
-        for _ in range(100):  # a closing writer may remove .lock between our open and our flock: open it again
-            try:
-                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as e:
-                raise _os_error(e, "create the lock file") from None
-            if fcntl is None:  # pragma: no cover
-                _logger.warning("no file locks on this platform: make sure one process at a time writes %s", self.path)
-                self._lock_fd = fd
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").split()
-                os.close(fd)
-                pid = holder[0] if holder else "unknown"
-                raise RunInUseError(
-                    f"{self.path} is in use by another dgconv process (PID {pid}); wait for it to finish, stop it, "
-                    f"or choose another --out"
-                ) from None
-            if _same_file(fd, lock):
-                break
-            os.close(fd)
-        else:  # pragma: no cover - a hundred writers closing in turn
-            raise RunInUseError(f"{self.path}: could not take its lock (other writers kept replacing {LOCK})")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
-        self._lock_fd = fd
+            self._lock_fd = take_lock(self.path / LOCK)
+        except LockHeld as e:
+            raise RunInUseError(
+                f"{self.path} is in use by another dgconv process (PID {e.holder}); wait for it to finish, stop it, "
+                f"or choose another --out"
+            ) from None
+        except OSError as e:
+            raise _os_error(e, "create the lock file") from None
 
     def close(self, discard: bool = False) -> None:
         """Release the lock and remove ``.lock``.
@@ -210,13 +190,14 @@ class RunWriter:
                     self._remove_created()
                 elif self._wrote_config:
                     (self.path / CONFIG).unlink(missing_ok=True)
-            if _same_file(self._lock_fd, self.path / LOCK):
-                (self.path / LOCK).unlink(missing_ok=True)
         except OSError as e:  # leaving a file behind is no reason to hide the run's own outcome
             _logger.warning("could not tidy %s: %s", self.path, e.strerror or e)
         finally:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = None
+            fd, self._lock_fd = self._lock_fd, None
+            try:
+                release_lock(fd, self.path / LOCK)  # removes .lock (if still ours), then releases the flock
+            except OSError as e:
+                _logger.warning("could not remove %s: %s", self.path / LOCK, e.strerror or e)
 
     def _remove_created(self) -> None:
         """Remove the run directory and the empty parents this writer created (nothing that existed before)."""
@@ -394,12 +375,3 @@ class RunWriter:
             if groups is not None:
                 self.write_groups(groups)
             self.committed_epoch = int(record["epoch"])
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether the open descriptor ``fd`` is the file now at ``path``."""
-    try:
-        a, b = os.fstat(fd), os.stat(path)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
