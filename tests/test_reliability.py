@@ -220,12 +220,28 @@ def test_crafted_pickles_run_no_code(tmp_path, monkeypatch):
         def __reduce__(self):
             return (os.system, ("touch pwned",))
 
+    class Eval:
+        def __reduce__(self):
+            return (eval, ("1 + 1",))
+
     torch.save({"format": "dgconv.checkpoint/1", "model": Evil()}, tmp_path / "evil.pt")
-    for args in (["train", "--resume", str(tmp_path / "evil.pt")], ["deploy", str(tmp_path / "evil.pt"), "--out", "x.pt"]):
-        r = cli(*args)
-        assert r.returncode == 2 and "holds objects outside the weights-only format" in r.stderr
-        assert "weights_only=False" not in r.stderr and "Traceback" not in r.stderr
+    torch.save({"format": "dgconv.checkpoint/1", "model": Eval()}, tmp_path / "eval.pt")
+    for f in ("evil.pt", "eval.pt"):
+        for args in (["train", "--resume", str(tmp_path / f)], ["deploy", str(tmp_path / f), "--out", "x.pt"],
+                     ["train", "--init-from", str(tmp_path / f), "--epochs", "1"]):
+            r = cli(*args)
+            assert r.returncode == 2 and "holds objects outside the weights-only format" in r.stderr
+            assert "weights_only=False" not in r.stderr and "Traceback" not in r.stderr
+            assert "safe_globals" not in r.stderr, r.stderr  # torch's advice to allow-list the global: never
     assert not (tmp_path / "pwned").exists()
+    # a state dict whose values are not tensors
+    from dgconv.models import create_model
+
+    sd = create_model("g_resnext_digits", num_classes=10).state_dict()
+    sd["conv1.weight"], sd["fc.bias"] = 3, "x"
+    torch.save(sd, tmp_path / "odd.pt")
+    r = cli("train", "--init-from", str(tmp_path / "odd.pt"), "--epochs", "1")
+    assert r.returncode == 2 and "2 value(s) are not tensors (int, str; first: conv1.weight, fc.bias)" in r.stderr
 
 
 def test_torn_and_malformed_run_files(tmp_path):
@@ -293,6 +309,31 @@ def test_file_system_errors_are_messages(tmp_path, monkeypatch):
     r = cli(*TRAIN, "--out", str(tmp_path / "full"))
     assert r.returncode == 2 and "No space left on device" in r.stderr and "last.pt" in r.stderr
     assert "Traceback" not in r.stderr and temporaries(tmp_path / "full") == []
+
+
+def test_deploy_and_report_file_errors_match_train(tmp_path):
+    """Every command exits 2 for a path it cannot use and names that path, never our temporary beside it."""
+    run = tmp_path / "run"
+    assert cli(*TRAIN, "--out", str(run)).returncode == 0
+    (tmp_path / "dir").mkdir()
+    for args, named in [(("--out", str(tmp_path / "dir")), str(tmp_path / "dir")),
+                        (("--out", "/proc/x.pt"), "/proc/x.pt"),
+                        (("--out", str(tmp_path / "d.pt"), "--torchscript", "/proc/none/x.ts"), "/proc/none/x.ts")]:
+        r = cli("deploy", str(run), *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().endswith(named) and ".tmp" not in r.stderr, r.stderr
+    assert list((tmp_path / "dir").iterdir()) == []
+    r = cli("deploy", str(run), "--out", str(tmp_path / "d.pt"), "--torchscript", str(tmp_path / "d.ts"))
+    assert r.returncode == 0 and torch.jit.load(str(tmp_path / "d.ts"))(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    r = cli("report", str(tmp_path / "none"), "--out", str(tmp_path / "rep"))
+    assert r.returncode == 2 and str(tmp_path / "none") in r.stderr
+    # a metrics line whose accuracy is null (hand-edited, or written by another tool): the file and line are named
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    row["test_acc"] = None
+    (run / "metrics.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    r = cli("report", str(run), "--out", str(tmp_path / "rep"))
+    assert r.returncode == 2 and "metrics.jsonl:1" in r.stderr and "'test_acc' = null" in r.stderr, r.stderr
 
 
 @pytest.fixture

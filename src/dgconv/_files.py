@@ -73,10 +73,11 @@ def _temporary(path: Path) -> tuple[int, str]:
 
 
 def _with_path(e: OSError, path: Path) -> OSError:
-    """``e`` with ``path`` as its filename when it had none (so the message names the file)."""
-    if e.filename is None:
-        return type(e)(e.errno, e.strerror or str(e), str(path))
-    return e
+    """``e`` naming ``path``, the file the user asked for, never our temporary beside it (``mkstemp`` and
+    ``os.replace`` name the temporary)."""
+    if e.filename == str(path) and e.filename2 is None:
+        return e
+    return type(e)(e.errno, e.strerror or str(e), str(path))
 
 
 def _sync_dir(folder: Path) -> None:

@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dgconv`` command. Returns the process exit status: 0 done, 1 the environment failed
-    (file system, memory), 2 bad input or a run that could not go on, 128 + N stopped by signal N (130 Ctrl-C,
+    """Entry point of the ``dgconv`` command. Returns the process exit status: 0 done, 1 out of memory, 2 bad input,
+    a file-system error (a path that is missing, in the way, read-only or full; every command alike) or a run that
+    could not go on, 128 + N stopped by signal N (130 Ctrl-C,
     143 SIGTERM; the run's last checkpoint is named). Unexpected errors keep their traceback."""
     from ..train import interrupts
 

@@ -102,7 +102,7 @@ def guarded(run: Callable[[], int], state: dict[str, str]) -> int:
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
         say(f"{prog(state['command'])}: error: {e.strerror or e}{where}")
-        return 1
+        return 2  # a path the user gave, as train's run-directory errors (RunDirError) are
     except (RuntimeError, MemoryError) as e:
         if not _out_of_memory(e):
             raise

@@ -96,7 +96,9 @@ def _unpickler_detail(message: str) -> str:
     for i, ln in enumerate(lines):
         if ln.startswith("WeightsUnpickler error:"):
             rest = ln.split(":", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
-            return rest
+            # torch goes on to advise allow-listing the global (add_safe_globals): for a crafted file that would
+            # run its code, so only the global's name is kept
+            return rest.split(" was not an allowed global")[0].split(". Please")[0]
     return next((ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln), "unreadable pickle data")
 
 

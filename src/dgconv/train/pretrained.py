@@ -56,6 +56,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
                 break
     if not isinstance(sd, Mapping) or not sd or not all(isinstance(k, str) for k in sd):
         raise CheckpointError(f"--init-from: {path} holds no state_dict (a mapping from parameter names to tensors)")
+    odd = [k for k, v in sd.items() if not isinstance(v, torch.Tensor) and not k.endswith("_extra_state")]
+    if odd:
+        kinds = sorted({type(sd[k]).__name__ for k in odd})
+        raise CheckpointError(f"--init-from: {path} is not a state_dict: {len(odd)} value(s) are not tensors "
+                              f"({', '.join(kinds)}; first: {', '.join(odd[:3])})")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return {k: v for k, v in sd.items()}, ckpt

@@ -53,6 +53,14 @@ class _Metrics:
     torn_tail: bool  # the last line was cut short (a crash while appending it) and is left out of rows
 
 
+#: Fields of an epoch record that are numbers when present (the readers plot and compare them).
+NUMERIC_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "best_acc", "lr", "time", "step")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _parse_metrics(path: Path) -> _Metrics:
     try:
         data = path.read_bytes()
@@ -76,6 +84,10 @@ def _parse_metrics(path: Path) -> _Metrics:
             raise RunDirError(f"{path}:{i + 1} is not a JSON line ({e}); fix or remove that line") from None
         if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or isinstance(row.get("epoch"), bool):
             raise RunDirError(f"{path}:{i + 1} is not an epoch record (a JSON object with an integer 'epoch')")
+        bad = next((k for k in NUMERIC_FIELDS if k in row and not _is_number(row[k])), None)
+        if bad is not None:
+            raise RunDirError(f"{path}:{i + 1} has {bad!r} = {json.dumps(row[bad])}, where a number was expected; "
+                              f"fix or remove that line")
         expected = len(rows) + 1
         if row["epoch"] != expected:
             raise RunDirError(f"{path}:{i + 1} records epoch {row['epoch']} where epoch {expected} was expected")
