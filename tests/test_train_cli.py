@@ -68,6 +68,36 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert r.stdout.count("test accuracy") == 1  # only rank 0 reports
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_over_a_localhost_rendezvous(tmp_path):
+    """The multi-node command of docs/guide.md, rehearsed: two torchrun node processes (one worker each) that meet
+    at a c10d rendezvous on localhost, gloo between them; one run directory, written by global rank 0 only."""
+    out = tmp_path / "two-nodes"
+    for attempt in range(3):  # the port is free when chosen; another process may take it before torchrun binds it
+        port = _free_port()
+        nodes = [subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+             "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", f"test-{port}",
+             "-m", "dgconv", "train", "--epochs", "2", "--out", str(out), "--device", "cpu", "--no-progress"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
+        results = [(p.returncode, o, e) for p in nodes for o, e in [p.communicate(timeout=PATIENCE)]]
+        if all(rc == 0 for rc, _, _ in results) or not any("address already in use" in e.lower() for _, _, e in results):
+            break
+    assert all(rc == 0 for rc, _, _ in results), "\n".join(e[-2000:] for _, _, e in results)
+    rows = metrics(out)
+    assert len(rows) == 2 and all(row["gates_in_sync"] for row in rows)
+    assert json.loads((out / "config.json").read_text())["environment"]["world_size"] == 2
+    assert sum(o.count("test accuracy") for _, o, _ in results) == 1  # one report, from global rank 0
+
+
 @pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 copy not present (set DGCONV_SHARED_DATA)")
 def test_cifar10_from_the_shared_folder(tmp_path):
     r = cli("train", "--dataset", "cifar10", "--data-dir", str(SHARED), "--limit-train", "512", "--limit-test", "256",
