@@ -197,11 +197,11 @@ def _sleep(seconds: float) -> float:
 
 
 def test_stopping_a_sweep_ends_its_busy_workers():
-    # A SIGTERM to `dgconv sweep` ends the pool through _stop while a run is in flight; shutdown() drops the
-    # executor's process table, so _stop must take the workers first (it once failed there with a traceback).
+    # A SIGTERM to `dgconv sweep` ends the pool through stop while a run is in flight; shutdown() drops the
+    # executor's process table, so stop must take the workers first (it once failed there with a traceback).
     import time
 
-    from dgconv.lab.sweep import _executor, _stop
+    from dgconv.lab.launchers import LocalPool as _executor, stop as _stop
 
     ex = _executor(1)
     future = ex.submit(_sleep, 600)

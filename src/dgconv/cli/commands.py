@@ -289,7 +289,10 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     if args.torchscript:
         import torch
 
-        torch.jit.script(deployed).save(args.torchscript)
+        from .._files import atomic_write
+
+        scripted = torch.jit.script(deployed)
+        atomic_write(args.torchscript, lambda f: torch.jit.save(scripted, f))
         print(f"wrote {args.torchscript} (TorchScript)")
     return 0
 
@@ -336,7 +339,44 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plain-model", help="override the plain network (with --model)")
     p.add_argument("--deadline", type=_positive_float, metavar="SECONDS",
                    help="start no run that would not finish within SECONDS; stop running ones then (they resume next time)")
+    g = p.add_argument_group("cluster", "where the runs execute (docs/guide.md, 'Sweeps on a Slurm cluster')")
+    g.add_argument("--launcher", choices=("local", "submitit"), default="local",
+                   help="local: a pool of --parallel worker processes (default); submitit: one Slurm job per run, "
+                        "--parallel at a time (pip install submitit)")
+    g.add_argument("--cluster", choices=("slurm", "local"),
+                   help="submitit: slurm, or local subprocesses (default: Slurm where sbatch is found, else local)")
+    g.add_argument("--slurm-partition", help="submitit: the Slurm partition")
+    g.add_argument("--timeout-min", type=_positive_int, help="submitit: each job's time limit in minutes")
+    g.add_argument("--gpus-per-run", type=_positive_int, help="submitit: GPUs per job")
+    g.add_argument("--cpus-per-run", type=_positive_int, help="submitit: CPU cores per job")
+    g.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="submitit: any other sbatch option, e.g. account=abc or qos=high (repeatable)")
     p.set_defaults(func=_cmd_sweep)
+
+
+def _launcher(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The sweep's launcher from the cluster flags (``"local"`` unless --launcher submitit)."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..lab.launchers import make_launcher
+    from ..lab.sweep import SUBMITIT_FOLDER
+
+    params = {k: v for k, v in (("slurm_partition", args.slurm_partition), ("timeout_min", args.timeout_min),
+                                ("gpus_per_node", args.gpus_per_run), ("cpus_per_task", args.cpus_per_run)) if v}
+    extra = {}
+    for item in args.slurm_option:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--slurm-option takes KEY=VALUE (an sbatch option without its dashes), got {item!r}")
+        extra[key.strip().replace("-", "_")] = value
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    if args.launcher == "local":
+        if params or args.cluster:
+            raise ConfigError("--cluster, --slurm-*, --timeout-min, --gpus-per-run and --cpus-per-run need --launcher submitit")
+        return "local"
+    return make_launcher("submitit", Path(args.out).resolve() / SUBMITIT_FOLDER, args.cluster, params)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -345,7 +385,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     path = run_sweep(args.protocol, args.out, args.data_dir, data_note=args.data_note, results=args.results,
                      deadline=args.deadline, epochs=args.epochs, parallel=args.parallel, limit_train=args.limit_train,
                      limit_test=args.limit_test, batch_size=args.batch_size, device=args.device, amp=args.amp,
-                     max_seeds=args.max_seeds, model=args.model, plain=args.plain_model, runner=run_train)
+                     max_seeds=args.max_seeds, model=args.model, plain=args.plain_model, runner=run_train,
+                     launcher=_launcher(args))
     print(f"wrote {path}" + (f" and {args.results}" if args.results else ""))
     return 0
 

@@ -49,6 +49,7 @@ from ..train.runs import (
     read_metrics,
     set_aside_unresumable,
 )
+from .launchers import LocalPool, make_launcher, stop
 from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs, protocol_from_dict
 from .results import render_results
 
@@ -105,6 +106,7 @@ def run_sweep(
     results: str | Path | None = None,
     deadline: float | None = None,
     runner: Callable[[dict[str, Any]], int] | None = None,
+    launcher: str | Callable[[int], Any] = "local",
     **overrides: Any,
 ) -> Path:
     """Run (or finish) a protocol's runs under ``out`` and render ``out/results.md``; return its path.
@@ -114,6 +116,10 @@ def run_sweep(
     :func:`dgconv.cli.run_train`, which is ``dgconv train`` with those options. The lab never imports the command line.
 
     Raises :class:`SweepError` after rendering if any run failed (its ``train.log`` says why).
+
+    ``launcher``: where the runs execute: ``"local"`` (a pool of worker processes), ``"submitit"`` (Slurm jobs, with
+    their files under ``out/.submitit``), or a factory from :func:`dgconv.lab.launchers.make_launcher` (with
+    cluster parameters).
 
     ``overrides`` replace protocol fields (``epochs=1, limit_train=512`` for a smoke run); they are recorded in
     ``sweep.json``. Progress goes to the ``dgconv.lab.sweep`` logger.
@@ -130,9 +136,11 @@ def run_sweep(
     out = Path(out).resolve()
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(launcher, str):
+        launcher = make_launcher(launcher, out / SUBMITIT_FOLDER)
     lock = _lock_sweep(out)  # one sweep at a time per directory: a second one would start the same runs
     try:
-        return _sweep(p, out, data_dir, data_note, results, started, deadline, runner)
+        return _sweep(p, out, data_dir, data_note, results, started, deadline, runner, launcher)
     finally:
         release_lock(lock, out / SWEEP_LOCK)
         if created:
@@ -152,7 +160,8 @@ def _lock_sweep(out: Path) -> int:
 
 
 def _sweep(p: Protocol, out: Path, data_dir: str | Path, data_note: str | None, results: str | Path | None,
-           started: float, deadline: float | None, runner: Callable[[dict[str, Any]], int] | None) -> Path:
+           started: float, deadline: float | None, runner: Callable[[dict[str, Any]], int] | None,
+           launcher: Callable[[int], Any]) -> Path:
     previous = out / SWEEP
     old = read_json(previous, SWEEP) if previous.exists() else None
     changes = _protocol_changes(old, p) if isinstance(old, dict) else []
@@ -173,7 +182,7 @@ def _sweep(p: Protocol, out: Path, data_dir: str | Path, data_note: str | None, 
     if todo and runner is None:
         raise ConfigError("run_sweep needs runner= to train runs (dgconv.cli.run_train, what `dgconv sweep` passes)")
     failed, deferred = _run_all(p, planned_runs(p), out, data_dir, None if deadline is None else started + deadline,
-                                runner)
+                                runner, launcher)
     if deferred:
         _logger.info("[sweep %s] not run before the deadline (the next invocation continues): %s", p.name, ", ".join(deferred))
     text = render_results([out])
@@ -186,6 +195,7 @@ def _sweep(p: Protocol, out: Path, data_dir: str | Path, data_note: str | None, 
 
 
 SWEEP_LOCK = ".sweep.lock"
+SUBMITIT_FOLDER = ".submitit"  # the submitit launcher's job files (pickles, each job's stdout and stderr)
 _HARMLESS = ("parallel", "label")  # protocol fields that do not change what a run computes
 
 
@@ -228,67 +238,6 @@ def _train_in_worker(runner: Callable[[dict[str, Any]], int], options: dict[str,
             signal.signal(sig, signal.SIG_DFL)
 
 
-def _worker_init(threads: int) -> None:
-    _die_with_parent()
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this worker when the sweep process dies, however it dies (its run stops at a checkpoint)."""
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent is already gone
-            os.kill(os.getpid(), signal.SIGTERM)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
-
-
-def _executor(parallel: int) -> Any:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    threads = max(1, (os.cpu_count() or 2) // parallel)
-    return ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                               initargs=(threads,))
-
-
-def _stop(executor: Any) -> None:
-    """Stop the workers: SIGTERM (each run stops at a checkpoint-safe point; an idle worker ends), again if a worker
-    is still there after a minute, then SIGKILL."""
-    # ProcessPoolExecutor keeps its workers in _processes, which shutdown() sets to None: take them first
-    procs = list((getattr(executor, "_processes", None) or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.join(60)
-        if _alive(proc):  # its run stopped at a checkpoint and the worker went idle: end it
-            proc.terminate()
-            proc.join(10)
-        if _alive(proc):
-            proc.kill()
-
-
-def _alive(proc: Any) -> bool:
-    """Whether a worker process still exists. The pool's own thread may reap a worker first; multiprocessing then
-    never learns its exit code and ``is_alive()`` stays True, so ask the OS."""
-    if not proc.is_alive():
-        return False
-    try:
-        os.kill(proc.pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # pragma: no cover - exists, but not ours to signal
-        return True
-    return True
-
-
 def _estimate(out: Path, run: PlannedRun, runs: list[PlannedRun]) -> float | None:
     """Seconds a run will take: the mean wall time of finished runs of the same kind (plain or learning groups)."""
     kind = run.name.arm == "g"
@@ -302,7 +251,8 @@ def _estimate(out: Path, run: PlannedRun, runs: list[PlannedRun]) -> float | Non
 
 
 def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Path, deadline: float | None = None,
-             runner: Callable[[dict[str, Any]], int] | None = None) -> tuple[list[str], list[str]]:
+             runner: Callable[[dict[str, Any]], int] | None = None,
+             launcher: Callable[[int], Any] = LocalPool) -> tuple[list[str], list[str]]:
     """Train the unfinished runs, ``p.parallel`` at a time, phase by phase; return the failed runs and the runs not
     started because they would not have finished before ``deadline`` (a ``time.time()`` value)."""
     from concurrent.futures import FIRST_COMPLETED, wait
@@ -332,7 +282,7 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
             return ""
         return f"; about {duration(sum(parts) / width)} left"  # type: ignore[arg-type]
 
-    executor = _executor(width)
+    executor = launcher(width)
     try:
         for phase in (1, 2):
             pending = [r for r in runs if r.phase == phase and finished_epochs(out / str(r.name)) < p.epochs]
@@ -367,8 +317,8 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                     _logger.info("[sweep %s] deadline: stopping %s at their last checkpoint", p.name,
                                  ", ".join(str(r.name) for r in running.values()))
                     deferred += [str(r.name) for r in running.values()]
-                    _stop(executor)
-                    executor = _executor(width)
+                    stop(executor)
+                    executor = launcher(width)
                     running = {}
                     continue
                 done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
@@ -393,9 +343,9 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                     pending = list(running.values()) + pending
                     running = {}
                     executor.shutdown(wait=False, cancel_futures=True)
-                    executor = _executor(width)
+                    executor = launcher(width)
     except BaseException:
-        _stop(executor)
+        stop(executor)
         raise
     executor.shutdown(wait=True)
     return failed, deferred
