@@ -5,7 +5,7 @@
 #
 # Needs: this repository and an NVIDIA GPU with PyTorch (pytest and hypothesis for the CUDA tests). Each stage has
 # its own timeout inside DEADLINE_SECONDS. Writes into $OUT (default ./gpu_out; at most 8 files come back):
-# checks.log, bench_train50.log/.json, profile.log, bench_network.log/.json (cifar29, memory50).
+# checks.log, bench_plans.log/.json, bench_train50.log/.json, profile.log.
 set -u
 DEADLINE=${1:-420}
 source "$(dirname "$0")/_session.sh"
@@ -20,15 +20,14 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a timeout no later than the
 
 environment
 
-# Order: what no GPU session has measured yet comes first. The train step with cuDNN autotuning (as `dgconv train`
-# runs), the gates held (bench_network's default since 461fea3) and the kept gradient storage (d6ddc37) has not been
-# timed on a GPU; issue 11's target there is <= 1.6x.
-stage "CUDA tests" 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_compile.py >> "$OUT/checks.log" 2>&1
-stage "train step" 150 $PY benchmarks/bench_network.py --device cuda --amp --channels-last --batch 64 --size 224 \
-    --cudnn-benchmark --reps 7 --only train50 --json "$OUT/bench_train50.json" > "$OUT/bench_train50.log" 2>&1
-stage "profile" 90 $PY benchmarks/profile_train_step.py --device cuda --amp --channels-last --batch 64 --size 224 \
+# Order (issue 21): the CUDA tests of every backward plan first (correctness before speed), then the plans on the
+# G-ResNeXt-50 step against ResNeXt-50 32x4d (32 contiguous, 32 non-adjacent, random groups; --gate-every 4; the
+# first step after a grouping change; peak memory per plan), then the older train-step table and a profile.
+stage "CUDA tests" 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_plans.py tests/test_compile.py >> "$OUT/checks.log" 2>&1
+stage "plans" 240 $PY benchmarks/bench_plans.py --device cuda --amp --channels-last --batch 64 --size 224 --reps 7 \
+    --json "$OUT/bench_plans.json" > "$OUT/bench_plans.log" 2>&1
+stage "train step" 120 $PY benchmarks/bench_network.py --device cuda --amp --channels-last --batch 64 --size 224 \
+    --cudnn-benchmark --reps 5 --only train50 --json "$OUT/bench_train50.json" > "$OUT/bench_train50.log" 2>&1
+stage "profile" 60 $PY benchmarks/profile_train_step.py --device cuda --amp --channels-last --batch 64 --size 224 \
     --cudnn-benchmark --cached-gates --groups random --steps 3 --table 30 --top-other 15 > "$OUT/profile.log" 2>&1
-stage "cifar29 and memory" 150 $PY benchmarks/bench_network.py --device cuda --amp --channels-last --batch 64 --size 224 \
-    --cifar-batch 256 --cudnn-benchmark --reps 5 --only cifar29 --only memory50 --json "$OUT/bench_network.json" \
-    > "$OUT/bench_network.log" 2>&1
 say "done"

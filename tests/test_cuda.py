@@ -41,6 +41,36 @@ def test_cuda_fast_path_equals_cpu_dense_reference(monkeypatch, width, cin, cout
         torch.testing.assert_close(got.cpu(), want)
 
 
+@pytest.mark.parametrize("plan", ["partner", "dense", "masked", "measured"])
+@pytest.mark.parametrize("cin,cout,bits", CASES)
+def test_cuda_every_backward_plan_equals_cpu_dense_reference(plan, cin, cout, bits):
+    import dgconv.plans as plans
+
+    gen = torch.Generator().manual_seed(cin + 1)
+    layer = DGConv2d(cin, cout, 3, stride=2, padding=1, bias=True).double()
+    layer.gate.data = torch.tensor([0.3 if b else -0.3 for b in bits], dtype=torch.float64)
+    x = torch.randn(3, cin, 9, 7, dtype=torch.float64, generator=gen)
+    ref_y, grads = dense_reference(x, layer.weight, layer.bias, layer.gate, layer.factors, 2, 1, 1)
+    gy = torch.randn(ref_y.shape, dtype=torch.float64, generator=gen)
+    dx, dw, db, dg = grads(gy)
+    layer.cuda()
+    xc = x.cuda().requires_grad_()
+    plans.clear()
+    try:
+        if plan == "measured":
+            plans.set_selection("measure")
+        else:
+            plans.force(plan)
+        y = layer(xc)
+        y.backward(gy.cuda())
+        assert plans.chosen(torch.nn.Sequential(layer))["0"] in plans.PLANS
+    finally:
+        plans.force(None)
+        plans.set_selection("auto")
+    for got, want in [(y.detach(), ref_y), (xc.grad, dx), (layer.weight.grad, dw), (layer.bias.grad, db), (layer.gate.grad, dg)]:
+        torch.testing.assert_close(got.cpu(), want)
+
+
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_cuda_kept_gradient_storage_over_steps(layout):
     """The dense weight gradient's storage is reused between steps on CUDA too (the CPU test's steps and checks)."""

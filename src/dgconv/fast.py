@@ -43,6 +43,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.utils.weak import WeakIdKeyDictionary
 
+from . import plans
 from .functional import conv_backward
 from .gathers import _channels, _gather, _put, _scatter, memory_format_of  # noqa: F401 - fast._gather is used
 from .grouping import Grouping, digits
@@ -79,6 +80,7 @@ class _PartnerTerm:
 class _Plan:
     """Device-resident index tensors for one grouping (see the module docstring)."""
 
+    grouping: Grouping
     groups: int
     contiguous: bool
     in_perm: Tensor
@@ -156,6 +158,7 @@ def _build_plan(g: Grouping, device: torch.device, limit: int) -> _Plan:
             partners.append(_PartnerTerm(k, blocks.to(device), (out_perm[:, None] * cin + src).reshape(-1).to(device)))
 
     return _Plan(
+        grouping=g,
         groups=G,
         contiguous=g.is_contiguous,
         in_perm=in_perm.to(device),
@@ -265,6 +268,42 @@ def grouped_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan,
     return (yp if plan.contiguous else _channels(yp, plan.out_inv)), xp, wg
 
 
+def _partner_backward(gyp: Tensor, xp: Tensor, weight: Tensor, wg: Tensor, plan: _Plan, conf: tuple[_Pair, _Pair, _Pair],
+                      need_x: bool, need_b: bool, gate_count: int, fraction: float) -> tuple:
+    """Plan ``"partner"`` (:mod:`dgconv.plans`): ``(dx, in-group dW, db, dgates)`` in sorted channels from a
+    super-group weight gradient and one grouped weight gradient per digit shift of each unmerged zero gate."""
+    out, cin, kh, kw = weight.shape
+    G, M = plan.groups, plan.merge
+    fmt = memory_format_of(xp)
+    dwm = None
+    if M == 1:  # one call: input, in-group weight and bias gradients
+        gxp, gwg, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, True, need_b], need_b)
+    else:
+        gxp, _, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, False, need_b], need_b)
+        # super-group weight gradient: in-group part and merged gates' cross terms
+        shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device, memory_format=fmt)
+        dwm = conv_backward(gyp, xp, shape, *conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
+        gwg = _gather(dwm, plan.within, out)
+    acc = torch.promote_types(weight.dtype, torch.float32)
+    grad_g = torch.zeros(gate_count, dtype=acc, device=weight.device)
+    if len(plan.block_gates):
+        dblock, wblock = (gwg, wg) if dwm is None else (dwm, _gather(weight, plan.wm_index, out))
+        m = (dblock.to(acc) * wblock.to(acc)).sum(dim=(2, 3)).reshape(-1)  # dL/dU on the block's pairs
+        grad_g.index_add_(0, plan.block_gates, plan.block_masks.to(acc) @ m)
+    gy_s, x_s, scale = gyp, xp, 1.0
+    n_all = xp.shape[0]
+    if plan.partners and fraction < 1.0 and n_all > 1:  # unbiased sub-batch estimate of the cross terms
+        n = max(1, math.ceil(fraction * n_all))
+        pick = torch.randperm(n_all, device=xp.device)[:n]
+        gy_s, x_s, scale = gyp.index_select(0, pick), xp.index_select(0, pick), n_all / n
+    for term in plan.partners:
+        xc = _channels(x_s, term.in_index)  # partner groups' channels in each group's slot
+        wc = _gather(weight, term.w_index, out)
+        gwc = conv_backward(gy_s, xc, wc, *conf, G, [False, True, False])[1]
+        grad_g[term.gate] += scale * (gwc.to(acc) * wc.to(acc)).sum()
+    return gxp, gwg, gbp, grad_g
+
+
 def grouped_backward(
     grad_y: Tensor, xp: Tensor, weight: Tensor, wg: Tensor, plan: _Plan, conf: tuple[_Pair, _Pair, _Pair],
     needs: tuple[bool, bool, bool, bool], gate_count: int, fraction: float = 1.0, keep_grad_storage: bool = False,
@@ -274,49 +313,31 @@ def grouped_backward(
     into storage kept from the previous call where that is safe (:func:`_dense_grad`; eager autograd only: a
     compiled graph's outputs must be new tensors)."""
     need_x, need_w, need_b, need_g = needs
-    out, cin, kh, kw = weight.shape
-    G, M = plan.groups, plan.merge
+    G = plan.groups
     fmt = memory_format_of(xp)
     if not grad_y.is_contiguous(memory_format=fmt):
         # e.g. the expanded gradient of `y.sum()`: every convolution_backward call below would copy it again
         grad_y = grad_y.contiguous(memory_format=fmt)
     gyp = grad_y if plan.contiguous else _channels(grad_y, plan.out_perm)
     grad_x = grad_w = grad_b = grad_g = None
-    gwg = dwm = None
-    if M == 1 or not need_g:  # one call, nn.Conv2d(groups=G)'s: input, in-group weight and bias gradients (an
-        # off-step without gate gradients needs no super-group weight gradient, whatever the merge width)
-        gxp, gwg, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, need_w or need_g, need_b], need_b)
+    if not need_g:  # nn.Conv2d(groups=G)'s one call: an off-step without gate gradients is a plain step
+        gxp, gwg, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, need_w, need_b], need_b)
     else:
-        gxp, _, gbp = conv_backward(gyp, xp, wg, *conf, G, [need_x, False, need_b], need_b)
-        if need_w or need_g:  # super-group weight gradient: in-group part and merged gates' cross terms
-            shape = torch.empty((out, (cin // G) * M, kh, kw), dtype=wg.dtype, device=wg.device,
-                                memory_format=fmt)
-            dwm = conv_backward(gyp, xp, shape, *conf, G // M, [False, True, False])[1]  # `shape`: only its shape is read
-            gwg = _gather(dwm, plan.within, out)
+        args = (gyp, xp, weight, wg, plan.grouping, conf, need_x, need_b)
+        candidates = {
+            "partner": lambda: _partner_backward(gyp, xp, weight, wg, plan, conf, need_x, need_b, gate_count, fraction),
+            "dense": lambda: plans.dense_backward(*args),
+            "masked": lambda: plans.masked_backward(*args),
+        }
+        cost = (G, plan.merge, len(plan.partners), plan.contiguous)
+        name, measured = plans.choose(cost, xp, weight, conf, fraction, candidates)
+        gxp, gwg, gbp, grad_g = measured if measured is not None else candidates[name]()
     if need_x:
         grad_x = gxp if plan.contiguous else _channels(gxp, plan.in_inv)
     if need_b:
         grad_b = gbp if plan.contiguous else gbp.index_select(0, plan.out_inv)
     if need_w:
         grad_w = (_dense_grad if keep_grad_storage else _scatter)(weight, plan.w_index, gwg)
-    if need_g:
-        acc = torch.promote_types(weight.dtype, torch.float32)
-        grad_g = torch.zeros(gate_count, dtype=acc, device=weight.device)
-        if len(plan.block_gates):
-            dblock, wblock = (gwg, wg) if dwm is None else (dwm, _gather(weight, plan.wm_index, out))
-            m = (dblock.to(acc) * wblock.to(acc)).sum(dim=(2, 3)).reshape(-1)  # dL/dU on the block's pairs
-            grad_g.index_add_(0, plan.block_gates, plan.block_masks.to(acc) @ m)
-        gy_s, x_s, scale = gyp, xp, 1.0
-        n_all = xp.shape[0]
-        if plan.partners and fraction < 1.0 and n_all > 1:  # unbiased sub-batch estimate of the cross terms
-            n = max(1, math.ceil(fraction * n_all))
-            pick = torch.randperm(n_all, device=xp.device)[:n]
-            gy_s, x_s, scale = gyp.index_select(0, pick), xp.index_select(0, pick), n_all / n
-        for term in plan.partners:
-            xc = _channels(x_s, term.in_index)  # partner groups' channels in each group's slot
-            wc = _gather(weight, term.w_index, out)
-            gwc = conv_backward(gy_s, xc, wc, *conf, G, [False, True, False])[1]
-            grad_g[term.gate] += scale * (gwc.to(acc) * wc.to(acc)).sum()
     return grad_x, grad_w, grad_b, grad_g
 
 
