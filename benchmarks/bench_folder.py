@@ -1,14 +1,16 @@
-"""An image folder nobody tuned for: MNIST-sized (28x28 grayscale PNGs, 10 classes), trained with the CLI defaults.
+"""Image-folder defaults measured on folders of different kinds (built by `folder_kinds.py`, no download).
 
-No MNIST without a download, so the folder is built from scikit-learn's 1,797 digits: each 8x8 digit upscaled to
-28x28 and randomly shifted, rotated (up to 10 degrees) and scaled (0.9-1.1) into 4,000 training and 1,000 validation
-images -- distinct source digits in the two splits. Then `dgconv train --dataset imagefolder --model
-g_resnext_cifar_tiny --epochs 5` runs with nothing else set; this script reports the size and policy the trainer chose,
-the seconds per epoch, the peak memory of the trainer and its data-loading workers together (proportional set size,
-sampled from /proc: memory a forked worker shares with the trainer counts once),
-and the validation accuracy after each epoch. Needs torchvision (and Pillow).
+For each kind (pen-drawn 28x28 digits saved as grayscale and as RGB PNGs, scikit-learn's upscaled 8x8 digits,
+CIFAR-10 at 32x32, 96x96 shapes), `dgconv train --dataset imagefolder --model g_resnext_cifar_tiny --budget 16
+--epochs 5` runs with nothing else set (or with --flags added); this script records the size, channels and policy the
+trainer chose, the seconds per epoch, the peak memory of the trainer and its data-loading workers together
+(proportional set size, sampled from /proc: memory a forked worker shares with the trainer counts once), the train
+and validation accuracy after each epoch. Each (kind, label) is one line of OUT/results.jsonl; a markdown table is
+printed. Needs torchvision (and Pillow; scikit-learn for sk-digits; the CIFAR copy for cifar32).
 
-    python benchmarks/bench_folder.py --out /tmp/folder_bench
+    python benchmarks/bench_folder.py --out /tmp/folder_bench                      # every kind, the defaults
+    python benchmarks/bench_folder.py --out /tmp/fb --kinds pen-digits-rgb --label warmup -- --warmup-epochs 1
+    PYTHONPATH=/old/checkout/src python benchmarks/bench_folder.py --out /tmp/fb --label old   # another version
 """
 
 from __future__ import annotations
@@ -22,30 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-def build(root: Path, n_train: int = 4000, n_val: int = 1000, seed: int = 0) -> None:
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(d.images))
-    cut = int(0.8 * len(order))
-    for split, idx, n in (("train", order[:cut], n_train), ("val", order[cut:], n_val)):
-        for i in range(n):
-            j = idx[i % len(idx)]
-            img = Image.fromarray((d.images[j] * 255 / 16).astype(np.uint8)).resize((20, 20), Image.BILINEAR)
-            img = img.rotate(rng.uniform(-10, 10), resample=Image.BILINEAR)
-            s = int(round(20 * rng.uniform(0.9, 1.1)))
-            img = img.resize((s, s), Image.BILINEAR)
-            canvas = Image.new("L", (28, 28))
-            off = 14 - s // 2
-            canvas.paste(img, (off + int(rng.integers(-2, 3)), off + int(rng.integers(-2, 3))))
-            folder = root / split / str(d.target[j])
-            folder.mkdir(parents=True, exist_ok=True)
-            canvas.save(folder / f"{i}.png")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from folder_kinds import KINDS, build  # noqa: E402
 
 
 def _tree_pss(pid: int) -> int:
@@ -72,20 +52,11 @@ def _tree_pss(pid: int) -> int:
     return total
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--epochs", type=int, default=5)
-    args = ap.parse_args()
-    out = Path(args.out)
-    data = out / "data"
-    if not (data / "val").exists():
-        build(data)
-    run = out / "run"
+def run_one(data: Path, run: Path, epochs: int, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "dgconv", "train", "--dataset", "imagefolder", "--data-dir", str(data), "--model",
-           "g_resnext_cifar_tiny", "--epochs", str(args.epochs), "--out", str(run), "--no-progress"]
+           "g_resnext_cifar_tiny", "--budget", "16", "--epochs", str(epochs), "--out", str(run), "--no-progress", *extra]
     started = time.time()
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL)
     peak = [0]
 
     def sample() -> None:
@@ -98,18 +69,46 @@ def main() -> None:
     proc.wait()
     sampler.join()
     if proc.returncode:
-        sys.exit(proc.returncode)
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}")
     cfg = json.loads((run / "config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     d = cfg["data"]
-    print(f"\n# {cfg['environment']['device_name']}, {cfg['environment']['cpu_count']} cores, torch {cfg['environment']['torch']}")
-    print(f"data: native {d['native_size']}, trained at {d['image_size']}x{d['image_size']} ({d['policy']}), "
-          f"{d['channels']} channel(s), mean {d['mean']}, std {d['std']}, hflip {d['hflip']}, {d['workers']} worker(s)")
-    print("| epoch | seconds | val accuracy |\n|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['epoch']} | {r['time']:.1f} | {100 * r['test_acc']:.2f} % |")
-    print(f"\npeak memory (trainer + workers, proportional set size): {peak[0] / 2**30:.2f} GiB; batch {d['batch_size']}; "
-          f"wall time {time.time() - started:.0f} s")
+    return {"data": {k: d.get(k) for k in ("native_size", "image_size", "policy", "channels", "hflip", "workers",
+                                            "batch_size")},
+            "epoch_seconds": [r["time"] for r in rows], "train_acc": [r["train_acc"] for r in rows],
+            "val_acc": [r["test_acc"] for r in rows], "peak_pss_gib": peak[0] / 2**30,
+            "wall_s": time.time() - started, "device": cfg["environment"]["device_name"],
+            "cores": cfg["environment"]["cpu_count"], "torch": cfg["environment"]["torch"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    ap.add_argument("--label", default="defaults", help="name of this setting in results.jsonl")
+    ap.add_argument("extra", nargs="*", help="flags added to every dgconv train (after --)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    for kind in args.kinds:
+        try:
+            data = build(kind, out / "data" / kind)
+        except (FileNotFoundError, ImportError) as e:
+            print(f"skip {kind}: {e}")
+            continue
+        run = out / "runs" / f"{kind}-{args.label}"
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        r = {"kind": kind, "label": args.label, "flags": args.extra, **run_one(data, run, args.epochs, args.extra)}
+        with open(out / "results.jsonl", "a") as f:
+            f.write(json.dumps(r) + "\n")
+        d = r["data"]
+        print(f"{kind:15} {args.label:10} {d['channels']}ch {d['image_size']}px {d['policy']:5} flip={d['hflip']!s:5} "
+              f"b{d['batch_size']} val {' '.join(f'{100 * a:.1f}' for a in r['val_acc'])} train "
+              f"{100 * r['train_acc'][-1]:.1f} s/epoch {max(r['epoch_seconds']):.0f} max, peak {r['peak_pss_gib']:.2f} GiB",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -74,16 +74,31 @@ def wait_until(ready: Callable[[], bool], what: str, timeout: float = PATIENCE, 
         time.sleep(0.01)
 
 
-def catches(pid: int, sig: int) -> bool:
-    """Whether process ``pid`` has a handler installed for ``sig`` (Linux: the SigCgt mask in /proc/PID/status)."""
+def catches(pid: int, sig: int, mask: str = "SigCgt") -> bool:
+    """Whether process ``pid`` has a handler installed for ``sig`` (Linux: the SigCgt mask in /proc/PID/status;
+    ``mask="SigIgn"``: whether it ignores ``sig``)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("SigCgt:"):
+                if line.startswith(mask + ":"):
                     return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
     except FileNotFoundError:
         return False
     return False
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(p))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
 
 
 def wait_for_handlers(proc: subprocess.Popen) -> None:

@@ -198,3 +198,24 @@ def test_a_symlink_loop_is_refused_with_its_path_and_other_links_are_followed(tm
     (tmp_path / "train" / "cat" / "loop").symlink_to("..")
     with pytest.raises(DataError, match=r"cat/loop is a symbolic link to .*train, a folder above it \(a loop\)"):
         _check_links(tmp_path / "train")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_grayscale_is_read_from_the_pixels_not_the_file_mode(tmp_path, fmt):
+    """RGB or palette files whose channels are equal are a grayscale folder (1 channel, no flips by default);
+    one colour image among them makes it RGB."""
+    from PIL import Image
+
+    from dgconv.train.data.folder import _scan
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "gray" / "a"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        g = rng.integers(0, 256, (20, 20), dtype=np.uint8)
+        img = Image.fromarray(np.stack([g] * 3, -1), "RGB")
+        (Image.fromarray(g, "L").convert("P") if i % 2 and fmt == "png" else img).save(folder / f"{i}.{fmt}")
+    assert _scan(tmp_path / "gray") == ((20, 20), "L")
+    colour = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    Image.fromarray(colour, "RGB").save(folder / f"colour.{fmt}")
+    assert _scan(tmp_path / "gray") == ((20, 20), "RGB")

@@ -18,7 +18,7 @@ from torch import nn
 
 from dgconv import DGConv2d, create_model, deploy, groupify
 from dgconv.constraint import dgconv_layers
-from tests.helpers import PATIENCE, cli, metrics
+from tests.helpers import ENV, PATIENCE, catches, children, cli, metrics, wait_for_handlers, wait_until
 
 pytestmark = pytest.mark.ecosystem
 
@@ -195,3 +195,30 @@ def test_odd_images_train_and_a_symlink_loop_stops_before_training(tmp_path):
     r = cli(*args, "--out", str(tmp_path / "looped"))
     assert r.returncode == 2 and "class0/loop is a symbolic link" in r.stderr and "(a loop)" in r.stderr
     assert not (tmp_path / "looped").exists()
+
+
+def test_ctrl_c_with_loading_workers_is_one_line(tmp_path):
+    """The terminal's Ctrl-C reaches the whole process group: the loading workers ignore it (each printed a
+    KeyboardInterrupt traceback) and the trainer stops with its one line."""
+    tv()
+    import os
+    import signal
+
+    write_folder(tmp_path / "data", (16, 16), 64, "L", classes=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dgconv", "train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+         "--model", "g_resnext_cifar_tiny", "--epochs", "1000", "--batch-size", "8", "--workers", "2", "--no-progress",
+         "--out", str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    try:
+        wait_for_handlers(proc)
+        wait_until(lambda: sum(catches(c, signal.SIGINT, "SigIgn") for c in children(proc.pid)) >= 2,
+                   "two loading workers that ignore SIGINT", proc=proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=PATIENCE)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert "stopped by SIGINT" in err

@@ -24,7 +24,7 @@ SAMPLE = {
     "min_group_width": 2, "max_groups": 16, "groups": None, "groups_from": None, "init_from": None, "gate_init": 0.5,
     "zero_init_residual": True, "freeze_groups_at": "0.5", "gate_batch_fraction": 0.5, "gate_every": 2,
     "dataset": "cifar10", "data_dir": "/data", "download": False, "image_size": 24, "resize": "stretch",
-    "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "hflip": "off", "crop_padding": 2, "limit_train": 512,
+    "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "hflip": "off", "crop_padding": 2, "crop_scale": 0.5, "limit_train": 512,
     "limit_test": 256, "workers": 1, "epochs": 4, "batch_size": 32, "lr": 0.05, "momentum": 0.8, "nesterov": True,
     "weight_decay": 5e-4, "schedule": "triangle", "warmup_epochs": 1.0, "label_smoothing": 0.1, "lookahead": 5,
     "lookahead_alpha": 0.25, "lookahead_ramp": True, "tta": "flip", "seed": 3, "out": "runs/x", "resume": None,

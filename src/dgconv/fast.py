@@ -27,6 +27,10 @@ exactly from the full-batch (super-group) weight gradient, which the weights nee
 separate passes; and because a merged gate's term costs a whole batch of wider weight gradient where a separate
 pass costs ``f`` of one, the super-group stays at the small ``MERGE_WIDTH`` in this mode.
 
+What is above is the ``"partner"`` backward plan. A step with gate gradients may instead use one dense weight
+gradient, or one masked dense call, chosen per layer by measurement (:mod:`dgconv.plans`); a step without them is
+always the plain group-convolution backward.
+
 Only :func:`dgconv2d_grouped` is public; the layer calls it for ``impl="auto"``/``"fast"``.
 """
 
