@@ -8,8 +8,9 @@ they differ in what they launch. In the channels sorted by group (``xp``, ``gyp`
   gradient per digit shift of every other zero gate -- the fewest multiply-adds, but up to a dozen launches per
   layer, and its shapes change with the grouping.
 * ``"dense"``: the input gradient at ``G`` groups, then *one* dense weight gradient (``X`` against ``dY`` over every
-  channel pair, at one group). Its in-group part is the weight gradient; ``dL/dU = sum_hw W * dW`` contracted with
-  the cached 0/1 masks ``dU/dg_k`` gives every gate's gradient in one matrix product. Two launches whatever the
+  channel pair, at one group). Its in-group part is the weight gradient; ``dL/dU = sum_hw W * dW``, summed over the
+  channels of each Kronecker index and contracted with the cached Kronecker factors of every ``dU/dg_k`` (one
+  einsum), gives every gate's gradient. Two launches whatever the
   grouping, and the dense one's shape never changes (no new autotuning after a grouping changes).
 * ``"masked"``: one dense ``convolution_backward`` at one group with the masked weight ``W * U``: input, weight and
   bias gradients in a single launch; the gates as in ``"dense"``.
@@ -57,7 +58,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .errors import ConfigError
 from .functional import conv_backward
 from .gathers import _gather
-from .grouping import Grouping, digits
+from .grouping import Grouping
 
 __all__ = ["PLANS", "force", "forced", "forced_plan", "set_selection", "selection", "chosen", "clear", "choose"]
 
@@ -117,20 +118,30 @@ def _measuring(device: torch.device) -> bool:
 # ------------------------------------------------------------------------------------------------ masks
 @dataclass
 class _Masks:
-    """Per grouping, device and dtype: what the dense plans need, in the channels sorted by group."""
+    """Per grouping, device and dtype: what the dense plans need. Nothing here is ``out x in`` sized: the gate
+    gradients contract ``dL/dU`` with the Kronecker factors of ``dU/dg_k`` digit by digit instead of a 0/1 mask
+    per gate (those took ``gates x out x in`` floats per layer: +22 % of a CPU step's peak memory)."""
 
-    gates: Tensor  # (K, out*in) 0/1: dU/dg_k on every pair
-    in_group: Tensor  # (out*in,) 0/1: U, the pairs inside a group
-    w_sorted: Tensor | None  # (out*in,) flat pair index of W for each sorted pair (None: the grouping is contiguous)
+    factors: tuple[int, ...]
+    kron: list[Tensor]  # per digit j: (K, p_j, p_j), the factor j of dU/dg_k for every gate k
+    equation: str  # the einsum contracting dL/dU (viewed as the digits of both sides) with those factors
+    out_perm: Tensor
+    in_perm: Tensor
+    out_inv: Tensor
+    in_inv: Tensor
     within: Tensor  # (out*ig,) flat sorted pairs of the in-group weights, in the order of fast's gathered weight
+    contiguous: bool
 
 
 _MASKS: OrderedDict[tuple[Grouping, torch.device, torch.dtype], _Masks] = OrderedDict()
-_MAX_MASKS = 64
+_MAX_MASKS = 256
 
 
 def masks(g: Grouping, device: torch.device, dtype: torch.dtype) -> _Masks:
-    """The cached masks of grouping ``g`` (built once per grouping, device and dtype; least recently used dropped)."""
+    """The cached factors and indices of grouping ``g`` (built once per grouping, device and dtype; least recently
+    used dropped)."""
+    import string
+
     key = (g, device, dtype)
     m = _MASKS.get(key)
     if m is not None:
@@ -138,37 +149,67 @@ def masks(g: Grouping, device: torch.device, dtype: torch.dtype) -> _Masks:
         return m
     cin, cout, G = g.in_channels, g.out_channels, g.groups
     ig, og = cin // G, cout // G
-    din, dout = digits(g.factors, cin)[:, g.in_perm], digits(g.factors, cout)[:, g.out_perm]  # sorted channels
-    differ = dout[:, :, None] != din[:, None, :]  # (K, out, in)
-    zero = torch.tensor([not gk for gk in g.gates])
-    mismatched = differ[zero].sum(0) if bool(zero.any()) else torch.zeros(cout, cin, dtype=torch.long)
-    # one gate k: digit k differs and every zero digit agrees; zero gate k: digit k is the only zero digit differing
-    allowed = zero.long()[:, None, None]
-    gate_masks = (differ & (mismatched[None] == allowed)).reshape(len(g.gates), -1)
-    in_group = (mismatched == 0).reshape(-1)
+    K = len(g.factors)
+    kron = []
+    for j, p in enumerate(g.factors):
+        ones, eye = torch.ones(p, p), torch.eye(p)
+        # dU/dg_k = prod_j B_j: B_k = J - I; for j != k, U_j = J (gate j open) or I (closed)
+        own, other = ones - eye, (ones if g.gates[j] else eye)
+        kron.append(torch.stack([own if k == j else other for k in range(K)]).to(device, dtype))
+    letters = string.ascii_letters
+    outs, ins = letters[:K], letters[K : 2 * K]
+    equation = f"{outs}{ins}," + ",".join(f"z{o}{i}" for o, i in zip(outs, ins)) + "->z"
     rows = torch.arange(cout)
     within = (rows[:, None] * cin + (rows // og)[:, None] * ig + torch.arange(ig)[None, :]).reshape(-1)
-    w_sorted = None if g.is_contiguous else (g.out_perm[:, None] * cin + g.in_perm[None, :]).reshape(-1)
-    m = _Masks(gate_masks.to(device, dtype), in_group.to(device, dtype),
-               None if w_sorted is None else w_sorted.to(device), within.to(device))
+    m = _Masks(tuple(g.factors), kron, equation, g.out_perm.to(device), g.in_perm.to(device),
+               torch.argsort(g.out_perm).to(device), torch.argsort(g.in_perm).to(device), within.to(device),
+               g.is_contiguous)
     _MASKS[key] = m
     if len(_MASKS) > _MAX_MASKS:
         _MASKS.popitem(last=False)
     return m
 
 
+_BLOCKS: OrderedDict[tuple, Tensor] = OrderedDict()
+
+
+def _block_diagonal(groups: int, out: int, cin: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``U`` in the channels sorted by group: ``groups`` blocks of ones on the diagonal, ``(out, cin, 1, 1)``."""
+    key = (groups, out, cin, device, dtype)
+    u = _BLOCKS.get(key)
+    if u is None:
+        og, ig = out // groups, cin // groups
+        u = torch.block_diag(*[torch.ones(og, ig)] * groups).view(out, cin, 1, 1).to(device, dtype)
+        _BLOCKS[key] = u
+        if len(_BLOCKS) > 64:
+            _BLOCKS.popitem(last=False)
+    return u
+
+
 # ------------------------------------------------------------------------------------------------ plans
 Grads = tuple[Tensor | None, Tensor, Tensor | None, Tensor]  # (dx sorted, in-group dW (out, ig, kh, kw), db sorted, dg)
 
 
-def _gates_from_dense(dw: Tensor, w_sorted_full: Tensor, m: _Masks, acc: torch.dtype) -> Tensor:
-    du = (dw.to(acc) * w_sorted_full.to(acc)).sum(dim=(2, 3)).reshape(-1)  # dL/dU on every sorted pair
-    return m.gates.to(acc) @ du
+def _gates_from_dense(dw: Tensor, ws: Tensor, m: _Masks, acc: torch.dtype) -> Tensor:
+    """Every gate's gradient from the dense weight gradient ``dw`` and the weight ``ws`` (both in sorted channels):
+    ``dL/dU = sum_hw W * dW``, back in channel order, summed over each Kronecker index's channels and contracted
+    with the factors of ``dU/dg_k``."""
+    K = len(m.factors)
+    if K == 0:
+        return torch.zeros(0, dtype=acc, device=dw.device)
+    du = (dw.to(acc) * ws.to(acc)).sum(dim=(2, 3))  # (out, in), sorted
+    if not m.contiguous:
+        du = du.index_select(0, m.out_inv).index_select(1, m.in_inv)
+    d = 1
+    for p in m.factors:
+        d *= p
+    out, cin = du.shape
+    t = du.reshape(d, out // d, d, cin // d).sum(dim=(1, 3)).reshape(*m.factors, *m.factors)
+    return torch.einsum(m.equation, t, *m.kron)
 
 
 def _sorted_weight(weight: Tensor, m: _Masks) -> Tensor:
-    out = weight.shape[0]
-    return weight if m.w_sorted is None else _gather(weight, m.w_sorted, out)
+    return weight if m.contiguous else weight.index_select(0, m.out_perm).index_select(1, m.in_perm)
 
 
 def dense_backward(gyp: Tensor, xp: Tensor, weight: Tensor, wg: Tensor, g: Grouping, conf: tuple, need_x: bool,
@@ -186,11 +227,11 @@ def dense_backward(gyp: Tensor, xp: Tensor, weight: Tensor, wg: Tensor, g: Group
 def masked_backward(gyp: Tensor, xp: Tensor, weight: Tensor, wg: Tensor, g: Grouping, conf: tuple, need_x: bool,
                     need_b: bool) -> Grads:
     """Plan ``"masked"``: one dense ``convolution_backward`` with the masked weight ``W * U`` (sorted channels)."""
-    out = weight.shape[0]
+    out, cin = weight.shape[:2]
     acc = torch.promote_types(weight.dtype, torch.float32)
     m = masks(g, weight.device, acc)
     ws = _sorted_weight(weight, m)
-    u = m.in_group.to(ws.dtype).view(out, -1, 1, 1)
+    u = _block_diagonal(g.groups, out, cin, weight.device, ws.dtype)
     gxp, dw, gbp = conv_backward(gyp, xp, ws * u, *conf, 1, [need_x, True, need_b], need_b)
     gwg = _gather(dw, m.within, out)
     return gxp, gwg, gbp, _gates_from_dense(dw, ws, m, acc)
@@ -265,3 +306,4 @@ def clear() -> None:
     """Forget every measured choice and cached mask (the next step with gate gradients measures again)."""
     _CHOICES.clear()
     _MASKS.clear()
+    _BLOCKS.clear()
