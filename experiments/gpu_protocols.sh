@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU protocols of docs/results.md (issue: statistically powered GPU protocol), one GPU command per call, resumable.
 #
-#   bash experiments/gpu_protocols.sh DEADLINE_SECONDS [PROTOCOL ...]      # default protocols: gpu-fast gpu
+#   bash experiments/gpu_protocols.sh DEADLINE_SECONDS [PROTOCOL ...]      # default protocols: gpu-fair gpu
 #
 # Needs: this repository with results/<protocol>/ as the last session left it (finished runs are skipped: only their
 # JSON files are kept, so they travel), .devdata/cifar10_webp.npz (experiments/cifar_webp.py pack, carried), an
@@ -15,7 +15,7 @@
 set -u
 DEADLINE=${1:-450}
 shift || true
-PROTOCOLS=${*:-gpu-fast gpu}
+PROTOCOLS=${*:-gpu-fair gpu}
 source "$(dirname "$0")/_session.sh"
 NOTE="GPU protocol data: the shared copy's test images bit-exact (lossless WebP); its training images re-encoded as WebP quality 95 (mean absolute pixel error 1.56/255) to fit the 64 MiB transfer to the GPU machine (experiments/cifar_webp.py)."
 

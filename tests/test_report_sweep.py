@@ -308,3 +308,71 @@ def test_an_empty_group_spec_is_refused(tmp_path):
     r = cli("train", "--groups-from", str(tmp_path / "g.json"), "--model", "resnext_digits", "--budget", "none",
             "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and "names no layer's groups" in r.stderr and not (tmp_path / "r").exists()
+
+
+def test_gpu_fair_arms_and_the_hand_set_rule():
+    """gpu-fair's hand-set arms: contiguous, shuffled and rule-set groups at <= the uniform arm's MACs, 8 seeds at
+    b = 16; the rule's groups travel as a groups.json written by the sweep; run names parse back to their arms."""
+    from dgconv import create_model, profile
+    from dgconv.lab.protocols import constant_width_groups
+    from dgconv.train.runs import RunName
+
+    p = PROTOCOLS["gpu-fair"]
+    runs = planned_runs(p)
+    names = [str(r.name) for r in runs]
+    for key in ("fastnet-g16", "fastnet_shuffle-g16", "fastnet_width-g16", "g-macs-b16"):
+        assert sum(n == key or n.startswith(key + "-s") for n in names) == 8, key
+    for key in ("fastnet-g4", "fastnet_shuffle-g4", "fastnet_width-g4", "g-macs-b4", "g-b4", "g-b16", "star-macs-b4"):
+        assert sum(n == key or n.startswith(key + "-s") for n in names) == 3, key
+    assert all(RunName.parse(n) is not None and str(RunName.parse(n)) == n for n in names)
+    for b in (4, 16):
+        spec = constant_width_groups("fastnet", b)
+        uniform = profile(create_model("fastnet", num_classes=10, groups=b), (3, 32, 32)).gconv_macs
+        ruled = profile(create_model("fastnet", num_classes=10, groups=spec), (3, 32, 32)).gconv_macs
+        assert ruled <= uniform and ruled > uniform / 2  # equal cost or a little cheaper, never more
+        assert spec["block1.conv1"] <= spec["block3.conv2"]  # fewer groups where a layer has few channels
+        run = next(r for r in runs if str(r.name) == f"fastnet_width-g{b}")
+        assert run.files[f"fastnet_width-g{b}.groups.json"]["groups"] == spec
+        assert run.options["groups_from"] == f"{{sweep}}/fastnet_width-g{b}.groups.json"
+    assert next(r for r in runs if str(r.name) == "fastnet_shuffle-g16").options["model"] == "fastnet_shuffle"
+
+
+def test_a_channel_shuffle_connects_consecutive_group_convolutions():
+    """Contiguous groups twice in a row: an output channel sees one group's inputs; with the shuffle, all of them."""
+    import torch
+
+    from dgconv import create_model
+
+    def inputs_seen(name):
+        torch.manual_seed(0)
+        net = create_model(name, num_classes=10, groups=16).eval()
+        x = torch.randn(1, 64, 16, 16, requires_grad=True)
+        net.block2(x)[0, 0].sum().backward()
+        return int((x.grad.abs().sum(dim=(0, 2, 3)) > 0).sum())
+
+    assert inputs_seen("fastnet") == 64 // 16  # disconnected towers: one group of block2.conv1's inputs
+    assert inputs_seen("fastnet_shuffle") == 64
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 copy not present (set DGCONV_SHARED_DATA)")
+def test_gpu_fair_rehearsal_renders_the_strongest_hand_set_comparison(tmp_path):
+    """gpu-fair's b = 16 arms at rehearsal size on the CPU: every hand-set arm trains, and the learned arm is compared
+    with the strongest of them, with its interval."""
+    import dataclasses
+
+    from dgconv.cli import run_train
+    from dgconv.lab.sweep import run_sweep
+
+    fair = PROTOCOLS["gpu-fair"]
+    arms = tuple(a for a in fair.arms if (a.kind == "plain" and a.value in (1, 16)) or (a.kind, a.value, a.cost) == ("g", 16, "macs"))
+    p = dataclasses.replace(fair, arms=tuple(dataclasses.replace(a, seeds=a.seeds[:2]) for a in arms))
+    assert {a.model or a.rule for a in p.arms} == {None, "fastnet_shuffle", "width"} and len(p.arms) == 5
+    out = tmp_path / "fair"
+    run_sweep(p, out, SHARED, runner=run_train, epochs=1, limit_train=128, limit_test=64, batch_size=64,
+              device="cpu", amp=False, parallel=2)
+    text = (out / "results.md").read_text()
+    assert "Missing runs" not in text and (out / "fastnet_width-g16.groups.json").exists()
+    assert "Hand-set fastnet_shuffle, 16 groups vs fixed G = 16" in text
+    assert "Hand-set FastNet, rule 'width'" in text
+    assert "learned under a macs budget b = 16 vs" in text and "Learned at least as accurate" in text

@@ -23,9 +23,49 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..train.options import parse_flags
-from ..train.runs import RunName
+from ..train.runs import RunName, groups_document
 
-__all__ = ["Arm", "Protocol", "PlannedRun", "PROTOCOLS", "arms_of", "planned_runs", "protocol_from_dict"]
+__all__ = ["Arm", "Protocol", "PlannedRun", "PROTOCOLS", "HAND_RULES", "arms_of", "planned_runs", "protocol_from_dict",
+           "constant_width_groups"]
+
+
+def constant_width_groups(model: str, b: float, input_size: tuple[int, int, int] = (3, 32, 32)) -> dict[str, int]:
+    """The hand-set non-uniform rule ``"width"`` (written down before any run of it): one group width ``w`` (input
+    channels per group) for every group convolution -- fewer groups where a layer has few channels, as ResNeXt's
+    stages keep their cardinality while widening -- each layer taking the largest divisor of ``gcd(C_in, C_out)``
+    not above ``C_in / w``, and ``w`` the widest power of two whose group-convolution MACs do not exceed those of
+    ``b`` groups everywhere (clipped the same way). Equal or lower MACs than the uniform arm it is compared with.
+
+    Example::
+
+        >>> constant_width_groups("fastnet", 16)
+        {'block1.conv1': 4, 'block1.conv2': 16, 'block2.conv1': 16, 'block2.conv2': 64, 'block3.conv1': 64, 'block3.conv2': 64}
+    """
+    import math
+
+    from ..models import create_model
+    from ..profile import profile
+
+    net = create_model(model, num_classes=10)
+    shapes = {n: (net.get_submodule(n).in_channels, net.get_submodule(n).out_channels) for n in net.group_conv_names}
+    target = profile(create_model(model, num_classes=10, groups=int(b)), input_size).gconv_macs
+
+    def spec(width: int) -> dict[str, int]:
+        out = {}
+        for n, (cin, cout) in shapes.items():
+            limit, d = max(1, cin // width), math.gcd(cin, cout)
+            out[n] = max(g for g in range(1, d + 1) if d % g == 0 and g <= limit)
+        return out
+
+    width = max(cin for cin, _ in shapes.values())
+    width = 1 << (width.bit_length() - 1)
+    while width > 1 and profile(create_model(model, num_classes=10, groups=spec(width)), input_size).gconv_macs > target:
+        width //= 2
+    return spec(width)
+
+
+#: Hand-set group rules a plain arm may name (``Arm(rule=...)``): model name and b -> groups per layer.
+HAND_RULES = {"width": constant_width_groups}
 
 
 @dataclass(frozen=True)
@@ -36,9 +76,17 @@ class Arm:
     value: float
     cost: str = "connections"
     seeds: tuple[int, ...] = (0,)
+    model: str | None = None  # plain arms: another plain network than the protocol's (e.g. fastnet_shuffle)
+    rule: str | None = None  # plain arms: groups per layer by a hand-set rule at the MACs of `value` groups (HAND_RULES)
+
+    def family(self, family: str) -> str:
+        """The name a plain arm's runs carry: the protocol's family, or the arm's model, plus its rule."""
+        base = self.model or family
+        return f"{base}_{self.rule}" if self.rule else base
 
     def names(self, family: str) -> list[RunName]:
-        return [RunName(self.kind, self.value, self.cost, s, family) for s in self.seeds]
+        return [RunName(self.kind, self.value, self.cost, s, self.family(family) if self.kind == "plain" else family)
+                for s in self.seeds]
 
 
 @dataclass(frozen=True)
@@ -165,6 +213,35 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
+# gpu-fair (issue 20): gpu-fast's recipe and network, with the hand-set arms a practitioner would set instead of
+# learning, at equal or lower MACs: contiguous groups (gpu-fast's fixed arm: disconnected towers), the same groups
+# with a channel shuffle after every group convolution (fastnet_shuffle, ShuffleNet's answer to connectivity), and the
+# non-uniform rule "width" (constant_width_groups: one group width for every layer, so fewer groups where a layer has
+# few channels). The rules were written here before any run of this protocol. A new sweep directory: results/gpu-fast
+# keeps the runs of its own arms.
+_SEEDS8, _SEEDS3 = tuple(range(8)), (0, 1, 2)
+PROTOCOLS["gpu-fair"] = dataclasses.replace(
+    PROTOCOLS["gpu-fast"],
+    name="gpu-fair",
+    label="one H200, FastNet (10 epochs): learned groups against the strongest hand-set groups at equal MACs",
+    arms=(
+        Arm("plain", 1, seeds=_SEEDS8),                                  # dense
+        Arm("plain", 16, seeds=_SEEDS8),                                 # contiguous G = 16 (8 in the first layer)
+        Arm("plain", 16, seeds=_SEEDS8, model="fastnet_shuffle"),        # G = 16 + channel shuffle
+        Arm("plain", 16, seeds=_SEEDS8, rule="width"),                   # hand-set non-uniform, <= G = 16's MACs
+        Arm("g", 16, "macs", _SEEDS8),                                   # learned under a MAC budget
+        Arm("g", 16, "connections", _SEEDS3),                            # learned under the paper's connection cost
+        Arm("plain", 4, seeds=_SEEDS3),
+        Arm("plain", 4, seeds=_SEEDS3, model="fastnet_shuffle"),
+        Arm("plain", 4, seeds=_SEEDS3, rule="width"),
+        Arm("g", 4, "macs", _SEEDS3),
+        Arm("g", 4, "connections", _SEEDS3),
+        Arm("star", 16, "macs", _SEEDS3),                                # learned group numbers, contiguous, retrained
+        Arm("star", 4, "macs", _SEEDS3),
+    ),
+)
+
+
 def protocol_from_dict(d: dict[str, Any]) -> Protocol:
     """The :class:`Protocol` a ``sweep.json`` recorded (lists back to tuples; fields it predates take their defaults)."""
     names = {f.name for f in dataclasses.fields(Protocol)}
@@ -173,7 +250,8 @@ def protocol_from_dict(d: dict[str, Any]) -> Protocol:
         if k not in names:
             continue
         if k == "arms":
-            v = tuple(Arm(a["kind"], a["value"], a.get("cost", "connections"), tuple(a.get("seeds", (0,)))) for a in v)
+            v = tuple(Arm(a["kind"], a["value"], a.get("cost", "connections"), tuple(a.get("seeds", (0,))),
+                          a.get("model"), a.get("rule")) for a in v)
         elif k == "budgets_by_cost":
             v = {cost: tuple(b) for cost, b in v.items()}
         elif isinstance(v, list):
@@ -209,6 +287,7 @@ class PlannedRun:
     name: RunName
     phase: int
     options: dict[str, Any]
+    files: dict[str, Any] = field(default_factory=dict)  # JSON documents the sweep writes into its directory first
 
 
 def _common(p: Protocol) -> dict[str, Any]:
@@ -238,8 +317,16 @@ def planned_runs(p: Protocol) -> list[PlannedRun]:
     phase2: list[PlannedRun] = []
     for arm in arms_of(p):
         for name in arm.names(p.family):
-            if arm.kind == "plain":
-                options = {"model": p.plain, "budget": None, "groups": int(arm.value), "seed": name.seed, **common}
+            files: dict[str, Any] = {}
+            if arm.kind == "plain" and arm.rule:
+                model = arm.model or p.plain
+                spec_file = f"{name.family}-g{int(arm.value)}.groups.json"  # one per arm, shared by its seeds
+                files[spec_file] = groups_document(HAND_RULES[arm.rule](model, arm.value), {}, model)
+                options = {"model": model, "budget": None, "groups_from": f"{{sweep}}/{spec_file}", "seed": name.seed,
+                           **common}
+            elif arm.kind == "plain":
+                options = {"model": arm.model or p.plain, "budget": None, "groups": int(arm.value), "seed": name.seed,
+                           **common}
             elif arm.kind == "g":
                 cost = {} if arm.cost == "connections" else {"cost": arm.cost}
                 options = {"model": p.model, "budget": float(arm.value), **cost, "seed": name.seed, **common, **g_extra}
@@ -248,5 +335,5 @@ def planned_runs(p: Protocol) -> list[PlannedRun]:
                 phase2.append(PlannedRun(name, 2, {"model": p.plain, "budget": None, "groups_from": source,
                                                     "seed": name.seed, **common}))
                 continue
-            (first if name.seed == arm.seeds[0] else later).append(PlannedRun(name, 1, options))
+            (first if name.seed == arm.seeds[0] else later).append(PlannedRun(name, 1, options, files))
     return first + later + phase2

@@ -307,6 +307,9 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                         _logger.warning("[sweep %s] %s recorded %d epochs but has no checkpoint (brought back without "
                                         "it?): moved to %s, starting it again", p.name, r.name,
                                         finished_epochs(aside), aside.name)
+                    for fname, doc in r.files.items():  # e.g. a hand-set arm's groups, written once per arm
+                        if not (out / fname).exists():
+                            write_json(out / fname, doc)
                     options = _options(r, out, data_dir, p.epochs)
                     rd.mkdir(parents=True, exist_ok=True)
                     _logger.info("[sweep %s] start %s (%d/%d): %s", p.name, r.name, ended + len(running) + 1, todo,

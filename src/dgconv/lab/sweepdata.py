@@ -68,9 +68,11 @@ class SweepResult:
     def baseline(self) -> ArmResult:
         return self.arms[0]
 
-    def arm(self, kind: str, value: float, cost: str = "connections") -> ArmResult | None:
+    def arm(self, kind: str, value: float, cost: str = "connections", model: str | None = None,
+            rule: str | None = None) -> ArmResult | None:
+        """The arm of this kind, value and cost (a plain arm: of this ``model`` and ``rule``; None: the protocol's)."""
         for a in self.arms:
-            if (a.arm.kind, a.arm.value, a.arm.cost) == (kind, value, cost):
+            if (a.arm.kind, a.arm.value, a.arm.cost, a.arm.model, a.arm.rule) == (kind, value, cost, model, rule):
                 return a
         return None
 

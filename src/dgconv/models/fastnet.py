@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..layers import DGConv2d
 
-__all__ = ["FastNet", "Whitening"]
+__all__ = ["FastNet", "Whitening", "ChannelShuffle"]
 
 
 class Whitening(nn.Module):
@@ -57,19 +57,44 @@ class Whitening(nn.Module):
         return self.conv(x)
 
 
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: with ``groups`` groups of ``C / groups`` channels, channel ``j`` of group ``i``
+    moves to position ``j * groups + i``, so that the next group convolution's every group reads from every group of
+    this one (contiguous groups without it are disconnected towers). No parameters; ``groups = 1`` is the identity."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = int(groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.groups == 1:
+            return x
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+def _groups_of(conv: nn.Module) -> int:
+    return int(getattr(conv, "groups", 1) or 1)
+
+
 class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, conv: Any, names: tuple[str, str]) -> None:
+    def __init__(self, cin: int, cout: int, conv: Any, names: tuple[str, str], shuffle: bool = False) -> None:
         super().__init__()
         self.conv1 = conv(cin, cout, names[0])
+        self.shuffle1 = ChannelShuffle(_groups_of(self.conv1)) if shuffle else nn.Identity()
         self.pool = nn.MaxPool2d(2)
         self.bn1 = nn.BatchNorm2d(cout, momentum=0.4)
         self.conv2 = conv(cout, cout, names[1])
+        self.shuffle2 = ChannelShuffle(_groups_of(self.conv2)) if shuffle else nn.Identity()
         self.bn2 = nn.BatchNorm2d(cout, momentum=0.4)
         self.act = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.bn1(self.pool(self.conv1(x))))
-        return self.act(self.bn2(self.conv2(x)))
+        x = self.act(self.bn1(self.pool(self.shuffle1(self.conv1(x)))))
+        return self.act(self.bn2(self.shuffle2(self.conv2(x))))
 
 
 class FastNet(nn.Module):
@@ -82,14 +107,18 @@ class FastNet(nn.Module):
             (``"block1.conv1"``, ...) to groups, or ``None`` (dense; random gates in a G-network).
         dgconv: the six 3x3 convolutions are :class:`~dgconv.DGConv2d`.
         dgconv_impl, min_group_width, max_groups: passed to each DGConv2d.
+        shuffle: a :class:`ChannelShuffle` after every group convolution (``fastnet_shuffle``; plain groups only):
+            the hand-set way to connect consecutive group convolutions.
     """
 
     __jit_ignored_attributes__ = ["group_conv_names", "dgconv_cfg"]
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (64, 256, 256), *,
                  groups: int | Mapping[str, int] | None = None, dgconv: bool = False, dgconv_impl: str = "auto",
-                 min_group_width: int | None = None, max_groups: int | None = None) -> None:
+                 min_group_width: int | None = None, max_groups: int | None = None, shuffle: bool = False) -> None:
         super().__init__()
+        if shuffle and dgconv:
+            raise ValueError("shuffle is for fixed group convolutions; a G-network learns its channel order")
         if not dgconv and (min_group_width is not None or max_groups is not None):
             raise ValueError("min_group_width / max_groups limit learned groups: they need g_fastnet")
         names = [f"block{b}.conv{c}" for b in (1, 2, 3) for c in (1, 2)]
@@ -114,9 +143,9 @@ class FastNet(nn.Module):
         self.whiten = Whitening(in_chans)
         self.act = nn.GELU()
         w0 = 8 * in_chans
-        self.block1 = _Block(w0, widths[0], conv, (names[0], names[1]))
-        self.block2 = _Block(widths[0], widths[1], conv, (names[2], names[3]))
-        self.block3 = _Block(widths[1], widths[2], conv, (names[4], names[5]))
+        self.block1 = _Block(w0, widths[0], conv, (names[0], names[1]), shuffle)
+        self.block2 = _Block(widths[0], widths[1], conv, (names[2], names[3]), shuffle)
+        self.block3 = _Block(widths[1], widths[2], conv, (names[4], names[5]), shuffle)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(widths[2], num_classes, bias=False)
         self.scale = 1 / 9

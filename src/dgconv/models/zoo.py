@@ -204,6 +204,13 @@ def fastnet(**kwargs: Any) -> FastNet:
     return FastNet(**kwargs)
 
 
+@register_model(input_size=CIFAR)
+def fastnet_shuffle(**kwargs: Any) -> FastNet:
+    """FastNet with a channel shuffle after every group convolution (ShuffleNet's hand-set connectivity)."""
+    kwargs.pop("zero_init_residual", None)
+    return FastNet(shuffle=True, **kwargs)
+
+
 @register_model(input_size=CIFAR, dgconv=True, budget=16, plain="fastnet")
 def g_fastnet(**kwargs: Any) -> FastNet:
     """G-FastNet: FastNet whose six 3x3 convolutions are DGConv2d (the gpu-fast protocol)."""
