@@ -117,3 +117,15 @@ def test_arrows_point_down_only():
 def test_module_size(name):
     lines = len(modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES or name in LARGE, f"{name} has {lines} lines"
+
+
+def test_public_functions_named_like_their_module_stay_functions():
+    """`from dgconv import profile` is the function, even after its submodule was imported first (once it was the
+    module then: `dgconv train`, sweeps and tests import dgconv.profile)."""
+    import subprocess
+    import sys
+
+    code = ("import dgconv.profile, importlib; from dgconv import profile; import dgconv; "
+            "assert callable(profile) and profile is dgconv.profile and profile.__module__ == 'dgconv.profile'; "
+            "assert importlib.import_module('dgconv.profile').Profile")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -25,9 +25,8 @@ def test_submitit_pool_results_lost_jobs_and_stop(tmp_path):
     assert lost.result(timeout=PATIENCE) == -1
     slow = pool.submit(time.sleep, 600)
     wait_until(lambda: slow.job_id and any((tmp_path / "jobs").glob(f"{slow.job_id}_*log.out")), "the job started")
-    started = time.time()
-    stop(pool)  # cancels the job: the sweep's runs stop at a checkpoint when this happens
-    assert time.time() - started < 60 and slow.result(timeout=PATIENCE) == -1
+    stop(pool)  # cancels the job (SIGINT to it here, SIGTERM under Slurm): a sweep's runs stop at a checkpoint
+    assert slow.done() and slow.result() == -1  # stop() returns once the job has ended, without a result
 
 
 def test_launcher_choices_are_checked(tmp_path):

@@ -313,8 +313,9 @@ def test_an_empty_group_spec_is_refused(tmp_path):
 def test_gpu_fair_arms_and_the_hand_set_rule():
     """gpu-fair's hand-set arms: contiguous, shuffled and rule-set groups at <= the uniform arm's MACs, 8 seeds at
     b = 16; the rule's groups travel as a groups.json written by the sweep; run names parse back to their arms."""
-    from dgconv import create_model, profile
+    from dgconv import create_model
     from dgconv.lab.protocols import constant_width_groups
+    from dgconv.profile import profile
     from dgconv.train.runs import RunName
 
     p = PROTOCOLS["gpu-fair"]
@@ -376,3 +377,29 @@ def test_gpu_fair_rehearsal_renders_the_strongest_hand_set_comparison(tmp_path):
     assert "Hand-set fastnet_shuffle, 16 groups vs fixed G = 16" in text
     assert "Hand-set FastNet, rule 'width'" in text
     assert "learned under a macs budget b = 16 vs" in text and "Learned at least as accurate" in text
+
+
+def test_the_answer_section_against_scipy_from_the_committed_runs():
+    """'When does learning groups pay?' for results/gpu-fast, b = 16: the difference and Welch interval recomputed
+    with SciPy from the run directories' metrics.jsonl."""
+    import re
+    from pathlib import Path
+
+    stats = pytest.importorskip("scipy.stats")
+    from dgconv.lab.answer import answer
+    from dgconv.lab.sweepdata import load_sweep
+
+    root = Path(__file__).resolve().parents[1] / "results" / "gpu-fast"
+
+    def accs(name):
+        out = []
+        for d in sorted(root.glob(f"{name}*")):
+            if re.fullmatch(rf"{name}(-s\d+)?", d.name):
+                out.append(json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])["test_acc"])
+        return np.array(out)
+
+    g, f = accs("g-macs-b16"), accs("fastnet-g16")
+    ci = stats.ttest_ind(g, f, equal_var=False).confidence_interval(0.95)
+    line = next(ln for ln in answer([load_sweep(root)]) if "gpu-fast, b = 16" in ln)
+    want = f"{100 * (g.mean() - f.mean()):+.2f} points, 95 % CI [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}], n = {len(g)} vs {len(f)}"
+    assert want in line and "contiguous G = 16" in line and "**agrees**" in line

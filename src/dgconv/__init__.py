@@ -29,6 +29,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -111,6 +112,20 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .layers import DGConv2d, cached_gates, gate_gradients, set_gate_batch_fraction  # noqa: F401  # noqa: F401
     from .models import create_model, list_models  # noqa: F401
     from .profile import Profile, profile  # noqa: F401
+
+
+class _Package(types.ModuleType):
+    """The ``dgconv`` package: a public function named like the submodule that defines it (``profile``) stays the
+    function. Importing a submodule records it on its parent package, which turned ``from dgconv import profile``
+    into the module whenever ``dgconv.profile`` had been imported first (by ``dgconv train``, a sweep, a test)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

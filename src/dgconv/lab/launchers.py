@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -141,19 +141,24 @@ class SubmititPool:
         fut.job_id = job.job_id  # type: ignore[attr-defined]
         return fut
 
+    def _settle(self, job: Any) -> None:
+        """Complete ``job``'s Future with its result, or -1 when it ended without one (once)."""
+        with self._lock:
+            fut = self._jobs.pop(job, None)
+        if fut is None:
+            return
+        try:
+            fut.set_result(job.result())
+        except Exception:  # noqa: BLE001 - cancelled, pre-empted, killed: the run failed, its checkpoint stays
+            fut.set_result(-1)
+
     def _watch(self) -> None:
         while not self._closed.wait(self.poll):
             with self._lock:
-                jobs = list(self._jobs.items())
-            for job, fut in jobs:
-                if not job.done():
-                    continue
-                try:
-                    fut.set_result(job.result())
-                except Exception:  # noqa: BLE001 - cancelled, pre-empted, killed: the run failed, its checkpoint stays
-                    fut.set_result(-1)
-                with self._lock:
-                    self._jobs.pop(job, None)
+                jobs = list(self._jobs)
+            for job in jobs:
+                if job.done():
+                    self._settle(job)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         if cancel_futures:
@@ -167,6 +172,7 @@ class SubmititPool:
         """Cancel every job still queued or running (a running one stops at a checkpoint) and wait for them."""
         with self._lock:
             jobs = list(self._jobs)
+            futures = list(self._jobs.values())
         for job in jobs:
             try:
                 job.cancel(check=False)
@@ -177,6 +183,8 @@ class SubmititPool:
                 job.wait()
             except Exception:  # noqa: BLE001 - a cancelled job has no result
                 pass
+            self._settle(job)
+        wait(futures)  # the watcher may be settling some of them (reading a result that is not there takes a while)
         self._closed.set()
 
 

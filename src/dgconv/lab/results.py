@@ -42,6 +42,7 @@ from .protocols import (
     Arm,
     Protocol,
 )
+from .answer import answer
 from .sweepdata import ArmResult, RunRow, SweepResult, load_sweep, spearman
 from .stats import NOT_ENOUGH, Difference, Summary, Verdict, summarize, verdict, welch
 
@@ -398,8 +399,7 @@ def _heading(s: SweepResult) -> str:
     return f"## Protocol `{s.protocol.name}`{where}: {s.protocol.label}"
 
 
-def _section(path: Path, figures: Path | None = None) -> list[str]:
-    s = load_sweep(path)
+def _section(s: SweepResult, figures: Path | None = None) -> list[str]:
     if not s.rows():
         return [_heading(s), "", "No run has finished yet.", ""] + _missing(s)
     claims = _claims(s) if s.protocol.family == "resnext" else _fast_claims(s)
@@ -421,6 +421,8 @@ def render_results(sweeps: Iterable[str | Path], figures: str | Path | None = No
         "epoch; verdicts are read from 95 % intervals (rules: `dgconv/results.py`).",
         "",
     ]
-    for s in sweeps:
-        lines += _section(Path(s), Path(figures) if figures is not None else None)
+    loaded = [load_sweep(Path(s)) for s in sweeps]
+    lines += answer(loaded)
+    for s in loaded:
+        lines += _section(s, Path(figures) if figures is not None else None)
     return "\n".join(lines).rstrip() + "\n"
