@@ -27,7 +27,8 @@ SAMPLE = {
     "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "hflip": "off", "crop_padding": 2, "crop_scale": 0.5, "limit_train": 512,
     "limit_test": 256, "workers": 1, "epochs": 4, "batch_size": 32, "lr": 0.05, "momentum": 0.8, "nesterov": True,
     "weight_decay": 5e-4, "schedule": "triangle", "warmup_epochs": 1.0, "label_smoothing": 0.1, "lookahead": 5,
-    "lookahead_alpha": 0.25, "lookahead_ramp": True, "tta": "flip", "seed": 3, "out": "runs/x", "resume": None,
+    "lookahead_alpha": 0.25, "lookahead_ramp": True, "lookahead_buffers": True, "norm_bias_lr_scale": 64.0,
+    "freeze_norm_scale": True, "tta": "flip", "seed": 3, "out": "runs/x", "resume": None,
     "device": "cpu", "amp": True, "channels_last": True, "compile": True, "deterministic": True, "tensorboard": True,
     "progress": False,
 }

@@ -150,8 +150,13 @@ class TrainConfig:
     lookahead_alpha: float = _opt(0.5, "optimisation", "how far the slow weights move each time (default 0.5)")
     lookahead_ramp: bool = _opt(False, "optimisation", "start with no averaging and ramp to --lookahead-alpha by the "
                                 "end (1 - (1 - alpha) t^3, the fast recipe's)")
-    tta: str = _opt("none", "optimisation", "test-time augmentation: average with the mirror image (default none)",
-                    choices=("none", "flip"))
+    lookahead_buffers: bool = _opt(False, "optimisation", "lookahead averages the batch-norm running statistics too "
+                                   "(the fast recipe's EMA covers them)")
+    norm_bias_lr_scale: float = _opt(1.0, "optimisation", "learning rate of the normalisation biases, times the "
+                                     "schedule's (the fast recipe: 64; their decay is divided by it; default 1)")
+    freeze_norm_scale: bool = _opt(False, "optimisation", "batch-norm scales fixed at 1, not trained (the fast recipe)")
+    tta: str = _opt("none", "optimisation", "test-time augmentation: flip averages with the mirror image; flip-shift "
+                    "also with 1-pixel translations of both (6 views); default none", choices=("none", "flip", "flip-shift"))
     seed: int = _opt(0, "optimisation", "random seed of the weights, the batch order and the augmentation (default 0)")
     # the run
     out: str | None = _opt(None, "run", "run directory (default runs/<model>-<dataset>-<time>)")
@@ -257,8 +262,11 @@ class TrainConfig:
             raise ConfigError(f"--lookahead-alpha must be in (0, 1], got {cfg.lookahead_alpha}")
         if cfg.lookahead_ramp and not cfg.lookahead:
             raise ConfigError("--lookahead-ramp needs --lookahead K")
-        if cfg.tta not in ("none", "flip"):
-            raise ConfigError(f"--tta must be 'none' or 'flip', got {cfg.tta!r}")
+        if cfg.tta not in ("none", "flip", "flip-shift"):
+            raise ConfigError(f"--tta must be 'none', 'flip' or 'flip-shift', got {cfg.tta!r}")
+        if not (isinstance(cfg.norm_bias_lr_scale, (int, float)) and not isinstance(cfg.norm_bias_lr_scale, bool)
+                and 0 < cfg.norm_bias_lr_scale < float("inf")):
+            raise ConfigError(f"--norm-bias-lr-scale must be a positive number, got {cfg.norm_bias_lr_scale!r}")
         if not (isinstance(cfg.crop_scale, (int, float)) and 0 < cfg.crop_scale <= 1):
             raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale!r}")
         if isinstance(cfg.crop_padding, bool) or not isinstance(cfg.crop_padding, int) or cfg.crop_padding < 0:

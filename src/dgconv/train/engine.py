@@ -56,6 +56,7 @@ from .rundir import (
 )
 from .runs import default_run_dir
 from .setup import Lookahead, RunState, setup, take_skipped, wrap
+from .tta import tta_logits
 
 __all__ = ["TrainConfig", "train", "evaluate", "DATASET_DEFAULTS", "TrainingError", "read_groups"]
 
@@ -83,8 +84,8 @@ def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, amp: bool = False, progress: Progress | None = None,
              tta: str = "none") -> tuple[float, float]:
-    """``(mean loss, accuracy)`` of ``model`` over a loader's test split, summed over all processes. ``tta="flip"``
-    averages the logits of each image and its mirror image."""
+    """``(mean loss, accuracy)`` of ``model`` over a loader's test split, summed over all processes; ``tta``: the
+    views averaged (:mod:`dgconv.train.tta`)."""
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -95,8 +96,8 @@ def evaluate(model: nn.Module, loader: Any, amp: bool = False, progress: Progres
             for x, y in loader.epoch(0):
                 with cached_gates(model), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                     out = model(x)
-                    if tta == "flip":
-                        out = (out.float() + model(x.flip(-1)).float()) / 2
+                    if tta != "none":
+                        out = tta_logits(model, x, out, tta)
                 sums[0] += F.cross_entropy(out.float(), y, reduction="sum")
                 sums[1] += (out.argmax(1) == y).sum()
                 sums[2] += len(y)
@@ -220,7 +221,7 @@ def _freeze(run: RunState, epoch: int) -> None:
     run.constraint.freeze()
     freeze_groups(run.model, run.opt)
     if run.lookahead is not None:  # the parameters changed: the slow weights start again from them
-        run.lookahead = Lookahead(run.model, run.cfg.lookahead_alpha, run.cfg.lookahead_ramp)
+        run.lookahead = Lookahead(run.model, run.cfg.lookahead_alpha, run.cfg.lookahead_ramp, run.cfg.lookahead_buffers)
     run.net = wrap(run.model, run.cfg, run.env)
     if run.env.is_main:
         groups = run.constraint.summary()["groups"]
@@ -250,7 +251,7 @@ def _train_epoch(run: RunState, epoch: int, progress: Progress) -> tuple[float, 
             interrupts.check()  # a stop whose exception something swallowed still stops here
             lr = _lr_at(cfg, run.step, steps)
             for group in run.opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             gates_on = cfg.gate_every == 1 or run.step % cfg.gate_every == 0
             with gate_gradients(run.model, gates_on):
                 with cached_gates(run.model), torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.amp):

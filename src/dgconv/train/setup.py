@@ -30,9 +30,22 @@ __all__ = ["RunState", "Lookahead", "setup", "wrap", "take_skipped"]
 _logger = logging.getLogger("dgconv.train.engine")  # one voice for the trainer's console lines
 
 
+def freeze_norm_scales(model: nn.Module, fill: bool = True) -> None:
+    """Batch-norm scales fixed at 1 and not trained (the fast recipe's); ``fill=False`` keeps their values (a resumed
+    run's come from its checkpoint)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+            if fill:
+                with torch.no_grad():
+                    m.weight.fill_(1.0)
+            m.weight.requires_grad_(False)
+
+
 class Lookahead:
     """Lookahead over a model's parameters: every K steps the slow weights move ``alpha`` of the way to the fast
     ones, and the fast weights restart from them (Zhang et al. 2019; the fast recipe uses it as an EMA).
+
+    ``buffers``: average the floating buffers (batch-norm running means and variances) with the weights.
 
     ``ramp``: the fraction moved starts at 1 (no averaging) and falls to ``alpha`` as ``1 - (1 - alpha) * t**3``
     over training progress ``t`` in [0, 1] (the published fast recipe's EMA schedule): a constant ``alpha = 0.5``
@@ -46,8 +59,10 @@ class Lookahead:
         (1.0, 0.906, 0.25)
     """
 
-    def __init__(self, model: nn.Module, alpha: float, ramp: bool = False) -> None:
+    def __init__(self, model: nn.Module, alpha: float, ramp: bool = False, buffers: bool = False) -> None:
         self.params = dict(model.named_parameters())
+        if buffers:  # floating buffers too (batch-norm running statistics), as the fast recipe's EMA covers them
+            self.params.update({n: b for n, b in model.named_buffers() if b.is_floating_point()})
         self.alpha = alpha
         self.ramp = ramp
         self.slow = {n: p.detach().clone() for n, p in self.params.items()}
@@ -158,7 +173,10 @@ def setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, c
         model, budget=cfg.budget, alpha=cfg.alpha, cost=cfg.cost, target=cfg.target, input_size=input_size,
         latency_table=_latency_table(cfg), objective=cfg.objective, dual_lr=cfg.dual_lr,
     )  # bad costs, tables and unreachable budgets are ConfigErrors, before any training
-    opt = configure_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if cfg.freeze_norm_scale:
+        freeze_norm_scales(model, fill=ckpt is None)
+    opt = configure_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+                              norm_bias_lr_scale=cfg.norm_bias_lr_scale)
     if ckpt is None and hasattr(model, "initialize_from_data"):  # e.g. FastNet's whitening layer, from training images
         model.initialize_from_data(_initial_images(train_loader))
     set_gate_batch_fraction(model, cfg.gate_batch_fraction)
@@ -187,7 +205,7 @@ def setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, c
         if env.device.type == "cuda" and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     if cfg.lookahead:
-        run.lookahead = Lookahead(model, cfg.lookahead_alpha, cfg.lookahead_ramp)
+        run.lookahead = Lookahead(model, cfg.lookahead_alpha, cfg.lookahead_ramp, cfg.lookahead_buffers)
         if ckpt is not None and ckpt.get("lookahead"):
             run.lookahead.load_state_dict(ckpt["lookahead"])
     run.net = wrap(model, cfg, env)
