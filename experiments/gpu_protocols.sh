@@ -9,7 +9,7 @@
 # deadline is not started (judged from the finished runs' wall times), and runs still going at the deadline stop
 # at their last checkpoint and start again next time (their checkpoints are too large to bring back).
 #
-# Writes into $OUT (at most 8 files come back): checks.log, <protocol>.log for each protocol, results.tar.gz (every
+# Writes into $OUT (at most 8 files come back): checks.log, recipe.log, <protocol>.log for each protocol, results.tar.gz (every
 # run directory without checkpoints, plus the rendered results). Back on the development machine:
 #   tar xzf results.tar.gz -C . && dgconv results results/gpu-fast results/gpu ... --out docs/results.md --figures docs/figures
 set -u
@@ -23,6 +23,15 @@ environment
 say "unpack CIFAR-10"
 $PY experiments/cifar_webp.py unpack .devdata/cifar10_webp.npz /tmp/data >> "$OUT/checks.log" 2>&1 || { say "unpack FAILED"; exit 1; }
 
+# Issue 20: the recipe ablation first (dense FastNet, each ported ingredient, 3 seeds; about a minute on an H200), so
+# that the next recipe is chosen from measurements; then the protocols.
+if [ "${ABLATION:-1}" = 1 ] && [ "$(left)" -gt 200 ]; then
+  say "recipe ablation"
+  timeout 150 $PY experiments/recipe_ablation.py --data-dir /tmp/data --out results/recipe-ablation --parallel 4 \
+      > "$OUT/recipe.log" 2>&1
+  say "recipe ablation rc=$?"
+fi
+
 for P in $PROTOCOLS; do
   REMAIN=$(( $(left) - 40 ))  # keep time to pack the results
   if [ "$REMAIN" -lt 30 ]; then say "no time left for $P"; continue; fi
@@ -32,5 +41,14 @@ for P in $PROTOCOLS; do
   say "sweep $P rc=$?: $(grep -c ' done' "$OUT/$P.log") runs finished in this call"
 done
 
-tar czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude='.lock' $(for P in $PROTOCOLS; do [ -d "results/$P" ] && echo "results/$P"; done)
+tar czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude='.lock' $(# Issue 20: the recipe ablation first (dense FastNet, each ported ingredient, 3 seeds; about a minute on an H200), so
+# that the next recipe is chosen from measurements; then the protocols.
+if [ "${ABLATION:-1}" = 1 ] && [ "$(left)" -gt 200 ]; then
+  say "recipe ablation"
+  timeout 150 $PY experiments/recipe_ablation.py --data-dir /tmp/data --out results/recipe-ablation --parallel 4 \
+      > "$OUT/recipe.log" 2>&1
+  say "recipe ablation rc=$?"
+fi
+
+for P in $PROTOCOLS; do [ -d "results/$P" ] && echo "results/$P"; done)
 say "packed $(du -h "$OUT/results.tar.gz" | cut -f1)"
