@@ -401,5 +401,5 @@ def test_the_answer_section_against_scipy_from_the_committed_runs():
     g, f = accs("g-macs-b16"), accs("fastnet-g16")
     ci = stats.ttest_ind(g, f, equal_var=False).confidence_interval(0.95)
     line = next(ln for ln in answer([load_sweep(root)]) if "gpu-fast, b = 16" in ln)
-    want = f"{100 * (g.mean() - f.mean()):+.2f} points, 95 % CI [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}], n = {len(g)} vs {len(f)}"
+    want = f"{100 * (g.mean() - f.mean()):+.2f} points (95 % CI [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]; n = {len(g)} vs {len(f)})"
     assert want in line and "contiguous G = 16" in line and "**agrees**" in line

@@ -9,7 +9,7 @@ sweeps (:mod:`dgconv.lab.sweepdata`); :mod:`dgconv.lab.results` puts it first.
 from __future__ import annotations
 
 from .protocols import Arm
-from .stats import summarize, verdict, welch
+from .stats import points, side_of_zero, verdict, welch
 from .sweepdata import ArmResult, SweepResult
 
 __all__ = ["answer"]
@@ -32,11 +32,6 @@ def _label(arm: Arm) -> str:
     return f"contiguous G = {arm.value:g}"
 
 
-def _pm(d) -> str:  # type: ignore[no-untyped-def]
-    ci = "" if d.ci is None else f", 95 % CI [{100 * d.ci[0]:+.2f}, {100 * d.ci[1]:+.2f}]"
-    return f"{100 * d.diff:+.2f} points{ci}, n = {d.n_a} vs {d.n_b}"
-
-
 def _fast(s: SweepResult) -> list[str]:
     out = []
     for b in s.protocol.budgets:
@@ -53,7 +48,7 @@ def _fast(s: SweepResult) -> list[str]:
             "not every hand-set arm of gpu-fair has run"]
         out.append(
             f"- **{s.path.name}, b = {b:g}**: learned under a MAC budget ({learned.mean_of('gconv_macs') / best.mean_of('gconv_macs'):.2f}x "
-            f"the group-conv MACs) vs the strongest hand-set arm here, {label}: {_pm(d)}. Learned at least as "
+            f"the group-conv MACs) vs the strongest hand-set arm here, {label}: {points(d)}. Learned at least as "
             f"accurate: **{v.word}** ({v.reason}). Hand-set arms compared: {kinds}."
             + (f" Unresolved: {'; '.join(missing)}." if missing else ""))
     return out
@@ -75,7 +70,7 @@ def _resnext(s: SweepResult, thin: list[str]) -> list[str]:
             v = verdict(d, scale=100, unit=" points")
             ratio = g.mean_of("gconv_macs") / base.mean_of("gconv_macs")
             out.append(f"- **{s.path.name}, {cost} b = {b:g}**: G-network vs the plain network with "
-                       f"{base.arm.value:g} groups: {_pm(d)} at {ratio:.2f}x its group-conv MACs. At least as accurate: "
+                       f"{base.arm.value:g} groups: {points(d)} at {ratio:.2f}x its group-conv MACs. At least as accurate: "
                        f"**{v.word}** ({v.reason}).")
     return out
 
@@ -87,16 +82,10 @@ def _depth(s: SweepResult) -> list[str]:
                 if r.depth_rho is not None]
         if len(rhos) < 2:
             continue
-        z = summarize(rhos)
-        if z.ci is None or z.sd == 0:
-            word = "not resolved at this n"
-        elif z.ci[0] > 0:
-            word = "yes (the interval lies above 0)"
-        elif z.ci[1] < 0:
-            word = "no, the reverse (the interval lies below 0)"
-        else:
-            word = "not resolved at this n (the interval contains 0)"
-        ci = "" if z.ci is None else f", 95 % CI [{max(-1, z.ci[0]):+.2f}, {min(1, z.ci[1]):+.2f}]"
+        z, ci_, side = side_of_zero(rhos)
+        word = {"above": "yes (the interval lies above 0)", "below": "no, the reverse (the interval lies below 0)",
+                "contains": "not resolved at this n (the interval contains 0)"}.get(side, "not resolved at this n")
+        ci = "" if ci_ is None else f", 95 % CI [{ci_[0]:+.2f}, {ci_[1]:+.2f}]"
         out.append(f"- **{s.path.name}, {cost} cost**: do lower layers learn fewer groups? Spearman(depth, "
                    f"groups) {z.mean:+.2f}{ci} over {z.n} runs: **{word}**.")
     return out

@@ -44,7 +44,7 @@ from .protocols import (
 )
 from .answer import answer
 from .sweepdata import ArmResult, RunRow, SweepResult, load_sweep, spearman
-from .stats import NOT_ENOUGH, Difference, Summary, Verdict, summarize, verdict, welch
+from .stats import NOT_ENOUGH, Difference, Summary, Verdict, points, side_of_zero, verdict, welch
 
 __all__ = ["render_results", "load_sweep", "SweepResult", "ArmResult", "RunRow", "spearman"]
 
@@ -64,10 +64,6 @@ def _sd(s: Summary | None) -> str:
     return "-" if s is None or s.sd is None else f"{100 * s.sd:.2f}"
 
 
-def _diff(d: Difference) -> str:
-    ci = "no interval" if d.ci is None else f"95 % CI [{100 * d.ci[0]:+.2f}, {100 * d.ci[1]:+.2f}]"
-    note = "" if d.method == "welch" else f", {d.method}"
-    return f"{100 * d.diff:+.2f} points ({ci}; n = {d.n_a} vs {d.n_b}{note})"
 
 
 _NAMES = {"resnext": ("ResNeXt", "G-ResNeXt", "ResNeXt*"), "fastnet": ("FastNet", "G-FastNet", "FastNet*")}
@@ -225,7 +221,7 @@ def _claim1(s: SweepResult, cost: str, n: int) -> str | None:
     ratio = g.mean_of("gconv_macs") / base.mean_of("gconv_macs")
     v = verdict(d, scale=100, unit=" points")
     word, reason = ("disagrees", "no GConv saving") if ratio >= 1 and v.word != NOT_ENOUGH else (v.word, v.reason)
-    return (f"- **Claim {n}** [{cost}] G-ResNeXt at b = {b0:g} vs ResNeXt: {_diff(d)} at {ratio:.2f}x the GConv MACs "
+    return (f"- **Claim {n}** [{cost}] G-ResNeXt at b = {b0:g} vs ResNeXt: {points(d)} at {ratio:.2f}x the GConv MACs "
             f"(paper, ImageNet: +0.5 points at 0.83x). Verdict: **{word}** ({reason}).")
 
 
@@ -239,7 +235,7 @@ def _claim2(s: SweepResult, cost: str, n: int) -> str | None:
     word = v.word
     if v.word == "agrees" and ratio > 0.5:
         word = "partly (comparable accuracy, but a much smaller GConv saving than the paper's)"
-    return (f"- **Claim {n}** [{cost}] G-ResNeXt at b = 96 vs ResNeXt: {_diff(d)} at {ratio:.2f}x the GConv MACs (paper: +0.1 "
+    return (f"- **Claim {n}** [{cost}] G-ResNeXt at b = 96 vs ResNeXt: {points(d)} at {ratio:.2f}x the GConv MACs (paper: +0.1 "
             f"points at 0.27x; comparable = not worse by more than 1 point). Verdict: **{word}** ({v.reason}).")
 
 
@@ -247,19 +243,15 @@ def _claim3(s: SweepResult, n: int) -> str | None:
     rhos = [r.depth_rho for a in s.arms if a.arm.kind == "g" for r in a.rows if r.depth_rho is not None]
     if not rhos:
         return None
-    z = summarize(rhos)
+    z, ci, side = side_of_zero(rhos)
     mean = z.mean
-    ci = None if z.ci is None else (max(-1.0, z.ci[0]), min(1.0, z.ci[1]))
-    if ci is None:
-        word, reason = NOT_ENOUGH, "a single run"
-    elif z.sd == 0:  # every run gave the same value: a zero-width interval says nothing about the spread
-        ci, word, reason = None, "not resolved at this n", f"all {z.n} runs gave the same value, so no interval"
-    elif ci[0] > 0:
-        word, reason = "agrees", "the 95 % interval lies above 0"
-    elif ci[1] < 0:
-        word, reason = "disagrees", "the 95 % interval lies below 0"
-    else:
-        word, reason = "not resolved at this n", "the 95 % interval contains 0"
+    word, reason = {
+        "single": (NOT_ENOUGH, "a single run"),
+        "constant": ("not resolved at this n", f"all {z.n} runs gave the same value, so no interval"),
+        "above": ("agrees", "the 95 % interval lies above 0"),
+        "below": ("disagrees", "the 95 % interval lies below 0"),
+        "contains": ("not resolved at this n", "the 95 % interval contains 0"),
+    }[side]
     ci_text = "" if ci is None else f", 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
     return (f"- **Claim {n}** Lower layers learn fewer groups: Spearman correlation between depth and learned groups "
             f"{mean:+.2f} on average over {z.n} G-ResNeXt runs (range {min(rhos):+.2f} to {max(rhos):+.2f}"
@@ -287,7 +279,7 @@ def _claim4(s: SweepResult, star: ArmResult, n: int) -> str | None:
         word = NOT_ENOUGH
     else:
         word = "not resolved at this n"
-    detail = "; ".join(f"{label}: {_diff(d)}" for label, _, d in tests)
+    detail = "; ".join(f"{label}: {points(d)}" for label, _, d in tests)
     return (f"- **Claim {n}** [{star.arm.cost}] ResNeXt* learned by b = {star.arm.value:g}: {_pct(star.acc.mean)} % ({detail}; "  # type: ignore[union-attr]
             f"paper, ImageNet: comparable to G-ResNeXt, above the baseline). Verdict: **{word}**.")
 
@@ -336,7 +328,7 @@ def _fast_claims(s: SweepResult) -> list[str]:
         strongest_label, strongest = max(hand, key=lambda h: h[1].acc.mean)  # type: ignore[union-attr]
         for label, arm in hand[1:]:
             d = welch(arm.accs, fixed.accs)
-            out.append(f"- Hand-set {label} vs fixed G = {b:g}: {_diff(d)} at {arm.mean_of('macs') / fixed_macs:.2f}x "
+            out.append(f"- Hand-set {label} vs fixed G = {b:g}: {points(d)} at {arm.mean_of('macs') / fixed_macs:.2f}x "
                        f"its MACs ({len(arm.rows)} vs {len(fixed.rows)} seeds).")
         contenders = [(f"{g_name} learned under a {cost} budget b = {b:g}", s.arm("g", b, cost)) for cost in ("macs", "connections")]
         contenders.append((f"{star_name}: the groups learned under the MAC budget, retrained as fixed groups", s.arm("star", b, "macs")))
@@ -347,7 +339,7 @@ def _fast_claims(s: SweepResult) -> list[str]:
                 d = welch(arm.accs, ref.accs)
                 v = verdict(d, scale=100, unit=" points")
                 what = "the strongest hand-set arm, " if ref is strongest and len(hand) > 1 else ""
-                out.append(f"- {label} vs {what}{ref_label}: {_diff(d)} at {arm.mean_of('macs') / ref.mean_of('macs'):.2f}x "
+                out.append(f"- {label} vs {what}{ref_label}: {points(d)} at {arm.mean_of('macs') / ref.mean_of('macs'):.2f}x "
                            f"its MACs. Learned at least as accurate: **{v.word}** ({v.reason}).")
     return out + [""]
 

@@ -26,7 +26,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Summary", "Difference", "summarize", "welch", "t_quantile", "t_cdf", "verdict", "Verdict"]
+__all__ = ["Summary", "Difference", "summarize", "welch", "t_quantile", "t_cdf", "verdict", "Verdict", "points",
+           "side_of_zero"]
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -199,3 +200,29 @@ def verdict(d: Difference, margin: float = 0.0, scale: float = 1.0, unit: str = 
     if hi < -margin:
         return Verdict("disagrees", f"{level} lies below {at}")
     return Verdict("not resolved at this n", f"{level} contains {at}")
+
+
+def points(d: Difference) -> str:
+    """A difference of accuracies in points with its interval and n (how the results document writes them).
+
+    >>> points(welch([0.9, 0.92], [0.8, 0.82]))
+    '+10.00 points (95 % CI [+3.92, +16.08]; n = 2 vs 2)'
+    """
+    ci = "no interval" if d.ci is None else f"95 % CI [{100 * d.ci[0]:+.2f}, {100 * d.ci[1]:+.2f}]"
+    note = "" if d.method == "welch" else f", {d.method}"
+    return f"{100 * d.diff:+.2f} points ({ci}; n = {d.n_a} vs {d.n_b}{note})"
+
+
+def side_of_zero(values: Sequence[float], low: float = -1.0, high: float = 1.0
+                 ) -> tuple[Summary, tuple[float, float] | None, str]:
+    """Where the interval of the mean of ``values`` (clipped to ``[low, high]``, e.g. a correlation's range) lies:
+    ``"above"`` or ``"below"`` 0, ``"contains"`` it, ``"single"`` (one value, no interval) or ``"constant"`` (all
+    values equal: a zero-width interval says nothing about the spread). Returns the summary, the clipped interval
+    (None for single and constant) and the position."""
+    z = summarize(values)
+    if z.ci is None:
+        return z, None, "single"
+    if z.sd == 0:
+        return z, None, "constant"
+    ci = (max(low, z.ci[0]), min(high, z.ci[1]))
+    return z, ci, "above" if ci[0] > 0 else "below" if ci[1] < 0 else "contains"
