@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment, interleaved_rounds, round_ratio, sync  # noqa: E402
-from bench_network import all_groups, all_groups_strided, optimizer_for, random_groups  # noqa: E402
+from bench_network import all_groups, all_groups_strided, random_groups, train_step  # noqa: E402
 
 import dgconv.plans as plans  # noqa: E402
 from dgconv import create_model, learned_groups  # noqa: E402
@@ -37,16 +36,14 @@ from dgconv.layers import gate_gradients  # noqa: E402
 
 
 def step_fn(model, x, y, args, plan: str | None, gates: bool = True):  # type: ignore[no-untyped-def]
-    opt = optimizer_for(model, "dgconv", 0.0)
+    """bench_network's SGD step under backward plan ``plan`` (None or "measured": the measured choice), with gate
+    gradients on or off."""
+    step = train_step(model, x, y, args)
 
     def f() -> None:
         plans.force(None if plan in (None, "measured") else plan)
-        with gate_gradients(model, gates), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.amp):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with gate_gradients(model, gates):
+            step()
     return f
 
 
@@ -103,6 +100,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--only", action="append", choices=["steps", "gate-every", "change", "memory"])
     ap.add_argument("--json")
+    ap.set_defaults(optimizer="dgconv", gate_lr=0.0)  # bench_network.train_step's: gates held, fused SGD
     return ap.parse_args(argv)
 
 

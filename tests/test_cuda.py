@@ -21,12 +21,10 @@ CASES = [(256, 256, [0, 0, 0, 0, 0, 1, 1, 1]), (256, 256, [1, 0, 1, 0, 0, 1, 0, 
          (45, 30, [0, 0]), (48, 32, [0, 1, 0, 0])]
 
 
-@pytest.mark.parametrize("width", [(1, 1), (32, 32), None], ids=["no-merge", "merge32", "default"])
-@pytest.mark.parametrize("cin,cout,bits", CASES)
-def test_cuda_fast_path_equals_cpu_dense_reference(monkeypatch, width, cin, cout, bits):
-    if width is not None:
-        monkeypatch.setattr(fast, "MERGE_WIDTH", {"cpu": width, "cuda": width})
-    gen = torch.Generator().manual_seed(cin)
+def check_cuda_against_cpu_reference(cin, cout, bits, seed, backward=None):
+    """A float64 layer at binary gates ``bits`` run on CUDA (``backward(layer, x, gy)`` does its forward and backward
+    and returns the output; default: plainly) against the dense reference computed on the CPU."""
+    gen = torch.Generator().manual_seed(seed)
     layer = DGConv2d(cin, cout, 3, stride=2, padding=1, bias=True).double()
     layer.gate.data = torch.tensor([0.3 if b else -0.3 for b in bits], dtype=torch.float64)
     x = torch.randn(3, cin, 9, 7, dtype=torch.float64, generator=gen)
@@ -35,10 +33,23 @@ def test_cuda_fast_path_equals_cpu_dense_reference(monkeypatch, width, cin, cout
     dx, dw, db, dg = grads(gy)
     layer.cuda()
     xc = x.cuda().requires_grad_()
-    y = layer(xc)
-    y.backward(gy.cuda())
+
+    def plain(layer, xc, gy):
+        y = layer(xc)
+        y.backward(gy)
+        return y
+
+    y = (backward or plain)(layer, xc, gy.cuda())
     for got, want in [(y.detach(), ref_y), (xc.grad, dx), (layer.weight.grad, dw), (layer.bias.grad, db), (layer.gate.grad, dg)]:
         torch.testing.assert_close(got.cpu(), want)
+
+
+@pytest.mark.parametrize("width", [(1, 1), (32, 32), None], ids=["no-merge", "merge32", "default"])
+@pytest.mark.parametrize("cin,cout,bits", CASES)
+def test_cuda_fast_path_equals_cpu_dense_reference(monkeypatch, width, cin, cout, bits):
+    if width is not None:
+        monkeypatch.setattr(fast, "MERGE_WIDTH", {"cpu": width, "cuda": width})
+    check_cuda_against_cpu_reference(cin, cout, bits, cin)
 
 
 @pytest.mark.parametrize("plan", ["partner", "dense", "masked", "measured"])
@@ -46,29 +57,22 @@ def test_cuda_fast_path_equals_cpu_dense_reference(monkeypatch, width, cin, cout
 def test_cuda_every_backward_plan_equals_cpu_dense_reference(plan, cin, cout, bits):
     import dgconv.plans as plans
 
-    gen = torch.Generator().manual_seed(cin + 1)
-    layer = DGConv2d(cin, cout, 3, stride=2, padding=1, bias=True).double()
-    layer.gate.data = torch.tensor([0.3 if b else -0.3 for b in bits], dtype=torch.float64)
-    x = torch.randn(3, cin, 9, 7, dtype=torch.float64, generator=gen)
-    ref_y, grads = dense_reference(x, layer.weight, layer.bias, layer.gate, layer.factors, 2, 1, 1)
-    gy = torch.randn(ref_y.shape, dtype=torch.float64, generator=gen)
-    dx, dw, db, dg = grads(gy)
-    layer.cuda()
-    xc = x.cuda().requires_grad_()
-    plans.clear()
-    try:
-        if plan == "measured":
-            plans.set_selection("measure")
-        else:
-            plans.force(plan)
-        y = layer(xc)
-        y.backward(gy.cuda())
-        assert plans.chosen(torch.nn.Sequential(layer))["0"] in plans.PLANS
-    finally:
-        plans.force(None)
-        plans.set_selection("auto")
-    for got, want in [(y.detach(), ref_y), (xc.grad, dx), (layer.weight.grad, dw), (layer.bias.grad, db), (layer.gate.grad, dg)]:
-        torch.testing.assert_close(got.cpu(), want)
+    def under_the_plan(layer, xc, gy):
+        plans.clear()
+        try:
+            if plan == "measured":
+                plans.set_selection("measure")
+            else:
+                plans.force(plan)
+            y = layer(xc)
+            y.backward(gy)
+            assert plans.chosen(torch.nn.Sequential(layer))["0"] in plans.PLANS
+        finally:
+            plans.force(None)
+            plans.set_selection("auto")
+        return y
+
+    check_cuda_against_cpu_reference(cin, cout, bits, cin + 1, under_the_plan)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])

@@ -28,14 +28,19 @@ def merge_width(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("cin,cout,bits,stride", CASES)
-def test_fast_path_equals_dense_reference(merge_width, cin, cout, bits, stride):
+def reference_case(cin, cout, bits, stride):
+    """A float64 fast-path layer at binary gates ``bits`` (random where None) and an input that needs gradients."""
     gen = torch.Generator().manual_seed(cin + cout)
     layer = DGConv2d(cin, cout, 3, stride=stride, padding=1, bias=True, impl="fast").double()
     if bits is None:
         bits = torch.randint(0, 2, (len(layer.factors),), generator=gen).tolist()
     layer.gate.data = torch.tensor([0.3 if b else -0.3 for b in bits], dtype=torch.float64)
     x = torch.randn(2, cin, 6, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    return layer, x, gen
+
+
+def check_against_reference(layer, x, stride, gen):
+    """The layer's output and its input, weight, bias and gate gradients against the dense autograd reference."""
     y = layer(x)
     ref_y, grads = dense_reference(x, layer.weight, layer.bias, layer.gate, layer.factors, stride, 1, 1)
     torch.testing.assert_close(y.detach(), ref_y)
@@ -46,6 +51,12 @@ def test_fast_path_equals_dense_reference(merge_width, cin, cout, bits, stride):
     torch.testing.assert_close(layer.weight.grad, dw)
     torch.testing.assert_close(layer.bias.grad, db)
     torch.testing.assert_close(layer.gate.grad, dg)
+
+
+@pytest.mark.parametrize("cin,cout,bits,stride", CASES)
+def test_fast_path_equals_dense_reference(merge_width, cin, cout, bits, stride):
+    layer, x, gen = reference_case(cin, cout, bits, stride)
+    check_against_reference(layer, x, stride, gen)
 
 
 def test_merge_regimes_really_differ():

@@ -10,8 +10,7 @@ import torch
 import dgconv.plans as plans
 from dgconv import DGConv2d, create_model
 from dgconv.errors import ConfigError
-from tests.reference import dense_reference
-from tests.test_fast import CASES
+from tests.test_fast import CASES, check_against_reference, reference_case
 
 
 @pytest.fixture(autouse=True)
@@ -23,30 +22,12 @@ def fresh():
     plans.clear()
 
 
-def _check(layer, x, stride, gen):
-    y = layer(x)
-    ref_y, grads = dense_reference(x, layer.weight, layer.bias, layer.gate, layer.factors, stride, 1, 1)
-    torch.testing.assert_close(y.detach(), ref_y)
-    gy = torch.randn(y.shape, dtype=y.dtype, generator=gen)
-    y.backward(gy)
-    dx, dw, db, dg = grads(gy)
-    torch.testing.assert_close(x.grad, dx)
-    torch.testing.assert_close(layer.weight.grad, dw)
-    torch.testing.assert_close(layer.bias.grad, db)
-    torch.testing.assert_close(layer.gate.grad, dg)
-
-
 @pytest.mark.parametrize("plan", plans.PLANS)
 @pytest.mark.parametrize("cin,cout,bits,stride", CASES)
 def test_every_plan_equals_the_dense_reference(plan, cin, cout, bits, stride):
-    gen = torch.Generator().manual_seed(cin + cout)
-    layer = DGConv2d(cin, cout, 3, stride=stride, padding=1, bias=True, impl="fast").double()
-    if bits is None:
-        bits = torch.randint(0, 2, (len(layer.factors),), generator=gen).tolist()
-    layer.gate.data = torch.tensor([0.3 if b else -0.3 for b in bits], dtype=torch.float64)
-    x = torch.randn(2, cin, 6, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    layer, x, gen = reference_case(cin, cout, bits, stride)
     with plans.forced(plan):
-        _check(layer, x, stride, gen)
+        check_against_reference(layer, x, stride, gen)
     assert plans.chosen(torch.nn.Sequential(layer)) == {"0": plan}
 
 
@@ -58,7 +39,7 @@ def test_channels_last_layers_under_the_dense_plans():
         x = torch.randn(2, 64, 6, 6, dtype=torch.float64, generator=gen).to(memory_format=torch.channels_last)
         x.requires_grad_(True)
         with plans.forced(plan):
-            _check(layer, x, 1, gen)
+            check_against_reference(layer, x, 1, gen)
 
 
 def test_calls_each_plan_makes(monkeypatch):
