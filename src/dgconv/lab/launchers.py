@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_all
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ class SubmititPool:
             except Exception:  # noqa: BLE001 - a cancelled job has no result
                 pass
             self._settle(job)
-        wait(futures)  # the watcher may be settling some of them (reading a result that is not there takes a while)
+        wait_all(futures)  # the watcher may be settling some of them (reading a result that is not there takes a while)
         self._closed.set()
 
 
