@@ -49,6 +49,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ...errors import DataError
+from .. import interrupts
 
 __all__ = ["folder_loaders", "FolderLoader", "FolderInfo", "default_workers", "default_batch_size", "RESIZE_POLICIES"]
 
@@ -70,10 +71,22 @@ def default_workers() -> int:
 def _quiet_worker(worker_id: int) -> None:
     """A loading worker ignores Ctrl-C: the terminal sends SIGINT to the whole process group, and each worker
     printed a KeyboardInterrupt traceback while the trainer was already stopping at a checkpoint (it ends the
-    workers itself)."""
+    workers itself). Nor does it report the trainer hanging up on it: a batch's shared memory is handed over by a
+    thread of the worker (multiprocessing's resource sharer, which reports through ``sys.excepthook``), and it
+    printed "Connection reset by peer" when the stopping trainer closed that connection mid-handshake."""
     import signal
+    import sys
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = _unless_trainer_hung_up  # what the resource sharer's thread reports through
+
+
+def _unless_trainer_hung_up(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+    import sys
+
+    if issubclass(kind, (ConnectionError, EOFError)):
+        return  # the trainer closed its end (it is stopping, or gone): nothing this worker should say
+    sys.__excepthook__(kind, error, tb)
 
 
 class _Shard(Sampler[int]):
@@ -173,8 +186,19 @@ class FolderLoader:
         return out
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's batches on the device. A stop signal that arrives while the DataLoader hands out a batch is
+        raised once it has (:func:`dgconv.train.interrupts.deferred`): raised inside the DataLoader, it could leave
+        the lock of a worker's index queue held, and the loader's shutdown then waited on it forever (1 Ctrl-C in
+        26 beside two busy loops)."""
         self.sampler.set_epoch(epoch)
-        for x, y, bad in self.loader:
+        with interrupts.deferred():
+            batches = iter(self.loader)
+        while True:
+            with interrupts.deferred():
+                try:
+                    x, y, bad = next(batches)
+                except StopIteration:
+                    return
             self._skipped.extend(bad)
             if len(y) == 0:
                 continue
