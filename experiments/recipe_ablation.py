@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from dgconv.lab.protocols import PROTOCOLS, _common  # noqa: E402
+from dgconv.lab.protocols import PROTOCOLS, common_options  # noqa: E402
 from dgconv.lab.stats import summarize  # noqa: E402
 from dgconv.train.options import to_flags  # noqa: E402
 
@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--rehearse", action="store_true", help="1 epoch on 256 images, no AMP (a CPU check of the script)")
     args = ap.parse_args()
     p = PROTOCOLS["gpu-fast"]
-    base = {**_common(p), "model": p.plain, "budget": None, "groups": 1}
+    base = {**common_options(p), "model": p.plain, "budget": None, "groups": 1}
     if args.device:
         base["device"] = args.device
     if args.rehearse:

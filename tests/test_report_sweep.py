@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from dgconv.errors import DGConvError
-from dgconv.lab.protocols import PROTOCOLS, Protocol, planned_runs
+from dgconv.lab.arms import Protocol
+from dgconv.lab.protocols import PROTOCOLS, planned_runs
 from dgconv.lab.results import render_results, spearman
 from dgconv.train.config import TrainConfig
 from tests.helpers import ENV, PATIENCE, cli
@@ -314,9 +315,9 @@ def test_gpu_fair_arms_and_the_hand_set_rule():
     """gpu-fair's hand-set arms: contiguous, shuffled and rule-set groups at <= the uniform arm's MACs, 8 seeds at
     b = 16; the rule's groups travel as a groups.json written by the sweep; run names parse back to their arms."""
     from dgconv import create_model
-    from dgconv.lab.protocols import constant_width_groups
+    from dgconv.lab.arms import constant_width_groups
     from dgconv.profile import profile
-    from dgconv.train.runs import RunName
+    from dgconv.lab.names import RunName
 
     p = PROTOCOLS["gpu-fair"]
     runs = planned_runs(p)

@@ -36,7 +36,8 @@ from torch import nn
 from .convert import deploy_in_place
 from .layers import dgconv_layers
 
-__all__ = ["freeze_groups", "frozen_record", "restore_grouping", "refreeze", "is_frozen"]
+__all__ = ["freeze_groups", "frozen_record", "structure_record", "restore_grouping", "refreeze", "is_frozen",
+           "freeze_structure"]
 
 
 def frozen_record(model: nn.Module) -> dict[str, dict[str, list[Any]]]:
@@ -44,6 +45,36 @@ def frozen_record(model: nn.Module) -> dict[str, dict[str, list[Any]]]:
     needs to rebuild the structure and report the same state."""
     return {name: {"factors": list(m.factors), "gates": [bool(b) for b in m.binary_gates()],
                    "values": [float(v) for v in m.gate.detach().cpu().tolist()]} for name, m in dgconv_layers(model)}
+
+
+def structure_record(model: nn.Module) -> dict[str, dict[str, list[Any]]]:
+    """The structure a G-network deploys to: every DGConv layer's factor order and binary gates (a
+    :func:`frozen_record` without the gate values). ``groups.json`` keeps it as ``"structure"``, so that
+    :func:`freeze_structure` (``dgconv train --structure-from``) can rebuild the learned groups *with their channel
+    order*."""
+    return {name: {"factors": r["factors"], "gates": r["gates"]} for name, r in frozen_record(model).items()}
+
+
+def freeze_structure(model: nn.Module, record: dict[str, dict[str, list[Any]]],
+                     optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Turn a freshly built G-network into the structure of ``record`` (a :func:`structure_record`), *untrained*:
+    each DGConv layer becomes its group convolution with the recorded groups and channel order (the permutations
+    folded or inserted exactly as :func:`freeze_groups` does), and each of those convolutions starts again from
+    ``nn.Conv2d``'s own initialisation, so that it starts as a plain network with those groups would. Call it
+    before the first step (``optimizer``: the optimizer built for the G-network, whose gate entries leave it).
+
+    Raises:
+        ValueError: the record does not fit the model (other layers or channels).
+    """
+    restore_grouping(model, record)
+    freeze_groups(model, optimizer)
+    root = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
+    for name in record:  # the group convolution, alone or between the channel permutations no rule could fold
+        for conv in (m for m in root.get_submodule(name).modules() if isinstance(m, nn.Conv2d)):
+            conv.reset_parameters()
+            if optimizer is not None:  # nothing trained yet; a state would belong to the discarded values
+                for p in conv.parameters():
+                    optimizer.state.pop(p, None)
 
 
 def freeze_groups(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, dict[str, list[Any]]]:

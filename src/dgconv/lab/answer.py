@@ -8,7 +8,7 @@ sweeps (:mod:`dgconv.lab.sweepdata`); :mod:`dgconv.lab.results` puts it first.
 
 from __future__ import annotations
 
-from .protocols import Arm
+from .arms import Arm
 from .stats import points, side_of_zero, verdict, welch
 from .sweepdata import ArmResult, SweepResult
 

@@ -5,9 +5,14 @@ A protocol is a list of *arms*; an arm is one configuration trained with one or 
 * ``plain`` -- the plain network with ``value`` groups in every group convolution (the ResNeXt baseline);
 * ``g`` -- the G-network learning its groups under budget ``b = value`` in cost ``cost``;
 * ``star`` -- ResNeXt*: the plain network built from the groups a ``g`` arm learned (same budget, cost and seed),
-  trained from scratch (phase 2 of the sweep).
+  trained from scratch (phase 2 of the sweep);
+* ``struct`` -- the structure a ``g`` arm deploys to, its groups *and* its channel order, trained from scratch
+  (phase 2; ``dgconv train --structure-from``).
 
-Runs are named by :class:`dgconv.train.rundir.RunName` (``resnext-g32``, ``g-b32``, ``g-macs-b32-s1``, ``star-b96``).
+A learned arm (``g``, ``star``, ``struct``) may name its own G-network (``model``) and then carries a ``tag`` that
+prefixes its run names (``mix-g-macs-b16``), so that one sweep can learn groups in several networks.
+
+Runs are named by :class:`dgconv.lab.names.RunName` (``resnext-g32``, ``g-b32``, ``g-macs-b32-s1``, ``star-b96``).
 Nothing here touches files; :mod:`dgconv.lab.sweep` runs a protocol and :mod:`dgconv.lab.results` renders it.
 
 Example::
@@ -23,105 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..train.options import parse_flags
-from ..train.runs import RunName, groups_document
+from ..train.runs import groups_document
+from .names import RunName
+from .arms import HAND_RULES, Arm, Protocol, arms_of, check_macs, plain_of
 
-__all__ = ["Arm", "Protocol", "PlannedRun", "PROTOCOLS", "HAND_RULES", "arms_of", "planned_runs", "protocol_from_dict",
-           "constant_width_groups"]
-
-
-def constant_width_groups(model: str, b: float, input_size: tuple[int, int, int] = (3, 32, 32)) -> dict[str, int]:
-    """The hand-set non-uniform rule ``"width"`` (written down before any run of it): one group width ``w`` (input
-    channels per group) for every group convolution -- fewer groups where a layer has few channels, as ResNeXt's
-    stages keep their cardinality while widening -- each layer taking the largest divisor of ``gcd(C_in, C_out)``
-    not above ``C_in / w``, and ``w`` the widest power of two whose group-convolution MACs do not exceed those of
-    ``b`` groups everywhere (clipped the same way). Equal or lower MACs than the uniform arm it is compared with.
-
-    Example::
-
-        >>> constant_width_groups("fastnet", 16)
-        {'block1.conv1': 4, 'block1.conv2': 16, 'block2.conv1': 16, 'block2.conv2': 64, 'block3.conv1': 64, 'block3.conv2': 64}
-    """
-    import math
-
-    from ..models import create_model
-    from ..profile import profile
-
-    net = create_model(model, num_classes=10)
-    shapes = {n: (net.get_submodule(n).in_channels, net.get_submodule(n).out_channels) for n in net.group_conv_names}
-    target = profile(create_model(model, num_classes=10, groups=int(b)), input_size).gconv_macs
-
-    def spec(width: int) -> dict[str, int]:
-        out = {}
-        for n, (cin, cout) in shapes.items():
-            limit, d = max(1, cin // width), math.gcd(cin, cout)
-            out[n] = max(g for g in range(1, d + 1) if d % g == 0 and g <= limit)
-        return out
-
-    width = max(cin for cin, _ in shapes.values())
-    width = 1 << (width.bit_length() - 1)
-    while width > 1 and profile(create_model(model, num_classes=10, groups=spec(width)), input_size).gconv_macs > target:
-        width //= 2
-    return spec(width)
-
-
-#: Hand-set group rules a plain arm may name (``Arm(rule=...)``): model name and b -> groups per layer.
-HAND_RULES = {"width": constant_width_groups}
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One configuration of a protocol, trained once per seed (see the module docstring)."""
-
-    kind: str
-    value: float
-    cost: str = "connections"
-    seeds: tuple[int, ...] = (0,)
-    model: str | None = None  # plain arms: another plain network than the protocol's (e.g. fastnet_shuffle)
-    rule: str | None = None  # plain arms: groups per layer by a hand-set rule at the MACs of `value` groups (HAND_RULES)
-
-    def family(self, family: str) -> str:
-        """The name a plain arm's runs carry: the protocol's family, or the arm's model, plus its rule."""
-        base = self.model or family
-        return f"{base}_{self.rule}" if self.rule else base
-
-    def names(self, family: str) -> list[RunName]:
-        return [RunName(self.kind, self.value, self.cost, s, self.family(family) if self.kind == "plain" else family)
-                for s in self.seeds]
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A named experiment. Unless ``arms`` lists them, the arms are derived from the fields: the plain baseline
-    (``baseline_groups``, ``baseline_seeds``); for every cost in ``costs`` a ``g`` arm per budget (the first budget
-    with ``seeds``, the others with seed 0) and a ``star`` arm per ``star_budgets``."""
-
-    name: str
-    label: str
-    model: str
-    plain: str
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
-    baseline_groups: int = 32
-    budgets: tuple[float, ...] = (32, 64, 96, 128)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    star_budgets: tuple[float, ...] = (32, 96)
-    amp: bool = False
-    channels_last: bool = False
-    device: str | None = None
-    parallel: int = 1
-    limit_train: int | None = None
-    limit_test: int | None = None
-    extra: tuple[str, ...] = field(default_factory=tuple)
-    g_extra: tuple[str, ...] = field(default_factory=tuple)  # options of the runs that learn groups only
-    costs: tuple[str, ...] = ("connections",)
-    budgets_by_cost: dict[str, tuple[float, ...]] = field(default_factory=dict)  # a cost's own budgets (else budgets)
-    baseline_seeds: tuple[int, ...] = (0,)
-    family: str = "resnext"
-    arms: tuple[Arm, ...] = ()
-    max_seeds: int | None = None  # keep only the first N seeds of every arm (a rehearsal)
+__all__ = ["PlannedRun", "PROTOCOLS", "planned_runs", "common_options"]
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -242,41 +153,81 @@ PROTOCOLS["gpu-fair"] = dataclasses.replace(
 )
 
 
-def protocol_from_dict(d: dict[str, Any]) -> Protocol:
-    """The :class:`Protocol` a ``sweep.json`` recorded (lists back to tuples; fields it predates take their defaults)."""
-    names = {f.name for f in dataclasses.fields(Protocol)}
-    kw: dict[str, Any] = {}
-    for k, v in d.items():
-        if k not in names:
-            continue
-        if k == "arms":
-            v = tuple(Arm(a["kind"], a["value"], a.get("cost", "connections"), tuple(a.get("seeds", (0,))),
-                          a.get("model"), a.get("rule")) for a in v)
-        elif k == "budgets_by_cost":
-            v = {cost: tuple(b) for cost, b in v.items()}
-        elif isinstance(v, list):
-            v = tuple(v)
-        kw[k] = v
-    return Protocol(**kw)
-
-
-def arms_of(p: Protocol) -> list[Arm]:
-    """The arms of a protocol, baseline first (each cut to ``p.max_seeds`` seeds when that is set)."""
-    arms = list(p.arms) if p.arms else _derived_arms(p)
-    if p.max_seeds:
-        arms = [dataclasses.replace(a, seeds=a.seeds[: p.max_seeds]) for a in arms]
-    return arms
-
-
-def _derived_arms(p: Protocol) -> list[Arm]:
-    arms = [Arm("plain", p.baseline_groups, seeds=tuple(p.baseline_seeds))]
-    for cost in p.costs:
-        for i, b in enumerate(p.budgets_by_cost.get(cost, p.budgets)):
-            arms.append(Arm("g", b, cost, tuple(p.seeds) if i == 0 else (0,)))
-    for cost in p.costs:
-        for b in p.star_budgets:
-            arms.append(Arm("star", b, cost))
-    return arms
+# cpu-fair (issue 28): the fair comparison of gpu-fair, sized to the machine we always have -- 2 CPU cores, one run at
+# a time on ONE thread (so that other work on the second core leaves its timings alone), committed run by run.
+#
+# Schedule, fixed from measurements made before any run of it (2026-12-06, the 2-core AMD EPYC guest, torch 2.13 CPU,
+# one thread, batch 256; seconds for 8,192 training images plus 1,000 test images in one epoch, start-up excluded):
+#   fastnet G=16 30 s (58.9 s for 16,384), fastnet_shuffle G=16 47.9 s, g_fastnet learning under MACs 47.6 s, dense
+#   fastnet 92.9 s, fastnet_mix (64/256/256) G=16 61.1 s, its G-network 83.6 s, fastnet_const (128 x 3) G=16 29.1 s,
+#   its G-network 65.2 s. Two threads were 1.6x faster than one on a quiet machine (19.5 s vs 28.1 s for 8,192 + 2,000
+#   at batch 512), and batch 1,024 was 1.6x slower per image than 512 (cache); batches 128-512 cost the same.
+#   The mixing control's 1x1 layers at widths 64/256/256 cost 2.0x the plain net per step (a step micro-benchmark),
+#   at 64/128/128 1.16x (its G-network 1.5x): the control uses 64/128/128 (block 1 as in FastNet).
+# Chosen: 4 epochs of the first 10,240 training images (40 steps of 256 each: 160 steps, as many as the GPU recipe's
+# first 4 epochs at batch 1,024 make 192), the first 5,000 test images without TTA, gpu-fast's recipe otherwise
+# (triangle schedule with 0.8 warm-up epochs, label smoothing 0.2, lookahead 5, Nesterov 0.85, decay 1.3e-3, crop
+# padding 2). Learning rate 1.2: of 0.4 / 0.8 / 1.2 / 1.6 on the contiguous G=16 arm (seed 0, one run each), the
+# final training loss was 1.750 / 1.650 / 1.623 / 1.611 (test 50.5 / 57.1 / 58.6 / 58.6 %); 1.2 is the middle of the
+# flat part. A contiguous run then takes about 150 s (37 s an epoch); the whole sweep (see seconds_per_run) about 5.5
+# hours. The G arms search, then train (--freeze-groups-at 0.3: after epoch 1 of 4), as the product recommends.
+# Hand-set rules written here before any run: contiguous G; G with a channel shuffle (fastnet_shuffle); the constant
+# group width rule "width" (constant_width_groups). b = 4 compares the learned groups with BOTH the shuffle and the
+# width rule (the strongest hand-set arm is whichever of them is more accurate at b = 4).
+_SEEDS4, _SEEDS2 = (0, 1, 2, 3), (0, 1)
+PROTOCOLS["cpu-fair"] = Protocol(
+    name="cpu-fair",
+    label="2 CPU cores, one thread a run, FastNet (4 short epochs): learned groups against the strongest hand-set "
+          "groups at equal MACs, with a mixing and a depth control",
+    model="g_fastnet",
+    plain="fastnet",
+    family="fastnet",
+    epochs=4,
+    batch_size=256,
+    lr=1.2,
+    weight_decay=1.3e-3,
+    warmup_epochs=0.8,
+    device="cpu",
+    parallel=1,
+    limit_train=10240,
+    limit_test=5000,
+    extra=("--momentum", "0.85", "--nesterov", "--schedule", "triangle", "--label-smoothing", "0.2",
+           "--lookahead", "5", "--crop-padding", "2", "--threads", "1"),
+    g_extra=("--freeze-groups-at", "0.3"),
+    costs=("macs", "connections"),
+    equal_macs=True,
+    budget_hours=6.0,
+    arms=(
+        # b = 16: learned against every hand-set arm, 8 seeds each
+        Arm("plain", 16, seeds=_SEEDS8),                                  # contiguous G = 16 (8 in the first layer)
+        Arm("plain", 16, seeds=_SEEDS8, model="fastnet_shuffle"),         # G = 16 + channel shuffle
+        Arm("plain", 16, seeds=_SEEDS8, rule="width"),                    # constant group width, <= G = 16's MACs
+        Arm("g", 16, "macs", _SEEDS8),                                    # learned under a MAC budget
+        # the mixing control: a dense 1x1 after every group convolution (every arm equally connected)
+        Arm("plain", 16, seeds=_SEEDS8, model="fastnet_mix"),
+        Arm("plain", 16, seeds=_SEEDS8, model="fastnet_mix", rule="width"),
+        Arm("g", 16, "macs", _SEEDS8, model="g_fastnet_mix", tag="mix"),
+        # b = 4: learned against the shuffle and the width rule
+        Arm("plain", 4, seeds=_SEEDS4, model="fastnet_shuffle"),
+        Arm("plain", 4, seeds=_SEEDS4, rule="width"),
+        Arm("g", 4, "macs", _SEEDS4),
+        # the depth control: one width (128) in every block, learned under connections and under MACs
+        Arm("g", 16, "connections", _SEEDS4, model="g_fastnet_const", tag="depth"),
+        Arm("g", 16, "macs", _SEEDS4, model="g_fastnet_const", tag="depth"),
+        Arm("plain", 1, seeds=_SEEDS2),                                   # dense: the ceiling
+        # phase 2: what the MAC-learned b = 16 nets learned, trained from scratch
+        Arm("star", 16, "macs", _SEEDS8),                                 # their group numbers, contiguous
+        Arm("struct", 16, "macs", _SEEDS8),                               # their groups with their channel order
+    ),
+    # Measured (one thread, quiet) seconds per run of each arm, for the estimate the sweep prints before it starts;
+    # finished runs replace them as they come.
+    seconds_per_run={
+        "fastnet-g16": 155, "fastnet_shuffle-g16": 245, "fastnet_width-g16": 150, "g-macs-b16": 235,
+        "fastnet_mix-g16": 180, "fastnet_mix_width-g16": 175, "mix-g-macs-b16": 230, "fastnet_shuffle-g4": 270,
+        "fastnet_width-g4": 175, "g-macs-b4": 260, "depth-g-b16": 240, "depth-g-macs-b16": 240, "fastnet-g1": 470,
+        "star-macs-b16": 150, "struct-macs-b16": 230,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -290,7 +241,7 @@ class PlannedRun:
     files: dict[str, Any] = field(default_factory=dict)  # JSON documents the sweep writes into its directory first
 
 
-def _common(p: Protocol) -> dict[str, Any]:
+def common_options(p: Protocol) -> dict[str, Any]:
     warmup = min(p.warmup_epochs, p.epochs / 5)  # at most a fifth of the schedule (short smoke runs too)
     common: dict[str, Any] = {"dataset": "cifar10", "epochs": p.epochs, "batch_size": p.batch_size, "lr": float(p.lr),
                               "weight_decay": float(p.weight_decay), "warmup_epochs": float(warmup), "progress": False}
@@ -309,13 +260,21 @@ def _common(p: Protocol) -> dict[str, Any]:
 
 def planned_runs(p: Protocol) -> list[PlannedRun]:
     """The runs of a protocol in order: phase 1 (seed 0 of every plain and ``g`` arm, then the other seeds), phase 2
-    (the ``star`` arms, built from phase 1's learned groups)."""
-    common = _common(p)
+    (the ``star`` and ``struct`` arms, built from phase 1's learned groups).
+
+    Raises:
+        ConfigError: with ``p.equal_macs``, an arm whose MACs exceed those of the uniform arm it is compared with
+            (:func:`check_macs`).
+    """
+    if p.equal_macs:
+        check_macs(p)
+    common = common_options(p)
     g_extra = parse_flags(p.g_extra)
     first: list[PlannedRun] = []
     later: list[PlannedRun] = []
     phase2: list[PlannedRun] = []
     for arm in arms_of(p):
+        g_model = arm.model if arm.kind != "plain" and arm.model else p.model
         for name in arm.names(p.family):
             files: dict[str, Any] = {}
             if arm.kind == "plain" and arm.rule:
@@ -329,11 +288,14 @@ def planned_runs(p: Protocol) -> list[PlannedRun]:
                            **common}
             elif arm.kind == "g":
                 cost = {} if arm.cost == "connections" else {"cost": arm.cost}
-                options = {"model": p.model, "budget": float(arm.value), **cost, "seed": name.seed, **common, **g_extra}
+                options = {"model": g_model, "budget": float(arm.value), **cost, "seed": name.seed, **common, **g_extra}
             else:
                 source = f"{{sweep}}/{name.source}/groups.json"
-                phase2.append(PlannedRun(name, 2, {"model": p.plain, "budget": None, "groups_from": source,
-                                                    "seed": name.seed, **common}))
+                if arm.kind == "star":
+                    options = {"model": plain_of(g_model, p), "budget": None, "groups_from": source}
+                else:
+                    options = {"model": g_model, "budget": None, "structure_from": source}
+                phase2.append(PlannedRun(name, 2, {**options, "seed": name.seed, **common}))
                 continue
             (first if name.seed == arm.seeds[0] else later).append(PlannedRun(name, 1, options, files))
     return first + later + phase2

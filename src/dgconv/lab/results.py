@@ -37,11 +37,8 @@ from typing import Any
 import numpy as np
 
 from ..train.progress import plural
-from .protocols import (
-    PROTOCOLS,
-    Arm,
-    Protocol,
-)
+from .arms import Arm, Protocol
+from .protocols import PROTOCOLS
 from .answer import answer
 from .sweepdata import ArmResult, RunRow, SweepResult, load_sweep, spearman
 from .stats import NOT_ENOUGH, Difference, Summary, Verdict, points, side_of_zero, verdict, welch

@@ -49,11 +49,13 @@ from ..train.runs import (
     read_metrics,
     set_aside_unresumable,
 )
+from .names import RunName
 from .launchers import LocalPool, make_launcher, stop
-from .protocols import PROTOCOLS, PlannedRun, Protocol, planned_runs, protocol_from_dict
+from .arms import Protocol, arm_label, estimate_seconds, protocol_from_dict
+from .protocols import PROTOCOLS, PlannedRun, planned_runs
 from .results import render_results
 
-__all__ = ["run_sweep", "SweepError", "data_provenance", "OFFICIAL_MD5"]
+__all__ = ["run_sweep", "SweepError", "data_provenance", "OFFICIAL_MD5", "wall_seconds", "WALLS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -181,6 +183,7 @@ def _sweep(p: Protocol, out: Path, data_dir: str | Path, data_note: str | None, 
     todo = [r for r in planned_runs(p) if finished_epochs(out / str(r.name)) < p.epochs]
     if todo and runner is None:
         raise ConfigError("run_sweep needs runner= to train runs (dgconv.cli.run_train, what `dgconv sweep` passes)")
+    _say_estimate(p, out, todo)
     failed, deferred = _run_all(p, planned_runs(p), out, data_dir, None if deadline is None else started + deadline,
                                 runner, launcher)
     if deferred:
@@ -194,9 +197,72 @@ def _sweep(p: Protocol, out: Path, data_dir: str | Path, data_note: str | None, 
     return out / RESULTS
 
 
+def _say_estimate(p: Protocol, out: Path, todo: list[PlannedRun]) -> None:
+    """Before starting: how long the runs left should take (measured seconds per arm: finished runs of this sweep,
+    else the protocol's own measurements), and whether the whole sweep exceeds the protocol's stated budget."""
+    if not todo or p.budget_hours is None:
+        return
+    measured = wall_seconds(out)
+    left = estimate_seconds(p, todo, measured)
+    if left is None:
+        _logger.info("[sweep %s] %d runs to go; no measured time for some of their arms, so no estimate", p.name, len(todo))
+        return
+    spent = sum(s for name, s in _run_walls(out).items())
+    whole = (spent + left) / 3600
+    _logger.info("[sweep %s] %d runs to go, about %s one at a time (%s spent so far); the protocol's budget is %g h%s",
+                 p.name, len(todo), duration(left / max(1, p.parallel)), duration(spent), p.budget_hours,
+                 f": THE ESTIMATE OF {whole:.1f} h EXCEEDS IT" if whole > p.budget_hours else "")
+
+
+def _run_walls(out: Path) -> dict[str, float]:
+    """Wall seconds each run has taken so far in this sweep (``walls.jsonl``, summed over its invocations)."""
+    total: dict[str, float] = {}
+    for row in _read_walls(out):
+        total[row["run"]] = total.get(row["run"], 0.0) + float(row["seconds"])
+    return total
+
+
+def _read_walls(out: Path) -> list[dict[str, Any]]:
+    path = out / WALLS
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if isinstance(row, dict) and isinstance(row.get("run"), str) and isinstance(row.get("seconds"), (int, float)):
+            rows.append(row)
+    return rows
+
+
+def wall_seconds(out: str | Path) -> dict[str, float]:
+    """The median wall time of the finished runs of each arm (:func:`~dgconv.lab.protocols.arm_label`), from the
+    sweep's ``walls.jsonl``: what the sweep itself measured, start-up and every resumption included."""
+    out = Path(out)
+    finished = {row["run"] for row in _read_walls(out) if row.get("exit") == 0}
+    by_arm: dict[str, list[float]] = {}
+    for run, seconds in _run_walls(out).items():
+        name = RunName.parse(run)
+        if run in finished and name is not None:
+            by_arm.setdefault(arm_label(name), []).append(seconds)
+    return {arm: statistics.median(v) for arm, v in by_arm.items()}
+
+
+def _record_wall(out: Path, run: str, seconds: float, code: int | None) -> None:
+    """Append one invocation of a run to ``walls.jsonl`` (``exit`` None: stopped at the deadline, to be continued)."""
+    row = {"run": run, "seconds": round(seconds, 3), "exit": code, "ended": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    with open(out / WALLS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+WALLS = "walls.jsonl"  # the sweep's own wall time of every run invocation
 SWEEP_LOCK = ".sweep.lock"
 SUBMITIT_FOLDER = ".submitit"  # the submitit launcher's job files (pickles, each job's stdout and stderr)
-_HARMLESS = ("parallel", "label")  # protocol fields that do not change what a run computes
+_HARMLESS = ("parallel", "label", "equal_macs", "budget_hours", "seconds_per_run")  # fields that change no run
 
 
 def _protocol_changes(old_meta: dict[str, Any], p: Protocol) -> list[str]:
@@ -265,6 +331,7 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
     ended = 0
     started_at: dict[Any, float] = {}
     took: list[float] = []  # wall seconds of the runs this invocation finished
+    names: dict[Any, str] = {}
 
     def left(pending: list[PlannedRun], running: dict[Any, PlannedRun], phase: int) -> str:
         """``; about 12 min left`` for every unfinished run of this and later phases, from the runs finished so far
@@ -315,12 +382,14 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                     _logger.info("[sweep %s] start %s (%d/%d): %s", p.name, r.name, ended + len(running) + 1, todo,
                                  " ".join(["dgconv", "train", *to_flags(options)]))
                     fut = executor.submit(_train_in_worker, runner, options, str(rd / LOG))
-                    running[fut], started_at[fut] = r, time.time()
+                    running[fut], started_at[fut], names[fut] = r, time.time(), str(r.name)
                 if deadline is not None and running and time.time() >= deadline:
                     _logger.info("[sweep %s] deadline: stopping %s at their last checkpoint", p.name,
                                  ", ".join(str(r.name) for r in running.values()))
                     deferred += [str(r.name) for r in running.values()]
                     stop(executor)
+                    for f, r in running.items():
+                        _record_wall(out, str(r.name), time.time() - started_at.pop(f), None)
                     executor = launcher(width)
                     running = {}
                     continue
@@ -334,6 +403,7 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                         code, broken = -1, True
                     ended += 1
                     seconds = time.time() - started_at.pop(fut)
+                    _record_wall(out, str(r.name), seconds, code)
                     if code:
                         failed.append(str(r.name))
                         _logger.info("[sweep %s] %d/%d %s FAILED (exit %d; see %s)%s", p.name, ended, todo, r.name, code,
@@ -349,6 +419,8 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                     executor = launcher(width)
     except BaseException:
         stop(executor)
+        for fut, t0 in started_at.items():  # stopped mid-run: the part it ran counts (the next invocation adds the rest)
+            _record_wall(out, names[fut], time.time() - t0, None)
         raise
     executor.shutdown(wait=True)
     return failed, deferred

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from .._files import read_json
-from ..train.runs import SWEEP, Run, RunName, is_run, load_run, read_groups
-from .protocols import Arm, Protocol, arms_of, planned_runs, protocol_from_dict
+from ..train.runs import SWEEP, Run, is_run, load_run, read_groups
+from .names import RunName
+from .arms import Arm, Protocol, arms_of, protocol_from_dict
+from .protocols import planned_runs
 from .report import plain_model
 from .stats import Summary, summarize
 

@@ -80,21 +80,28 @@ def _groups_of(conv: nn.Module) -> int:
     return int(getattr(conv, "groups", 1) or 1)
 
 
+def _mixer(mix: bool, channels: int) -> nn.Module:
+    return nn.Conv2d(channels, channels, 1, bias=False) if mix else nn.Identity()
+
+
 class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, conv: Any, names: tuple[str, str], shuffle: bool = False) -> None:
+    def __init__(self, cin: int, cout: int, conv: Any, names: tuple[str, str], shuffle: bool = False,
+                 mix: bool = False) -> None:
         super().__init__()
         self.conv1 = conv(cin, cout, names[0])
         self.shuffle1 = ChannelShuffle(_groups_of(self.conv1)) if shuffle else nn.Identity()
+        self.mix1 = _mixer(mix, cout)
         self.pool = nn.MaxPool2d(2)
         self.bn1 = nn.BatchNorm2d(cout, momentum=0.4)
         self.conv2 = conv(cout, cout, names[1])
         self.shuffle2 = ChannelShuffle(_groups_of(self.conv2)) if shuffle else nn.Identity()
+        self.mix2 = _mixer(mix, cout)
         self.bn2 = nn.BatchNorm2d(cout, momentum=0.4)
         self.act = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.bn1(self.pool(self.shuffle1(self.conv1(x)))))
-        return self.act(self.bn2(self.shuffle2(self.conv2(x))))
+        x = self.act(self.bn1(self.pool(self.mix1(self.shuffle1(self.conv1(x))))))
+        return self.act(self.bn2(self.mix2(self.shuffle2(self.conv2(x)))))
 
 
 class FastNet(nn.Module):
@@ -109,16 +116,22 @@ class FastNet(nn.Module):
         dgconv_impl, min_group_width, max_groups: passed to each DGConv2d.
         shuffle: a :class:`ChannelShuffle` after every group convolution (``fastnet_shuffle``; plain groups only):
             the hand-set way to connect consecutive group convolutions.
+        mix: a dense 1x1 convolution (no bias) after every group convolution (``fastnet_mix``, ``g_fastnet_mix``):
+            every grouping is then equally connected, so that comparing groupings compares only how the groups
+            are allocated across layers (the mixing control of protocol ``cpu-fair``).
     """
 
     __jit_ignored_attributes__ = ["group_conv_names", "dgconv_cfg"]
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (64, 256, 256), *,
                  groups: int | Mapping[str, int] | None = None, dgconv: bool = False, dgconv_impl: str = "auto",
-                 min_group_width: int | None = None, max_groups: int | None = None, shuffle: bool = False) -> None:
+                 min_group_width: int | None = None, max_groups: int | None = None, shuffle: bool = False,
+                 mix: bool = False) -> None:
         super().__init__()
         if shuffle and dgconv:
             raise ValueError("shuffle is for fixed group convolutions; a G-network learns its channel order")
+        if len(widths) != 3 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"widths must be three positive ints (one per block), got {widths!r}")
         if not dgconv and (min_group_width is not None or max_groups is not None):
             raise ValueError("min_group_width / max_groups limit learned groups: they need g_fastnet")
         names = [f"block{b}.conv{c}" for b in (1, 2, 3) for c in (1, 2)]
@@ -143,9 +156,9 @@ class FastNet(nn.Module):
         self.whiten = Whitening(in_chans)
         self.act = nn.GELU()
         w0 = 8 * in_chans
-        self.block1 = _Block(w0, widths[0], conv, (names[0], names[1]), shuffle)
-        self.block2 = _Block(widths[0], widths[1], conv, (names[2], names[3]), shuffle)
-        self.block3 = _Block(widths[1], widths[2], conv, (names[4], names[5]), shuffle)
+        self.block1 = _Block(w0, widths[0], conv, (names[0], names[1]), shuffle, mix)
+        self.block2 = _Block(widths[0], widths[1], conv, (names[2], names[3]), shuffle, mix)
+        self.block3 = _Block(widths[1], widths[2], conv, (names[4], names[5]), shuffle, mix)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(widths[2], num_classes, bias=False)
         self.scale = 1 / 9

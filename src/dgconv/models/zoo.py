@@ -12,6 +12,9 @@ from .resnet import BasicBlock, Bottleneck, ResNet
 IMAGENET = (3, 224, 224)
 CIFAR = (3, 32, 32)
 DIGITS = (1, 8, 8)
+#: Widths of the cpu-fair controls (chosen by measured time on 2 CPU cores: see dgconv.lab.protocols, cpu-fair).
+MIX_WIDTHS = (64, 128, 128)
+CONST_WIDTHS = (128, 128, 128)
 
 
 def _imagenet(block: Any, layers: list[int], **kwargs: Any) -> ResNet:
@@ -216,3 +219,33 @@ def g_fastnet(**kwargs: Any) -> FastNet:
     """G-FastNet: FastNet whose six 3x3 convolutions are DGConv2d (the gpu-fast protocol)."""
     kwargs.pop("zero_init_residual", None)
     return FastNet(dgconv=True, **kwargs)
+
+
+# Controls of protocol cpu-fair: every group convolution followed by a dense 1x1 convolution (the mixing control), and
+# one width in all three blocks (the depth control).
+@register_model(input_size=CIFAR)
+def fastnet_mix(**kwargs: Any) -> FastNet:
+    """FastNet with a dense 1x1 convolution after every group convolution (every grouping equally connected)."""
+    kwargs.pop("zero_init_residual", None)
+    return FastNet(mix=True, **{"widths": MIX_WIDTHS, **kwargs})
+
+
+@register_model(input_size=CIFAR, dgconv=True, budget=16, plain="fastnet_mix")
+def g_fastnet_mix(**kwargs: Any) -> FastNet:
+    """G-FastNet with a dense 1x1 convolution after every DGConv layer (the mixing control of cpu-fair)."""
+    kwargs.pop("zero_init_residual", None)
+    return FastNet(dgconv=True, mix=True, **{"widths": MIX_WIDTHS, **kwargs})
+
+
+@register_model(input_size=CIFAR)
+def fastnet_const(**kwargs: Any) -> FastNet:
+    """FastNet of one width (128) in all three blocks: every layer costs the same per connection."""
+    kwargs.pop("zero_init_residual", None)
+    return FastNet(**{"widths": CONST_WIDTHS, **kwargs})
+
+
+@register_model(input_size=CIFAR, dgconv=True, budget=16, plain="fastnet_const")
+def g_fastnet_const(**kwargs: Any) -> FastNet:
+    """G-FastNet of one width (128) in all three blocks (the depth control of cpu-fair)."""
+    kwargs.pop("zero_init_residual", None)
+    return FastNet(dgconv=True, **{"widths": CONST_WIDTHS, **kwargs})

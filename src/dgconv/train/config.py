@@ -94,6 +94,9 @@ class TrainConfig:
     groups: int | None = _opt(None, "model", "uniform group number of every group convolution (a ResNeXt baseline)")
     groups_from: str | None = _opt(None, "model", "groups.json (or run directory) of learned groups: build ResNeXt* "
                                    "from them")
+    structure_from: str | None = _opt(None, "model", "groups.json (or run directory) of a learned G-network: train "
+                                      "its deployed structure (the learned groups with their channel order) from "
+                                      "scratch, no gates; a g_* model with --budget none")
     init_from: str | None = _opt(None, "model", "start from these weights: a dgconv checkpoint, or a torchvision/timm "
                                  "ResNet/ResNeXt state_dict (group convolutions become DGConv layers at their own "
                                  "grouping)")
@@ -168,6 +171,8 @@ class TrainConfig:
                                "torch's fused SGD step")
     compile: bool = _opt(False, "run", "torch.compile the network (DGConv layers run as one opaque op each)")
     deterministic: bool = _opt(False, "run", "deterministic algorithms (slower)")
+    threads: int | None = _opt(None, "run", "CPU threads of torch's operators (default: torch's own choice, one per "
+                               "core); recorded, so a replay uses the same number")
     tensorboard: bool = _opt(False, "run", "also write TensorBoard logs (needs the tensorboard package)")
     progress: bool = _opt(True, "run", "no progress bar")
 
@@ -277,6 +282,15 @@ class TrainConfig:
             raise ConfigError(f"label smoothing must be in [0, 1), got {cfg.label_smoothing}")
         if cfg.groups is not None and cfg.groups_from:
             raise ConfigError("give --groups or --groups-from, not both")
+        if cfg.structure_from is not None:
+            if not info.dgconv:
+                raise ConfigError(f"--structure-from rebuilds a learned G-network's structure: model {cfg.model!r} has "
+                                  f"no DGConv layers (give the g_* model the structure was learned with)")
+            if cfg.groups is not None or cfg.groups_from or cfg.budget is not None or cfg.freeze_groups_at is not None:
+                raise ConfigError("--structure-from fixes every layer's groups and channel order: give it with "
+                                  "--budget none and without --groups, --groups-from or --freeze-groups-at")
+        if cfg.threads is not None and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 1):
+            raise ConfigError(f"--threads must be a positive integer, got {cfg.threads!r}")
         for name in ("limit_train", "limit_test", "groups"):
             v = getattr(cfg, name)
             if v is not None and v < 1:

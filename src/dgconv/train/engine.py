@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._env import cpu_name
+from .._env import cpu_name, source_commit
 from .._version import __version__
 from ..constraint import ResourceConstraint
 from ..errors import ConfigError, Interrupted, TrainingError
-from ..freeze import freeze_groups
+from ..freeze import freeze_groups, structure_record
 from ..layers import cached_gates, gate_gradients
 from . import interrupts
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
@@ -113,6 +113,7 @@ def _environment(env: DistEnv) -> dict[str, Any]:
     return {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "dgconv": __version__,
+        "commit": source_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(env.device),
@@ -181,6 +182,8 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
     if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs:
         return _already_finished(cfg, ckpt)
     interrupts.check()
+    if cfg.threads is not None:  # before anything runs: CPU results can depend on the thread count
+        torch.set_num_threads(cfg.threads)
     env = init_distributed(cfg.device)
     finished = False
     try:
@@ -327,7 +330,8 @@ def _commit_epoch(run: RunState, record: dict[str, Any], best: bool, writer: Any
         "config": dataclasses.asdict(cfg),
     }
     state = run.constraint.summary()
-    groups = groups_document(state["groups"], state["channels"], cfg.model) if run.constraint.layers else None
+    groups = (groups_document(state["groups"], state["channels"], cfg.model, structure_record(run.model))
+              if run.constraint.layers else None)
     assert run.writer is not None
     run.writer.commit_epoch(ckpt_doc, record, best, groups)
     if writer is not None:

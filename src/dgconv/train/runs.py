@@ -16,13 +16,12 @@ Layout (every file plain and documented, so a run can be read without dgconv)::
     train.log       a sweep's capture of the run's console output
 
 Readers (``dgconv report``, ``results``, ``deploy``, ``profile``, sweeps) use :func:`load_run`, the typed
-:class:`Run`, :func:`read_groups` and :class:`RunName` -- no other module opens these files by name.
+:class:`Run` and :func:`read_groups` -- no other module opens these files by name.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -35,8 +34,8 @@ from ..errors import RunDirError
 
 __all__ = [
     "CONFIG", "METRICS", "GROUPS", "LAST", "BEST", "LOCK", "LOG", "TENSORBOARD", "RUN_FORMAT", "GROUPS_FORMAT",
-    "SWEEP", "RESULTS", "Run", "RunName", "set_aside_unresumable", "load_run", "is_run", "is_dgconv_run", "is_sweep",
-    "read_groups", "groups_document", "read_metrics", "best_checkpoint", "checkpoint_path", "finished_epochs",
+    "SWEEP", "RESULTS", "Run", "set_aside_unresumable", "load_run", "is_run", "is_dgconv_run", "is_sweep",
+    "read_groups", "read_structure", "groups_document", "read_metrics", "best_checkpoint", "checkpoint_path", "finished_epochs",
     "iter_runs", "default_run_dir",
 ]
 
@@ -127,9 +126,39 @@ def set_aside_unresumable(run_dir: str | Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------------ groups
-def groups_document(groups: Mapping[str, int], channels: Mapping[str, list[int]], model_name: str | None) -> dict[str, Any]:
-    """The ``groups.json`` document: ``{"format", "model", "groups": {name: G}, "channels": {name: [in, out]}}``."""
-    return {"format": GROUPS_FORMAT, "model": model_name, "groups": dict(groups), "channels": {k: list(v) for k, v in channels.items()}}
+def groups_document(groups: Mapping[str, int], channels: Mapping[str, list[int]], model_name: str | None,
+                    structure: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``groups.json`` document: ``{"format", "model", "groups": {name: G}, "channels": {name: [in, out]}}``,
+    plus ``"structure": {name: {"factors": [...], "gates": [...]}}`` (the learned channel order,
+    :func:`dgconv.freeze.structure_record`) when given."""
+    doc = {"format": GROUPS_FORMAT, "model": model_name, "groups": dict(groups), "channels": {k: list(v) for k, v in channels.items()}}
+    if structure is not None:
+        doc["structure"] = {k: {"factors": list(v["factors"]), "gates": list(v["gates"])} for k, v in structure.items()}
+    return doc
+
+
+def read_structure(path: str | Path) -> tuple[str | None, dict[str, dict[str, list[Any]]]]:
+    """The model name and the ``"structure"`` of a ``groups.json`` (or a run directory holding one): every learned
+    layer's factor order and binary gates. Raises :class:`RunDirError` when the file has none (written before
+    0.3, or by hand) or it is malformed."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / GROUPS
+    if not p.is_file():
+        raise RunDirError(f"no groups.json at {p}")
+    doc = read_json(p, "groups.json")
+    structure = doc.get("structure") if isinstance(doc, dict) else None
+    if not isinstance(structure, dict) or not structure:
+        raise RunDirError(f"{p} records no structure (the learned channel order; runs write it from dgconv 0.3 on)")
+    for name, layer in structure.items():
+        ok = (isinstance(layer, dict) and isinstance(layer.get("factors"), list) and isinstance(layer.get("gates"), list)
+              and len(layer["factors"]) == len(layer["gates"])
+              and all(isinstance(f, int) and not isinstance(f, bool) and f >= 2 for f in layer["factors"])
+              and all(isinstance(g, bool) for g in layer["gates"]))
+        if not ok:
+            raise RunDirError(f"{p}: the structure of {name!r} is malformed (want factors >= 2 and as many boolean gates)")
+    model = doc.get("model")
+    return (model if isinstance(model, str) else None), structure
 
 
 def read_groups(path: str | Path) -> dict[str, int]:
@@ -158,72 +187,6 @@ def read_groups(path: str | Path) -> dict[str, int]:
     if not spec:
         raise RunDirError(f"{p} names no layer's groups (an empty mapping would leave every layer as it is)")
     return spec
-
-
-# ------------------------------------------------------------------------------------------------ run names
-_NAME = re.compile(
-    r"^(?:(?P<family>[a-z][a-z0-9_]*)-g(?P<groups>\d+)|(?P<arm>g|star)(?:-(?P<cost>connections|macs|latency))?-b(?P<budget>[0-9.]+))"
-    r"(?:-s(?P<seed>\d+))?$"
-)
-
-
-@dataclass(frozen=True)
-class RunName:
-    """The name of a run inside a sweep directory, and what it says about the run.
-
-    ``arm``: ``"plain"`` (a network with ``value`` groups in every group convolution; named by its ``family``,
-    e.g. ``resnext-g32``), ``"g"`` (groups learned under budget ``b = value``: ``g-b32``, ``g-macs-b32``) or
-    ``"star"`` (ResNeXt* -- a plain network built from the groups a ``"g"`` run learned, trained from scratch:
-    ``star-b32``, ``star-macs-b32``). ``cost`` is the budget's cost measure (omitted from the name for the paper's
-    ``connections``); a seed other than 0 is appended as ``-s<seed>``.
-
-    Example::
-
-        >>> str(RunName("g", 32, cost="macs", seed=1))
-        'g-macs-b32-s1'
-        >>> RunName.parse("resnext-g32")
-        RunName(arm='plain', value=32, cost='connections', seed=0, family='resnext')
-    """
-
-    arm: str
-    value: float
-    cost: str = "connections"
-    seed: int = 0
-    family: str = "resnext"
-
-    def __post_init__(self) -> None:
-        if self.arm not in ("plain", "g", "star"):
-            raise ValueError(f"run arm must be 'plain', 'g' or 'star', got {self.arm!r}")
-
-    def __str__(self) -> str:
-        seed = f"-s{self.seed}" if self.seed else ""
-        if self.arm == "plain":
-            return f"{self.family}-g{int(self.value)}{seed}"
-        cost = "" if self.cost == "connections" else f"-{self.cost}"
-        return f"{self.arm}{cost}-b{self.value:g}{seed}"
-
-    @property
-    def source(self) -> RunName:
-        """For a ``"star"`` run, the ``"g"`` run whose learned groups it trains (same budget, cost and seed)."""
-        return RunName("g", self.value, self.cost, self.seed, self.family)
-
-    @classmethod
-    def parse(cls, name: str) -> RunName | None:
-        """The :class:`RunName` a directory name spells, or ``None`` for any other name."""
-        m = _NAME.match(name)
-        if m is None:
-            return None
-        seed = int(m["seed"] or 0)
-        if m["family"]:
-            if m["family"] in ("g", "star"):
-                return None
-            return cls("plain", int(m["groups"]), seed=seed, family=m["family"])
-        try:
-            value = float(m["budget"])
-        except ValueError:
-            return None
-        value = int(value) if value.is_integer() else value
-        return cls(m["arm"], value, m["cost"] or "connections", seed)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -257,11 +220,6 @@ class Run:
     def name(self) -> str:
         """The directory's name."""
         return self.path.name
-
-    @property
-    def run_name(self) -> RunName | None:
-        """What the directory's name says (sweeps name their runs with :class:`RunName`), or ``None``."""
-        return RunName.parse(self.path.name)
 
     @property
     def label(self) -> str:

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..constraint import ResourceConstraint, configure_optimizer
 from ..errors import ConfigError, DGConvError, RunDirError, TrainingError
-from ..freeze import freeze_groups, restore_grouping
+from ..freeze import freeze_groups, freeze_structure, restore_grouping
 from ..layers import set_gate_batch_fraction
 from ..models import create_model, model_info
 from .checkpoint import CheckpointError
@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .data.loaders import Loaders, make_loaders
 from .distributed import DistEnv
 from .rundir import RunWriter, checkpoint_path, read_groups
+from .runs import read_structure
 
 __all__ = ["RunState", "Lookahead", "setup", "wrap", "take_skipped"]
 
@@ -179,6 +180,8 @@ def setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, c
                               norm_bias_lr_scale=cfg.norm_bias_lr_scale)
     if ckpt is None and hasattr(model, "initialize_from_data"):  # e.g. FastNet's whitening layer, from training images
         model.initialize_from_data(_initial_images(train_loader))
+    if cfg.structure_from and ckpt is None:  # (a resumed run rebuilds it from the checkpoint's frozen record below)
+        _learned_structure(cfg, model, constraint, opt)
     set_gate_batch_fraction(model, cfg.gate_batch_fraction)
     run = RunState(cfg, env, out, writer, model, model, opt, constraint, train_loader, test_loader, num_classes, input_size,
                model_kwargs, data)
@@ -210,6 +213,23 @@ def setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, c
             run.lookahead.load_state_dict(ckpt["lookahead"])
     run.net = wrap(model, cfg, env)
     return run
+
+
+def _learned_structure(cfg: TrainConfig, model: nn.Module, constraint: ResourceConstraint, opt: Any) -> None:
+    """``--structure-from``: the learned groups and channel order of another run, trained from scratch."""
+    try:
+        source_model, record = read_structure(cfg.structure_from)  # type: ignore[arg-type]
+    except RunDirError as e:
+        raise ConfigError(f"--structure-from: {e}") from None
+    if source_model is not None and source_model != cfg.model:
+        raise ConfigError(f"--structure-from {cfg.structure_from}: the structure was learned by {source_model}, "
+                          f"not {cfg.model}; give --model {source_model}")
+    try:
+        restore_grouping(model, record)
+    except ValueError as e:
+        raise ConfigError(f"--structure-from {cfg.structure_from}: {e}") from None
+    constraint.freeze()
+    freeze_structure(model, record, opt)
 
 
 def _latency_table(cfg: TrainConfig) -> Any:
