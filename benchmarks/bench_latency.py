@@ -1,6 +1,6 @@
 """Latency tables: how long measuring one takes, and how well it predicts deployed networks.
 
-For each model: measure a :class:`dgconv.latency.LatencyTable` (timed), then build deployed networks from several
+For each model: measure a :class:`dgconv.budget.latency.LatencyTable` (timed), then build deployed networks from several
 random learned groupings (non-adjacent groups, permutations folded), time each (median of interleaved rounds) and
 compare with ``table.predict(groups)``. Prints the error of every prediction and the largest.
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment, interleaved  # noqa: E402
 
 from dgconv import DGConv2d, create_model, deploy, learned_groups  # noqa: E402
-from dgconv.latency import LatencyTable  # noqa: E402
+from dgconv.budget.latency import LatencyTable  # noqa: E402
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -35,8 +35,8 @@ from _timing import environment, interleaved, interleaved_rounds, round_ratio  #
 from bench_layer import strided_gates  # noqa: E402
 
 from dgconv import DGConv2d, cached_gates, configure_optimizer, create_model, deploy, learned_groups  # noqa: E402
-from dgconv.freeze import freeze_groups  # noqa: E402
-from dgconv.layers import set_gate_batch_fraction  # noqa: E402
+from dgconv.convert.freeze import freeze_groups  # noqa: E402
+from dgconv.layer.conv import set_gate_batch_fraction  # noqa: E402
 
 
 def random_groups(model: torch.nn.Module, seed: int) -> None:
@@ -112,7 +112,7 @@ _PEAK = r"""
 import sys, torch, torch.nn.functional as F
 sys.path.insert(0, {bench!r})
 from dgconv import create_model, learned_groups, configure_optimizer, DGConv2d
-from dgconv.freeze import freeze_groups
+from dgconv.convert.freeze import freeze_groups
 from bench_network import random_groups
 which, batch, size, device = {which!r}, {batch}, {size}, {device!r}
 if which in ("g_resnext50", "frozen"):

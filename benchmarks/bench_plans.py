@@ -1,4 +1,4 @@
-"""Backward plans (dgconv.plans) on a whole train step: each plan forced, and the measured choice, against ResNeXt.
+"""Backward plans (dgconv.layer.plans) on a whole train step: each plan forced, and the measured choice, against ResNeXt.
 
 For G-ResNeXt-50 (or --model) at 32 contiguous groups, 32 non-adjacent groups and random learned groups, one SGD step
 (forward, backward, momentum) under each forced plan ("partner", "dense", "masked") and under the measured choice
@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment, interleaved_rounds, round_ratio, sync  # noqa: E402
 from bench_network import all_groups, all_groups_strided, random_groups, train_step  # noqa: E402
 
-import dgconv.plans as plans  # noqa: E402
+import dgconv.layer.plans as plans  # noqa: E402
 from dgconv import create_model, learned_groups  # noqa: E402
-from dgconv.layers import gate_gradients  # noqa: E402
+from dgconv.layer.conv import gate_gradients  # noqa: E402
 
 
 def step_fn(model, x, y, args, plan: str | None, gates: bool = True):  # type: ignore[no-untyped-def]

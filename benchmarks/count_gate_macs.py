@@ -1,7 +1,7 @@
 """What exact gate gradients cost in arithmetic: multiply-adds of a G-ResNeXt-50 train step, counted, not timed.
 
 A train step of a convolutional network costs about three forward passes of multiply-adds (the forward, the input
-gradient, the weight gradient). The exact path of ``dgconv.fast`` adds, per DGConv layer, what its plan computes
+gradient, the weight gradient). The exact path of ``dgconv.layer.fast`` adds, per DGConv layer, what its plan computes
 beyond the in-group weight gradient: the super-group weight gradient costs ``M`` in-group weight gradients instead
 of one, and each separate zero-gate pass one more. Whatever kernel computes them, the cross-group products of every
 zero gate are that many multiply-adds (a fused kernel could skip storing them, not computing them). This script
@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_network import all_groups, all_groups_strided, random_groups  # noqa: E402
 
-from dgconv import DGConv2d, create_model, fast  # noqa: E402
+from dgconv import DGConv2d, create_model  # noqa: E402
+from dgconv.layer import fast  # noqa: E402
 
 GROUPINGS = {
     "32 contiguous groups": lambda m: all_groups(m, 32),

@@ -1,4 +1,4 @@
-"""Which ``dgconv.fast.MERGE_WIDTH`` is fastest: DGConv2d forward+backward of the exact path at each merge width.
+"""Which ``dgconv.layer.fast.MERGE_WIDTH`` is fastest: DGConv2d forward+backward of the exact path at each merge width.
 
 For each layer shape (channels, map size, batch, stride) it draws three random gate settings (non-adjacent
 groupings) and times the layer at every width in round-robin (5 rounds after one warm-up, medians), then prints each
@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment  # noqa: E402
 
-from dgconv import DGConv2d, fast  # noqa: E402
+from dgconv import DGConv2d  # noqa: E402
+from dgconv.layer import fast  # noqa: E402
 
 #: (channels, map size, batch, stride): the tiny CIFAR model's three layers at batch 128, issue 11's target case, and
 #: G-ResNeXt-50's first two stages at batch 8 and 112x112.

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from dgconv import ResourceConstraint, create_model, learned_groups
 from dgconv.cli import main as dgconv
-from dgconv.constraint import dgconv_layers
+from dgconv.layer.conv import dgconv_layers
 from dgconv.train.pretrained import load_pretrained
 
 

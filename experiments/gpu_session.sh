@@ -23,7 +23,7 @@ environment
 # Order (issue 21): the CUDA tests of every backward plan first (correctness before speed), then the plans on the
 # G-ResNeXt-50 step against ResNeXt-50 32x4d (32 contiguous, 32 non-adjacent, random groups; --gate-every 4; the
 # first step after a grouping change; peak memory per plan), then the older train-step table and a profile.
-stage "CUDA tests" 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_plans.py tests/test_compile.py >> "$OUT/checks.log" 2>&1
+stage "CUDA tests" 120 $PY -m pytest -q -x -p no:cacheprovider tests/layer/test_cuda.py tests/layer/test_plans.py tests/layer/test_compile.py >> "$OUT/checks.log" 2>&1
 stage "plans" 240 $PY benchmarks/bench_plans.py --device cuda --amp --channels-last --batch 64 --size 224 --reps 7 \
     --json "$OUT/bench_plans.json" > "$OUT/bench_plans.log" 2>&1
 stage "train step" 120 $PY benchmarks/bench_network.py --device cuda --amp --channels-last --batch 64 --size 224 \

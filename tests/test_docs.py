@@ -41,7 +41,7 @@ def test_example_runs():
     assert "groups after one step" in r.stdout
 
 
-RESULTS = ["gpu-fast", "gpu", "cpu", "gpu-0.1"]  # the sweeps docs/results.md renders, in its order
+RESULTS = ["cpu-fair", "gpu-fast", "gpu", "cpu", "gpu-0.1"]  # the sweeps docs/results.md renders, in its order
 
 
 def test_results_document_matches_the_committed_runs(tmp_path):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dgconv import DGConv2d, create_model, deploy, groupify
-from dgconv.constraint import dgconv_layers
+from dgconv.layer.conv import dgconv_layers
 from tests.helpers import ENV, PATIENCE, catches, children, cli, metrics, wait_for_handlers, wait_until
 
 pytestmark = pytest.mark.ecosystem
@@ -157,12 +157,16 @@ def test_groupify_and_deploy_timm_models(name, caplog):
         assert skipped > 0 and "left" in caplog.text and "Conv2dSame" in caplog.text
 
 
-def test_timm_builds_our_models_in_either_import_order():
+def test_timm_builds_our_models_after_an_explicit_import_only():
+    """``import dgconv.models.timm`` registers our models with timm (in either order with timm); ``import dgconv``
+    alone does not touch timm."""
     timm()
-    for order in ("import dgconv, timm", "import timm, dgconv"):
+    for order in ("import dgconv.models.timm, timm", "import timm, dgconv.models.timm"):
         code = f"{order}; m = timm.create_model('g_resnext_cifar_tiny', num_classes=10); print(type(m).__name__, m.fc.out_features)"
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE)
         assert r.returncode == 0 and r.stdout.split() == ["ResNet", "10"], r.stderr
+    code = "import sys, dgconv, timm; assert not timm.is_model('g_resnext_cifar_tiny'); assert 'dgconv.models.timm' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=PATIENCE)
 
 
 def test_odd_images_train_and_a_symlink_loop_stops_before_training(tmp_path):
@@ -172,7 +176,7 @@ def test_odd_images_train_and_a_symlink_loop_stops_before_training(tmp_path):
     tv()
     from PIL import Image
 
-    from tests.test_data import _png_header
+    from tests.train.test_data import _png_header
 
     data = tmp_path / "data"
     write_folder(data, (16, 16), 16, "L", classes=2)

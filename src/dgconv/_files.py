@@ -26,7 +26,7 @@ from ._faults import fault
 from .errors import RunDirError
 
 __all__ = ["atomic_write", "atomic_link", "md5_file", "write_text", "write_json", "read_json", "take_lock", "release_lock",
-           "LockHeld", "TEMP_SUFFIX"]
+           "LockHeld", "TEMP_SUFFIX", "with_path"]
 
 #: Temporaries of :func:`atomic_write` are named ``.<name>.<random>.tmp`` beside their target.
 TEMP_SUFFIX = ".tmp"
@@ -67,12 +67,12 @@ def _temporary(path: Path) -> tuple[int, str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as e:
-        raise _with_path(e, path) from None
+        raise with_path(e, path) from None
     os.fchmod(fd, _file_mode())
     return fd, tmp
 
 
-def _with_path(e: OSError, path: Path) -> OSError:
+def with_path(e: OSError, path: Path) -> OSError:
     """``e`` naming ``path``, the file the user asked for, never our temporary beside it (``mkstemp`` and
     ``os.replace`` name the temporary)."""
     if e.filename == str(path) and e.filename2 is None:
@@ -144,7 +144,7 @@ def _replace_via_temporary(path: Path, fill: Callable[[int, str], None]) -> None
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise _with_path(e, path) from None
+        raise with_path(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

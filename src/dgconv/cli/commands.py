@@ -120,8 +120,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..models import model_info
-    from ..profile import profile
-    from ..train.rundir import is_run, load_run, read_groups
+    from ..convert.profile import profile
+    from ..train.runs import is_run, load_run, read_groups
 
     name, classes, size, groups = args.model, args.num_classes, args.input_size, None
     run_source = args.model if is_run(args.model) else (args.groups_from if args.groups_from and is_run(args.groups_from) else None)
@@ -160,7 +160,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _costs(model, size, table_path):  # type: ignore[no-untyped-def]
     """zeta of the DGConv layers in every cost that can be computed (latency only with a table)."""
-    from ..constraint import ResourceConstraint, dgconv_layers
+    from ..budget.constraint import ResourceConstraint
+    from ..layer.conv import dgconv_layers
 
     if not dgconv_layers(model):
         return {}
@@ -200,12 +201,15 @@ def _add_latency(sub: argparse._SubParsersAction) -> None:
 def _cmd_latency(args: argparse.Namespace) -> int:
     import time
 
-    from ..latency import LatencyTable
+    from ..budget.latency import LatencyTable
     from ..models import model_info
     from ..train.progress import Progress
 
     info = model_info(args.model)
     size = tuple(args.input_size) if args.input_size else info.input_size
+    from ..layer.conv import check_group_limits
+
+    check_group_limits(args.min_group_width, args.max_groups, learnable=info.dgconv)
     limits = {k: getattr(args, k) for k in ("min_group_width", "max_groups") if getattr(args, k) is not None}
     model = _build(args.model, num_classes=args.num_classes, in_chans=size[0], **limits)
     from ..train.progress import duration
@@ -255,11 +259,11 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..convert import deploy, save_deployed
+    from ..convert.deploy import deploy, save_deployed
     from ..models import model_info
-    from ..profile import profile
-    from ..train.checkpoint import load_checkpoint, model_from_checkpoint
-    from ..train.rundir import checkpoint_path
+    from ..convert.profile import profile
+    from ..train.checkpoint import contents, load_checkpoint, model_from_checkpoint
+    from ..train.runs import checkpoint_path
 
     src = checkpoint_path(args.source, best=args.best)
     if args.best and not Path(args.source).is_dir():
@@ -268,11 +272,12 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         raise ConfigError("--best picks a run directory's best checkpoint; give the run directory, not a file")
     ckpt = load_checkpoint(src)
     model = model_from_checkpoint(ckpt).eval()
-    size = tuple(ckpt.get("input_size") or model_info(ckpt["model_name"]).input_size)
+    fields = contents(ckpt)
+    size = fields.input_size or model_info(fields.model_name).input_size
     deployed, summary = deploy(model, summary=True)
     before, after = profile(model, size), profile(deployed, size)
     macs_after = {lp.name: lp.macs for lp in after.layers}
-    print(f"{ckpt['model_name']} ({src}) at input {'x'.join(map(str, size))}; MACs = multiply-accumulates")
+    print(f"{fields.model_name} ({src}) at input {'x'.join(map(str, size))}; MACs = multiply-accumulates")
     head = f"{'layer':<20} {'in':>5} {'out':>5} {'groups':>6} {'params: stored -> deployed':>28} {'MACs: dense masked -> grouped':>32}"
     print(head + "\n" + "-" * len(head))
     for lp, prof in zip(summary.layers, [p for p in before.layers if p.kind == "DGConv2d"]):
@@ -320,7 +325,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         "(g_resnext29_32x4d, 30 epochs on one H200, over several sessions) and 'gpu-fast' (g_fastnet, a fast recipe, "
         "many seeds). Resumable: finished runs are skipped; a directory holding runs of other settings is refused.",
     )
-    from ..lab.sweep import PROTOCOLS
+    from ..lab.protocols import PROTOCOLS
 
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
     p.add_argument("--data-dir", required=True, help="folder holding (or being) cifar-10-batches-py")
@@ -403,7 +408,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
     from ..errors import ConfigError
     from ..lab.results import render_results
-    from ..train.rundir import SWEEP, is_sweep, write_text
+    from .._files import write_text
+    from ..train.runs import SWEEP, is_sweep
 
     for s in args.sweeps:
         if not is_sweep(s):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .arms import Arm
 from .stats import points, side_of_zero, verdict, welch
+from .fair import fair_answer
 from .sweepdata import ArmResult, SweepResult
 
 __all__ = ["answer"]
@@ -92,27 +93,33 @@ def _depth(s: SweepResult) -> list[str]:
 
 
 def answer(sweeps: list[SweepResult]) -> list[str]:
-    """The "When does learning groups pay?" section for these sweeps (empty when none has a comparison)."""
-    fast = [line for s in sweeps if s.protocol.family != "resnext" for line in _fast(s)]
+    """The "When does learning groups pay?" section for these sweeps (empty when none has a comparison): the
+    equal-MACs protocols (cpu-fair) first, then each other protocol at its own scale."""
+    fair = [line for s in sweeps if s.protocol.equal_macs for line in fair_answer(s)]
+    fast = [line for s in sweeps if s.protocol.family != "resnext" and not s.protocol.equal_macs for line in _fast(s)]
     thin: list[str] = []
     resnext = [line for s in sweeps if s.protocol.family == "resnext" for line in _resnext(s, thin)]
     if thin:
         resnext.append(f"- No verdict yet (fewer than 2 seeds on a side, G vs plain): {', '.join(thin)}.")
-    depth = [line for s in sweeps for line in _depth(s)]
-    if not (fast or resnext or depth):
+    depth = [line for s in sweeps if not s.protocol.equal_macs for line in _depth(s)]
+    if not (fair or fast or resnext or depth):
         return []
     out = ["## When does learning groups pay?", "",
            "Each line: the difference in top-1 accuracy (learned minus the arm named), its 95 % Welch interval and the "
-           "seeds on each side; the verdict comes from the interval. Details and every arm follow below.", ""]
+           "seeds on each side; the verdict comes from the interval. Details and every arm follow below. Each protocol "
+           "is its own scale: its numbers are never pooled with another's.", ""]
+    out += fair
     if fast:
-        out += ["**Against the strongest hand-set groups at equal MACs**", "", *fast, ""]
+        out += ["**Against the strongest hand-set groups at equal MACs (GPU protocols, their own scale)**", "", *fast, ""]
     if resnext:
         out += ["**G-ResNeXt against ResNeXt (group convolutions with uniform groups)**", "", *resnext, ""]
     if depth:
-        out += ["**Where the groups go (depth pattern, per cost)**", "", *depth,
-                "- Unresolved: widths grow with depth in these networks, so a pattern under one cost may come from what "
-                "that cost charges each layer rather than from what the layer needs; a constant-width control has not "
-                "run yet.", ""]
+        control = any(a.arm.tag for s in sweeps if s.protocol.equal_macs for a in s.arms if a.rows)
+        out += ["**Where the groups go (depth pattern, per cost; the protocols above the GPU scale)**", "", *depth,
+                "- Caveat: widths grow with depth in these networks, so a pattern under one cost may come from what "
+                "that cost charges each layer rather than from what the layer needs"
+                + ("; the depth control above keeps one width in every block." if control else
+                   "; a constant-width control has not run yet."), ""]
     missing = sum(len(a.missing) for s in sweeps for a in s.arms)
     if missing:
         out += [f"Unresolved everywhere above: {missing} planned runs have not finished (listed under each protocol).", ""]

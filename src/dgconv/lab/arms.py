@@ -43,7 +43,7 @@ def _constant_width_groups(model: str, b: float, input_size: tuple[int, ...]) ->
     import math
 
     from ..models import create_model
-    from ..profile import profile
+    from ..convert.profile import profile
 
     net = create_model(model, num_classes=10)
     shapes = {n: (net.get_submodule(n).in_channels, net.get_submodule(n).out_channels) for n in net.group_conv_names}
@@ -191,9 +191,9 @@ def arm_macs(p: Protocol, arm: Arm) -> float:
 
 @functools.lru_cache(maxsize=256)
 def _arm_macs(p_model: str, p_plain: str, arm: Arm) -> float:
-    from ..constraint import ResourceConstraint
+    from ..budget.constraint import ResourceConstraint
     from ..models import create_model, model_info
-    from ..profile import profile
+    from ..convert.profile import profile
 
     size = model_info(p_model).input_size
     if arm.kind == "plain":

@@ -23,7 +23,7 @@ from .._files import write_text
 from ..train.progress import plural
 from ..train.runs import Run, load_run
 
-__all__ = ["Run", "load_run", "layer_table", "plain_model", "write_report"]
+__all__ = ["layer_table", "plain_model", "write_report", "pyplot"]
 
 
 def plain_model(run: Run, groups: Any = None) -> tuple[Any, tuple[int, ...]]:
@@ -51,7 +51,7 @@ def _cardinality(run: Run) -> int | None:
 def layer_table(run: Run) -> list[dict[str, Any]]:
     """Per DGConv layer: channels, learned groups, MACs as a dense masked conv, deployed, and in the ResNeXt
     counterpart at its own groups (one input)."""
-    from ..profile import profile
+    from ..convert.profile import profile
 
     if not run.groups:
         return []
@@ -66,7 +66,7 @@ def layer_table(run: Run) -> list[dict[str, Any]]:
     return rows
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def pyplot():  # type: ignore[no-untyped-def]
     try:
         import matplotlib
 
@@ -80,7 +80,7 @@ def _plt():  # type: ignore[no-untyped-def]
 
 
 def _groups_figure(runs: list[Run], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * max(len(r.groups) for r in runs) + 3) + 3.5, 4.2))  # + the legend
     refs: dict[int, str] = {}
     for run in runs:
@@ -112,7 +112,7 @@ def _groups_figure(runs: list[Run], path: Path) -> None:
 
 
 def _macs_figure(runs: list[Run], tables: dict[Path, list[dict[str, Any]]], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     n = max(len(tables[r.path]) for r in runs)
     fig, ax = plt.subplots(figsize=(max(6.5, 0.5 * n + 3) + 3.5, 4.2))  # + the legend
     width = 0.8 / len(runs)
@@ -148,7 +148,7 @@ def _integer_epochs(ax) -> None:  # type: ignore[no-untyped-def]
 
 
 def _dynamics_figure(runs: list[Run], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     runs = [r for r in runs if r.metrics and r.metrics[0].get("groups")]
     if not runs:
         return
@@ -186,7 +186,7 @@ def _dynamics_figure(runs: list[Run], path: Path) -> None:
 
 
 def _training_figure(runs: list[Run], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for run in runs:
         ep = [m["epoch"] for m in run.metrics]

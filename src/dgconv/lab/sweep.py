@@ -49,13 +49,13 @@ from ..train.runs import (
     read_metrics,
     set_aside_unresumable,
 )
-from .names import RunName
 from .launchers import LocalPool, make_launcher, stop
-from .arms import Protocol, arm_label, estimate_seconds, protocol_from_dict
+from .arms import Protocol, estimate_seconds, protocol_from_dict
 from .protocols import PROTOCOLS, PlannedRun, planned_runs
 from .results import render_results
+from .sweepdata import WALLS, run_walls, wall_seconds
 
-__all__ = ["run_sweep", "SweepError", "data_provenance", "OFFICIAL_MD5", "wall_seconds", "WALLS"]
+__all__ = ["run_sweep", "SweepError", "data_provenance", "OFFICIAL_MD5"]
 
 _logger = logging.getLogger(__name__)
 
@@ -207,47 +207,11 @@ def _say_estimate(p: Protocol, out: Path, todo: list[PlannedRun]) -> None:
     if left is None:
         _logger.info("[sweep %s] %d runs to go; no measured time for some of their arms, so no estimate", p.name, len(todo))
         return
-    spent = sum(s for name, s in _run_walls(out).items())
+    spent = sum(run_walls(out).values())
     whole = (spent + left) / 3600
     _logger.info("[sweep %s] %d runs to go, about %s one at a time (%s spent so far); the protocol's budget is %g h%s",
                  p.name, len(todo), duration(left / max(1, p.parallel)), duration(spent), p.budget_hours,
                  f": THE ESTIMATE OF {whole:.1f} h EXCEEDS IT" if whole > p.budget_hours else "")
-
-
-def _run_walls(out: Path) -> dict[str, float]:
-    """Wall seconds each run has taken so far in this sweep (``walls.jsonl``, summed over its invocations)."""
-    total: dict[str, float] = {}
-    for row in _read_walls(out):
-        total[row["run"]] = total.get(row["run"], 0.0) + float(row["seconds"])
-    return total
-
-
-def _read_walls(out: Path) -> list[dict[str, Any]]:
-    path = out / WALLS
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-        if isinstance(row, dict) and isinstance(row.get("run"), str) and isinstance(row.get("seconds"), (int, float)):
-            rows.append(row)
-    return rows
-
-
-def wall_seconds(out: str | Path) -> dict[str, float]:
-    """The median wall time of the finished runs of each arm (:func:`~dgconv.lab.protocols.arm_label`), from the
-    sweep's ``walls.jsonl``: what the sweep itself measured, start-up and every resumption included."""
-    out = Path(out)
-    finished = {row["run"] for row in _read_walls(out) if row.get("exit") == 0}
-    by_arm: dict[str, list[float]] = {}
-    for run, seconds in _run_walls(out).items():
-        name = RunName.parse(run)
-        if run in finished and name is not None:
-            by_arm.setdefault(arm_label(name), []).append(seconds)
-    return {arm: statistics.median(v) for arm, v in by_arm.items()}
 
 
 def _record_wall(out: Path, run: str, seconds: float, code: int | None) -> None:
@@ -259,7 +223,6 @@ def _record_wall(out: Path, run: str, seconds: float, code: int | None) -> None:
         os.fsync(f.fileno())
 
 
-WALLS = "walls.jsonl"  # the sweep's own wall time of every run invocation
 SWEEP_LOCK = ".sweep.lock"
 SUBMITIT_FOLDER = ".submitit"  # the submitit launcher's job files (pickles, each job's stdout and stderr)
 _HARMLESS = ("parallel", "label", "equal_macs", "budget_hours", "seconds_per_run")  # fields that change no run
@@ -316,6 +279,55 @@ def _estimate(out: Path, run: PlannedRun, runs: list[PlannedRun]) -> float | Non
     return 1.15 * statistics.fmean(times) + 15.0 if times else None
 
 
+def _time_left(p: Protocol, runs: list[PlannedRun], out: Path, took: list[float], pending: list[PlannedRun],
+               running: dict[float, PlannedRun], phase: int, width: int) -> str:
+    """``; about 12 min left`` for every unfinished run of this and later phases (``running``: start time -> run),
+    from the runs finished so far (nothing until the first one of a kind ends)."""
+    def guess(r: PlannedRun) -> float | None:
+        return _estimate(out, r, runs) or (statistics.fmean(took) if took else None)
+
+    now = time.time()
+    later = [r for r in runs if r.phase > phase and finished_epochs(out / str(r.name)) < p.epochs]
+    parts = [guess(r) for r in pending + later]
+    for t0, r in running.items():
+        g = guess(r)
+        parts.append(None if g is None else max(0.0, g - (now - t0)))
+    if not parts or any(g is None for g in parts):
+        return ""
+    return f"; about {duration(sum(parts) / width)} left"  # type: ignore[arg-type]
+
+
+def _source_ready(p: Protocol, r: PlannedRun, out: Path, failed: list[str], deferred: list[str]) -> bool:
+    """Whether a phase-2 run's source search finished; if not, the run is listed as failed (its source failed) or
+    deferred: its groups would come from an unfinished search, and it never starts from those."""
+    if finished_epochs(out / str(r.name.source)) >= p.epochs:
+        return True
+    source_failed = str(r.name.source) in failed
+    (failed if source_failed else deferred).append(str(r.name))
+    _logger.info("[sweep %s] %s not started: its source run %s %s", p.name, r.name, r.name.source,
+                 "failed" if source_failed else f"has not finished its {plural(p.epochs, 'epoch')}")
+    return False
+
+
+def _submit(p: Protocol, r: PlannedRun, out: Path, data_dir: str | Path, executor: Any,
+            runner: Callable[[dict[str, Any]], int] | None, position: int, todo: int) -> Any:
+    """Start one run on ``executor``: its directory (a copy brought back without its checkpoint set aside), the
+    files it reads, its options; returns the future of its exit status."""
+    rd = out / str(r.name)
+    aside = set_aside_unresumable(rd)
+    if aside is not None:
+        _logger.warning("[sweep %s] %s recorded %d epochs but has no checkpoint (brought back without "
+                        "it?): moved to %s, starting it again", p.name, r.name, finished_epochs(aside), aside.name)
+    for fname, doc in r.files.items():  # e.g. a hand-set arm's groups, written once per arm
+        if not (out / fname).exists():
+            write_json(out / fname, doc)
+    options = _options(r, out, data_dir, p.epochs)
+    rd.mkdir(parents=True, exist_ok=True)
+    _logger.info("[sweep %s] start %s (%d/%d): %s", p.name, r.name, position, todo,
+                 " ".join(["dgconv", "train", *to_flags(options)]))
+    return executor.submit(_train_in_worker, runner, options, str(rd / LOG))
+
+
 def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Path, deadline: float | None = None,
              runner: Callable[[dict[str, Any]], int] | None = None,
              launcher: Callable[[int], Any] = LocalPool) -> tuple[list[str], list[str]]:
@@ -334,20 +346,7 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
     names: dict[Any, str] = {}
 
     def left(pending: list[PlannedRun], running: dict[Any, PlannedRun], phase: int) -> str:
-        """``; about 12 min left`` for every unfinished run of this and later phases, from the runs finished so far
-        (nothing until the first one of a kind ends)."""
-        def guess(r: PlannedRun) -> float | None:
-            return _estimate(out, r, runs) or (statistics.fmean(took) if took else None)
-
-        now = time.time()
-        later = [r for r in runs if r.phase > phase and finished_epochs(out / str(r.name)) < p.epochs]
-        parts = [guess(r) for r in pending + later]
-        for f, r in running.items():
-            g = guess(r)
-            parts.append(None if g is None else max(0.0, g - (now - started_at[f])))
-        if not parts or any(g is None for g in parts):
-            return ""
-        return f"; about {duration(sum(parts) / width)} left"  # type: ignore[arg-type]
+        return _time_left(p, runs, out, took, pending, {started_at[f]: r for f, r in running.items()}, phase, width)
 
     executor = launcher(width)
     try:
@@ -357,31 +356,13 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
             while pending or running:
                 while pending and len(running) < width:
                     r = pending.pop(0)
-                    if r.phase == 2 and finished_epochs(out / str(r.name.source)) < p.epochs:
-                        # its groups would come from an unfinished search: never start it from those
-                        source_failed = str(r.name.source) in failed
-                        (failed if source_failed else deferred).append(str(r.name))
-                        _logger.info("[sweep %s] %s not started: its source run %s %s", p.name, r.name, r.name.source,
-                                     "failed" if source_failed else f"has not finished its {plural(p.epochs, 'epoch')}")
+                    if r.phase == 2 and not _source_ready(p, r, out, failed, deferred):
                         continue
                     guess = _estimate(out, r, runs)
                     if deadline is not None and (time.time() >= deadline or (guess and time.time() + guess > deadline)):
                         deferred.append(str(r.name))
                         continue
-                    rd = out / str(r.name)
-                    aside = set_aside_unresumable(rd)
-                    if aside is not None:
-                        _logger.warning("[sweep %s] %s recorded %d epochs but has no checkpoint (brought back without "
-                                        "it?): moved to %s, starting it again", p.name, r.name,
-                                        finished_epochs(aside), aside.name)
-                    for fname, doc in r.files.items():  # e.g. a hand-set arm's groups, written once per arm
-                        if not (out / fname).exists():
-                            write_json(out / fname, doc)
-                    options = _options(r, out, data_dir, p.epochs)
-                    rd.mkdir(parents=True, exist_ok=True)
-                    _logger.info("[sweep %s] start %s (%d/%d): %s", p.name, r.name, ended + len(running) + 1, todo,
-                                 " ".join(["dgconv", "train", *to_flags(options)]))
-                    fut = executor.submit(_train_in_worker, runner, options, str(rd / LOG))
+                    fut = _submit(p, r, out, data_dir, executor, runner, ended + len(running) + 1, todo)
                     running[fut], started_at[fut], names[fut] = r, time.time(), str(r.name)
                 if deadline is not None and running and time.time() >= deadline:
                     _logger.info("[sweep %s] deadline: stopping %s at their last checkpoint", p.name,

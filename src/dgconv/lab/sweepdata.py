@@ -4,6 +4,7 @@ learned groups, the depth correlation), grouped into the arms of its protocol (:
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -13,12 +14,15 @@ from typing import Any
 from .._files import read_json
 from ..train.runs import SWEEP, Run, is_run, load_run, read_groups
 from .names import RunName
-from .arms import Arm, Protocol, arms_of, protocol_from_dict
+from .arms import Arm, Protocol, arm_label, arms_of, protocol_from_dict
 from .protocols import planned_runs
 from .report import plain_model
 from .stats import Summary, summarize
 
-__all__ = ["RunRow", "ArmResult", "SweepResult", "spearman", "load_sweep"]
+__all__ = ["RunRow", "ArmResult", "SweepResult", "spearman", "load_sweep", "WALLS", "run_walls", "wall_seconds"]
+
+#: The sweep's own wall time of every run invocation, one JSON line each (written by :mod:`dgconv.lab.sweep`).
+WALLS = "walls.jsonl"
 
 
 @dataclass(frozen=True)
@@ -109,17 +113,28 @@ def _architecture(run: Run, sweep: Path) -> Any:
     c = run.config
     if run.groups and run.config.get("budget") is not None:
         return dict(run.groups)
-    if c.get("groups_from"):
-        src = Path(c["groups_from"])
+    source = c.get("groups_from") or c.get("structure_from")  # a learned structure costs what its groups cost
+    if source:
+        src = Path(source)
         local = sweep / src.parent.name / src.name  # the source run inside this sweep directory
         return read_groups(local if local.exists() else src)
     return c.get("groups")
 
 
-def _row(name: RunName, run: Run, sweep: Path) -> RunRow:
-    from ..profile import profile
+_PROFILES: dict[str, Any] = {}  # one profile per architecture: a sweep has many seeds of few architectures
 
-    prof = profile(*plain_model(run, _architecture(run, sweep)))
+
+def _profile(run: Run, architecture: Any) -> Any:
+    from ..convert.profile import profile
+
+    key = json.dumps([run.config["model"], architecture, run.num_classes, run.input_size], sort_keys=True, default=str)
+    if key not in _PROFILES:
+        _PROFILES[key] = profile(*plain_model(run, architecture))
+    return _PROFILES[key]
+
+
+def _row(name: RunName, run: Run, sweep: Path) -> RunRow:
+    prof = _profile(run, _architecture(run, sweep))
     f = run.final
     rho = None
     if run.groups and run.config.get("budget") is not None:
@@ -144,3 +159,39 @@ def load_sweep(path: str | Path) -> SweepResult:
             done = f"{len(run.metrics)}/{run.epochs} epochs" if run is not None else "not started"
             arm.missing.append(f"{key} ({done})")
     return SweepResult(path, meta, protocol, arms)
+
+
+def run_walls(out: Path) -> dict[str, float]:
+    """Wall seconds each run has taken so far in this sweep (``walls.jsonl``, summed over its invocations)."""
+    total: dict[str, float] = {}
+    for row in _read_walls(out):
+        total[row["run"]] = total.get(row["run"], 0.0) + float(row["seconds"])
+    return total
+
+
+def _read_walls(out: Path) -> list[dict[str, Any]]:
+    path = out / WALLS
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if isinstance(row, dict) and isinstance(row.get("run"), str) and isinstance(row.get("seconds"), (int, float)):
+            rows.append(row)
+    return rows
+
+
+def wall_seconds(out: str | Path) -> dict[str, float]:
+    """The median wall time of the finished runs of each arm (:func:`~dgconv.lab.protocols.arm_label`), from the
+    sweep's ``walls.jsonl``: what the sweep itself measured, start-up and every resumption included."""
+    out = Path(out)
+    finished = {row["run"] for row in _read_walls(out) if row.get("exit") == 0}
+    by_arm: dict[str, list[float]] = {}
+    for run, seconds in run_walls(out).items():
+        name = RunName.parse(run)
+        if run in finished and name is not None:
+            by_arm.setdefault(arm_label(name), []).append(seconds)
+    return {arm: statistics.median(v) for arm, v in by_arm.items()}

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layers import DGConv2d
+from ..layer.conv import DGConv2d, check_group_limits
 
 __all__ = ["FastNet", "Whitening", "ChannelShuffle"]
 
@@ -132,8 +132,7 @@ class FastNet(nn.Module):
             raise ValueError("shuffle is for fixed group convolutions; a G-network learns its channel order")
         if len(widths) != 3 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be three positive ints (one per block), got {widths!r}")
-        if not dgconv and (min_group_width is not None or max_groups is not None):
-            raise ValueError("min_group_width / max_groups limit learned groups: they need g_fastnet")
+        check_group_limits(min_group_width, max_groups, learnable=dgconv)
         names = [f"block{b}.conv{c}" for b in (1, 2, 3) for c in (1, 2)]
         spec = dict(groups) if isinstance(groups, Mapping) else {}
         unknown = sorted(set(spec) - set(names))

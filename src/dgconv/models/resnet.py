@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..layers import DGConv2d
+from ..layer.conv import DGConv2d, check_group_limits
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "conv1x1", "conv3x3", "GroupSpec"]
 
@@ -195,8 +195,7 @@ class ResNet(nn.Module):
         self._cardinality = cardinality
         self._base_width = base_width
         self._dgconv = dgconv
-        if not dgconv and (min_group_width is not None or max_groups is not None):
-            raise ValueError("min_group_width / max_groups limit learned groups: they need a G-ResNeXt (dgconv=True)")
+        check_group_limits(min_group_width, max_groups, learnable=dgconv)
         self._dgconv_options = {"impl": dgconv_impl, "min_group_width": min_group_width, "max_groups": max_groups}
         self.group_conv_names = list[str]()  # typed without an annotation statement, which TorchScript warns on
         self.dgconv_cfg = None  # set by dgconv.create_model: how the model was built

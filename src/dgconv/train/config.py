@@ -21,7 +21,8 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["TrainConfig", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "GROUPS", "CROP_PADDING", "merge_resume", "check_type"]
+__all__ = ["TrainConfig", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "GROUPS", "CROP_PADDING", "merge_resume", "check_type",
+           "Choices"]
 
 #: Defaults that depend on the dataset (anything left ``None`` in :class:`TrainConfig`).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -50,6 +51,32 @@ GROUPS = {
 }
 
 
+class Choices:
+    """The values an option accepts, kept in the module that acts on them (``Choices("dgconv.budget.costs",
+    "COSTS")``) and read from there the first time they are needed, so that the command line builds its parser
+    without importing torch. Iterable, sized and testable with ``in`` like the tuple it stands for."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def values(self) -> tuple[str, ...]:
+        import importlib
+
+        return tuple(getattr(importlib.import_module(self.module), self.name))
+
+    def __iter__(self) -> Any:
+        return iter(self.values())
+
+    def __len__(self) -> int:
+        return len(self.values())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.values()
+
+    def __repr__(self) -> str:
+        return f"Choices({self.module}.{self.name})"
+
+
 def _opt(default: Any, group: str, help: str, **cli: Any) -> Any:
     """A :class:`TrainConfig` field declared once: its default, option group and help, plus what the command line
     needs beyond the field's type (``choices``, ``metavar``, ``nargs``, ``parse``: a named parser such as
@@ -64,7 +91,7 @@ class TrainConfig:
     ``budget``: ``"default"`` takes the model's registered budget (``dgconv models`` lists it), a number sets
     ``b``, ``None`` trains unconstrained; ``target`` (an absolute cap in the cost's units) replaces it. ``cost``:
     ``"connections"`` (the paper's), ``"macs"`` or ``"latency"`` (with ``latency_table``). ``objective``: ``"paper"``
-    or ``"lagrangian"`` (:mod:`dgconv.constraint`). ``batch_size`` is the global batch, split over processes.
+    or ``"lagrangian"`` (:mod:`dgconv.budget.constraint`). ``batch_size`` is the global batch, split over processes.
     ``freeze_groups_at``: search, then train -- an epoch number (``"5"``) or a fraction of the schedule (``"0.3"``)
     after which every DGConv layer becomes its group convolution (:func:`dgconv.freeze_groups`).
     ``gate_batch_fraction`` / ``gate_every``: cheaper gate gradients (sub-batch estimate / every K steps).
@@ -79,14 +106,14 @@ class TrainConfig:
     enforce_budget: bool = _opt(True, "model", "do not project onto zeta <= o at epoch ends (the paper's soft "
                                 "objective alone)")
     cost: str = _opt("connections", "model", "what the budget counts: the paper's connections (default), MACs, or "
-                     "measured latency (--latency-table)", choices=("connections", "macs", "latency"))
+                     "measured latency (--latency-table)", choices=Choices("dgconv.budget.costs", "COSTS"))
     target: float | None = _opt(None, "model", "absolute cap on the network's cost in the cost's units (MACs per "
                                 "input, or ms), instead of --budget")
     latency_table: str | None = _opt(None, "model", "latency table JSON for --cost latency (from `dgconv latency`)")
     trust_latency_table: bool = _opt(False, "model", "train on a latency table even though some of its timings look "
                                      "contaminated (`dgconv latency` names them)")
     objective: str = _opt("paper", "model", "paper: L*(o/zeta)^a (default); lagrangian: L + lambda*(zeta/o - 1), "
-                          "lambda by dual ascent", choices=("paper", "lagrangian"))
+                          "lambda by dual ascent", choices=Choices("dgconv.budget.constraint", "OBJECTIVES"))
     dual_lr: float = _opt(0.05, "model", "dual ascent step of --objective lagrangian (default 0.05)")
     min_group_width: int | None = _opt(None, "model", "no group narrower than this many channels (hardware-friendly "
                                        "groups)")
@@ -111,7 +138,7 @@ class TrainConfig:
                                       "(unbiased; default 1: exact)")
     gate_every: int = _opt(1, "groups", "gate gradients on every K-th step only (default 1: every step)", metavar="K")
     # data
-    dataset: str = _opt("digits", "data", "default: digits", choices=("digits", "cifar10", "cifar100", "imagefolder"))
+    dataset: str = _opt("digits", "data", "default: digits", choices=Choices("dgconv.train.config", "DATASET_DEFAULTS"))
     data_dir: str | None = _opt(None, "data", "CIFAR: folder holding (or being) cifar-10-batches-py / "
                                 "cifar-100-python; imagefolder: DIR with train/ and val/")
     download: bool = _opt(False, "data", "CIFAR-10/100: download the official archive into --data-dir if it is not "
@@ -121,13 +148,13 @@ class TrainConfig:
                                   "larger ones at the model's input size)")
     resize: str = _opt("auto", "data", "image folders: pad (pad-and-crop at the size, CIFAR recipe), crop (random-"
                        "resized crop, ImageNet recipe), stretch (resize to the size); auto (default) picks pad for "
-                       "images up to 64 px, crop above", choices=("auto", "pad", "crop", "stretch"))
+                       "images up to 64 px, crop above", choices=Choices("dgconv.train.data.folder", "RESIZE_POLICIES"))
     mean: list[float] | None = _opt(None, "data", "per-channel normalisation mean in [0, 1] (default: computed from "
                                     "the data)", nargs="+")
     std: list[float] | None = _opt(None, "data", "per-channel normalisation std (default: computed from the data)",
                                    nargs="+")
     hflip: str = _opt("auto", "data", "random horizontal flips (auto: for colour images only)",
-                      choices=("auto", "on", "off"))
+                      choices=Choices("dgconv.train.data.folder", "HFLIP_MODES"))
     crop_padding: int = _opt(CROP_PADDING, "data", f"CIFAR: zero padding of the random crop (default {CROP_PADDING})")
     crop_scale: float = _opt(0.35, "data", "image folders, crop policy: the smallest area fraction a random-resized "
                              "crop keeps (default 0.35; ImageNet recipes use 0.08 over 90+ epochs)")
@@ -146,7 +173,7 @@ class TrainConfig:
     nesterov: bool = _opt(False, "optimisation", "Nesterov momentum")
     weight_decay: float = _opt(1e-4, "optimisation", "weight decay of all parameters but the gates (default 1e-4)")
     schedule: str = _opt("cosine", "optimisation", "default: cosine; triangle: 0.2x -> 1x at the end of warm-up -> 0, "
-                         "linearly", choices=("cosine", "step", "constant", "triangle"))
+                         "linearly", choices=Choices("dgconv.train.schedule", "SCHEDULES"))
     warmup_epochs: float = _opt(0.0, "optimisation", "linear warm-up epochs (default 0)")
     label_smoothing: float = _opt(0.0, "optimisation", "label smoothing of the cross-entropy (default 0)")
     lookahead: int = _opt(0, "optimisation", "lookahead every K steps (0: off)", metavar="K")
@@ -159,7 +186,7 @@ class TrainConfig:
                                      "schedule's (the fast recipe: 64; their decay is divided by it; default 1)")
     freeze_norm_scale: bool = _opt(False, "optimisation", "batch-norm scales fixed at 1, not trained (the fast recipe)")
     tta: str = _opt("none", "optimisation", "test-time augmentation: flip averages with the mirror image; flip-shift "
-                    "also with 1-pixel translations of both (6 views); default none", choices=("none", "flip", "flip-shift"))
+                    "also with 1-pixel translations of both (6 views); default none", choices=Choices("dgconv.train.tta", "TTA_MODES"))
     seed: int = _opt(0, "optimisation", "random seed of the weights, the batch order and the augmentation (default 0)")
     # the run
     out: str | None = _opt(None, "run", "run directory (default runs/<model>-<dataset>-<time>)")
@@ -180,25 +207,19 @@ class TrainConfig:
         """A copy with dataset defaults filled in and every field checked (raises :class:`ConfigError`).
 
         This is the one place that validates a run's options: the command line, config files and sweeps only
-        parse, and the layer and the constraint trust what it lets through (their own checks are for direct API
-        users)."""
+        parse. Each field's type, its choices and the finiteness of every number are checked for all fields alike;
+        then one small check per option group (:data:`CHECKS`, next to nothing else) looks at the rules between
+        fields. Rules the Python API shares -- a budget and a target (:func:`dgconv.budget.constraint.check_budget`),
+        the hardware limits (:func:`dgconv.layer.conv.check_group_limits`) -- are the API's own functions, so both
+        refuse the same things with the same words."""
         for f in dataclasses.fields(self):
-            check_type(f.name, getattr(self, f.name))
-        for name in ("alpha", "target", "dual_lr", "gate_batch_fraction", "gate_init", "lr", "momentum", "weight_decay",
-                     "warmup_epochs", "label_smoothing", "lookahead_alpha"):
-            v = getattr(self, name)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
-        if isinstance(self.budget, float) and not math.isfinite(self.budget):
-            raise ConfigError(f"budget must be a finite positive number, got {self.budget}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"--seed must be in [0, 2^63), got {self.seed}")
-        if self.dataset not in DATASET_DEFAULTS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}: choose from {sorted(DATASET_DEFAULTS)}")
+            value = getattr(self, f.name)
+            check_type(f.name, value)
+            if isinstance(value, float) and not math.isfinite(value) and f.name not in ("budget", "target"):
+                raise ConfigError(f"--{_flag(f.name)} must be a finite number, got {value}")
+            choices = f.metadata.get("choices")
+            if choices is not None and value is not None and value not in choices:
+                raise ConfigError(f"--{_flag(f.name)} must be one of {', '.join(map(repr, choices))}, got {value!r}")
         cfg = dataclasses.replace(self)
         for key, value in DATASET_DEFAULTS[self.dataset].items():
             if getattr(cfg, key) is None:
@@ -206,125 +227,8 @@ class TrainConfig:
         from ..models import model_info  # here: the command line builds its parser from this module without torch
 
         info = model_info(cfg.model)  # raises UnknownModelError (a ConfigError) with close matches
-        if cfg.target is not None:
-            if cfg.budget not in ("default", None):
-                raise ConfigError("give --budget or --target, not both (a target is an absolute cap in the cost's units)")
-            if isinstance(cfg.target, bool) or not (cfg.target > 0 and math.isfinite(cfg.target)):
-                raise ConfigError(f"target must be a positive number, got {cfg.target}")
-            if not info.dgconv:
-                raise ConfigError(f"model {cfg.model!r} has no DGConv layers: a target needs a g_* model")
-            cfg.budget = None
-        if cfg.budget == "default":
-            cfg.budget = info.budget
-        if isinstance(cfg.budget, str):
-            raise ConfigError(f"budget must be a number, 'default' or None, got {cfg.budget!r}")
-        if cfg.budget is not None:
-            if isinstance(cfg.budget, bool) or not (cfg.budget > 0 and math.isfinite(cfg.budget)):
-                raise ConfigError(f"budget must be positive, got {cfg.budget}")
-            if cfg.budget < 1:  # o = sum C_in C_out / b above the dense network's: nothing to keep, and o overflows
-                raise ConfigError(f"budget b={cfg.budget:g} is below 1: it allows more than the dense network "
-                                  f"(o > sum C_in C_out), so it constrains nothing; give b >= 1, or --budget none")
-            if not info.dgconv:
-                raise ConfigError(f"model {cfg.model!r} has no DGConv layers: a budget needs a g_* model (or --budget none)")
-        if not isinstance(cfg.epochs, int) or isinstance(cfg.epochs, bool) or cfg.epochs < 1:
-            raise ConfigError(f"epochs must be a positive integer, got {cfg.epochs!r}")
-        auto = cfg.batch_size == "auto" and cfg.dataset == "imagefolder"
-        if not auto and (not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1):
-            raise ConfigError(f"batch size must be a positive integer, got {cfg.batch_size!r}")
-        if not cfg.lr > 0:
-            raise ConfigError(f"learning rate must be positive, got {cfg.lr}")
-        if not cfg.alpha < 0:
-            raise ConfigError(f"alpha must be negative, got {cfg.alpha}")
-        from ..constraint import OBJECTIVES
-        from ..costs import COSTS
-
-        if cfg.cost not in COSTS:
-            raise ConfigError(f"unknown cost {cfg.cost!r}: choose from {list(COSTS)}")
-        if cfg.cost == "latency" and not cfg.latency_table:
-            raise ConfigError("--cost latency needs --latency-table FILE (measure one with `dgconv latency MODEL --out FILE`)")
-        if cfg.trust_latency_table and cfg.cost != "latency":
-            raise ConfigError("--trust-latency-table applies to --cost latency")
-        if cfg.latency_table and cfg.cost != "latency":
-            raise ConfigError(f"--latency-table is read only with --cost latency (the cost is {cfg.cost!r})")
-        if cfg.objective not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {cfg.objective!r}: choose from {list(OBJECTIVES)}")
-        if not cfg.dual_lr > 0:
-            raise ConfigError(f"dual learning rate must be positive, got {cfg.dual_lr}")
-        for name in ("min_group_width", "max_groups"):
-            v = getattr(cfg, name)
-            if v is not None:
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
-                if not info.dgconv:
-                    raise ConfigError(f"--{name.replace('_', '-')} limits learned groups: model {cfg.model!r} has no DGConv layers")
-        if cfg.schedule not in ("cosine", "step", "constant", "triangle"):
-            raise ConfigError(f"schedule must be 'cosine', 'step', 'constant' or 'triangle', got {cfg.schedule!r}")
-        if cfg.nesterov and not cfg.momentum > 0:
-            raise ConfigError("--nesterov needs a positive --momentum")
-        if isinstance(cfg.lookahead, bool) or not isinstance(cfg.lookahead, int) or cfg.lookahead < 0:
-            raise ConfigError(f"--lookahead takes a step count (0: off), got {cfg.lookahead!r}")
-        if not 0 < cfg.lookahead_alpha <= 1:
-            raise ConfigError(f"--lookahead-alpha must be in (0, 1], got {cfg.lookahead_alpha}")
-        if cfg.lookahead_ramp and not cfg.lookahead:
-            raise ConfigError("--lookahead-ramp needs --lookahead K")
-        if cfg.tta not in ("none", "flip", "flip-shift"):
-            raise ConfigError(f"--tta must be 'none', 'flip' or 'flip-shift', got {cfg.tta!r}")
-        if not (isinstance(cfg.norm_bias_lr_scale, (int, float)) and not isinstance(cfg.norm_bias_lr_scale, bool)
-                and 0 < cfg.norm_bias_lr_scale < float("inf")):
-            raise ConfigError(f"--norm-bias-lr-scale must be a positive number, got {cfg.norm_bias_lr_scale!r}")
-        if not (isinstance(cfg.crop_scale, (int, float)) and 0 < cfg.crop_scale <= 1):
-            raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale!r}")
-        if isinstance(cfg.crop_padding, bool) or not isinstance(cfg.crop_padding, int) or cfg.crop_padding < 0:
-            raise ConfigError(f"--crop-padding must be 0 or more pixels, got {cfg.crop_padding!r}")
-        if not 0 <= cfg.warmup_epochs < cfg.epochs:
-            raise ConfigError(f"warmup epochs must be in [0, epochs), got {cfg.warmup_epochs}")
-        if not 0 <= cfg.label_smoothing < 1:
-            raise ConfigError(f"label smoothing must be in [0, 1), got {cfg.label_smoothing}")
-        if cfg.groups is not None and cfg.groups_from:
-            raise ConfigError("give --groups or --groups-from, not both")
-        if cfg.structure_from is not None:
-            if not info.dgconv:
-                raise ConfigError(f"--structure-from rebuilds a learned G-network's structure: model {cfg.model!r} has "
-                                  f"no DGConv layers (give the g_* model the structure was learned with)")
-            if cfg.groups is not None or cfg.groups_from or cfg.budget is not None or cfg.freeze_groups_at is not None:
-                raise ConfigError("--structure-from fixes every layer's groups and channel order: give it with "
-                                  "--budget none and without --groups, --groups-from or --freeze-groups-at")
-        if cfg.threads is not None and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 1):
-            raise ConfigError(f"--threads must be a positive integer, got {cfg.threads!r}")
-        for name in ("limit_train", "limit_test", "groups"):
-            v = getattr(cfg, name)
-            if v is not None and v < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {v}")
-        gate_options = cfg.freeze_groups_at is not None or cfg.gate_batch_fraction != 1.0 or cfg.gate_every != 1
-        if gate_options and not info.dgconv:
-            raise ConfigError(f"model {cfg.model!r} has no DGConv layers: --freeze-groups-at, --gate-batch-fraction and "
-                              f"--gate-every apply to learned groups (a g_* model)")
-        if isinstance(cfg.gate_batch_fraction, bool) or not 0 < cfg.gate_batch_fraction <= 1:
-            raise ConfigError(f"gate batch fraction must be in (0, 1], got {cfg.gate_batch_fraction}")
-        if isinstance(cfg.gate_every, bool) or not isinstance(cfg.gate_every, int) or cfg.gate_every < 1:
-            raise ConfigError(f"gate-every must be a positive integer (1: every step), got {cfg.gate_every!r}")
-        cfg.freeze_epoch()  # validates
-        if cfg.image_size is not None and (isinstance(cfg.image_size, bool) or cfg.image_size < 1):
-            raise ConfigError(f"image size must be a positive integer, got {cfg.image_size!r}")
-        from .data.folder import RESIZE_POLICIES
-
-        if cfg.resize not in RESIZE_POLICIES:
-            raise ConfigError(f"--resize must be one of {list(RESIZE_POLICIES)}, got {cfg.resize!r}")
-        if cfg.hflip not in ("auto", "on", "off"):
-            raise ConfigError(f"--hflip must be 'auto', 'on' or 'off', got {cfg.hflip!r}")
-        if (cfg.mean is None) != (cfg.std is None):
-            raise ConfigError("give --mean and --std together (one value per image channel each)")
-        if cfg.mean is not None and (len(cfg.mean) != len(cfg.std) or any(not s > 0 for s in cfg.std)):  # type: ignore[arg-type]
-            raise ConfigError(f"--mean and --std need the same number of values (one per channel), std positive; got "
-                              f"{cfg.mean} and {cfg.std}")
-        if cfg.download and cfg.dataset not in ("cifar10", "cifar100"):
-            raise ConfigError(f"--download fetches CIFAR-10/100; {cfg.dataset} is not downloadable")
-        if cfg.gate_init is not None and not cfg.gate_init > 0:
-            raise ConfigError(f"--gate-init must be positive, got {cfg.gate_init}")
-        if cfg.workers is not None and cfg.workers < 0:
-            raise ConfigError(f"workers must be 0 or more, got {cfg.workers}")
-        if cfg.dataset in ("cifar10", "cifar100", "imagefolder") and not cfg.data_dir:
-            raise ConfigError(f"--dataset {cfg.dataset} needs --data-dir")
+        for check in CHECKS.values():
+            check(cfg, info)
         return cfg
 
     def freeze_epoch(self) -> int | None:
@@ -351,6 +255,117 @@ class TrainConfig:
         if not 1 <= epoch <= int(self.epochs or 0):
             raise ConfigError(f"--freeze-groups-at {x} is outside the schedule: give an epoch in [1, {self.epochs}] or a fraction")
         return epoch
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _positive_int(cfg: TrainConfig, *names: str, zero: bool = False) -> None:
+    for name in names:
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if zero else 1)):
+            raise ConfigError(f"--{_flag(name)} must be {'0 or more' if zero else 'a positive integer'}, got {v!r}")
+
+
+def _check_model(cfg: TrainConfig, info: Any) -> None:
+    """model and budget: the budget (or target) and the model that has to learn under it."""
+    from ..budget.constraint import check_budget
+    from ..layer.conv import check_group_limits
+
+    if cfg.budget == "default":
+        cfg.budget = None if cfg.target is not None else info.budget
+    if isinstance(cfg.budget, str):
+        raise ConfigError(f"budget must be a number, 'default' or None, got {cfg.budget!r}")
+    check_budget(cfg.budget, cfg.target)
+    if (cfg.budget is not None or cfg.target is not None) and not info.dgconv:
+        raise ConfigError(f"model {cfg.model!r} has no DGConv layers: a budget or target needs a g_* model (or --budget none)")
+    check_group_limits(cfg.min_group_width, cfg.max_groups, learnable=info.dgconv)
+    if not cfg.alpha < 0:
+        raise ConfigError(f"alpha must be negative, got {cfg.alpha}")
+    if not cfg.dual_lr > 0:
+        raise ConfigError(f"dual learning rate must be positive, got {cfg.dual_lr}")
+    if cfg.cost == "latency" and not cfg.latency_table:
+        raise ConfigError("--cost latency needs --latency-table FILE (measure one with `dgconv latency MODEL --out FILE`)")
+    if (cfg.trust_latency_table or cfg.latency_table) and cfg.cost != "latency":
+        raise ConfigError(f"--latency-table and --trust-latency-table apply to --cost latency (the cost is {cfg.cost!r})")
+    if cfg.groups is not None and cfg.groups_from:
+        raise ConfigError("give --groups or --groups-from, not both")
+    _positive_int(cfg, "groups")
+    if cfg.structure_from is not None:
+        if not info.dgconv:
+            raise ConfigError(f"--structure-from rebuilds a learned G-network's structure: model {cfg.model!r} has "
+                              f"no DGConv layers (give the g_* model the structure was learned with)")
+        if cfg.groups is not None or cfg.groups_from or cfg.budget is not None or cfg.freeze_groups_at is not None:
+            raise ConfigError("--structure-from fixes every layer's groups and channel order: give it with "
+                              "--budget none and without --groups, --groups-from or --freeze-groups-at")
+    if cfg.gate_init is not None and not cfg.gate_init > 0:
+        raise ConfigError(f"--gate-init must be positive, got {cfg.gate_init}")
+
+
+def _check_groups(cfg: TrainConfig, info: Any) -> None:
+    """learning the groups, faster: options that only a network learning its groups takes."""
+    gate_options = cfg.freeze_groups_at is not None or cfg.gate_batch_fraction != 1.0 or cfg.gate_every != 1
+    if gate_options and not info.dgconv:
+        raise ConfigError(f"model {cfg.model!r} has no DGConv layers: --freeze-groups-at, --gate-batch-fraction and "
+                          f"--gate-every apply to learned groups (a g_* model)")
+    if not 0 < cfg.gate_batch_fraction <= 1:
+        raise ConfigError(f"gate batch fraction must be in (0, 1], got {cfg.gate_batch_fraction}")
+    if isinstance(cfg.gate_every, bool) or cfg.gate_every < 1:
+        raise ConfigError(f"gate-every must be a positive integer (1: every step), got {cfg.gate_every!r}")
+
+
+def _check_data(cfg: TrainConfig, info: Any) -> None:
+    """data: where the images come from and how they are read."""
+    _positive_int(cfg, "limit_train", "limit_test", "image_size")
+    _positive_int(cfg, "workers", "crop_padding", zero=True)
+    if not 0 < cfg.crop_scale <= 1:
+        raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale!r}")
+    if (cfg.mean is None) != (cfg.std is None):
+        raise ConfigError("give --mean and --std together (one value per image channel each)")
+    if cfg.mean is not None and (len(cfg.mean) != len(cfg.std) or any(not s > 0 for s in cfg.std)):  # type: ignore[arg-type]
+        raise ConfigError(f"--mean and --std need the same number of values (one per channel), std positive; got "
+                          f"{cfg.mean} and {cfg.std}")
+    if cfg.download and cfg.dataset not in ("cifar10", "cifar100"):
+        raise ConfigError(f"--download fetches CIFAR-10/100; {cfg.dataset} is not downloadable")
+    if cfg.dataset != "digits" and not cfg.data_dir:
+        raise ConfigError(f"--dataset {cfg.dataset} needs --data-dir")
+
+
+def _check_optimisation(cfg: TrainConfig, info: Any) -> None:
+    """optimisation: the schedule and the optimizer."""
+    _positive_int(cfg, "epochs")
+    if cfg.epochs is None:
+        raise ConfigError("epochs must be a positive integer, got None")
+    auto = cfg.batch_size == "auto" and cfg.dataset == "imagefolder"
+    if not auto and (not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1):
+        raise ConfigError(f"batch size must be a positive integer, got {cfg.batch_size!r}")
+    for name, ok, rule in (("lr", cfg.lr is not None and cfg.lr > 0, "positive"),
+                           ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),
+                           ("weight_decay", cfg.weight_decay >= 0, "0 or more"),
+                           ("warmup_epochs", 0 <= cfg.warmup_epochs < cfg.epochs, "in [0, epochs)"),
+                           ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+                           ("lookahead_alpha", 0 < cfg.lookahead_alpha <= 1, "in (0, 1]"),
+                           ("norm_bias_lr_scale", cfg.norm_bias_lr_scale > 0, "positive"),
+                           ("seed", 0 <= cfg.seed < 2**63, "in [0, 2^63)")):
+        if not ok:
+            raise ConfigError(f"--{_flag(name)} must be {rule}, got {getattr(cfg, name)}")
+    if cfg.nesterov and not cfg.momentum > 0:
+        raise ConfigError("--nesterov needs a positive --momentum")
+    _positive_int(cfg, "lookahead", zero=True)
+    if cfg.lookahead_ramp and not cfg.lookahead:
+        raise ConfigError("--lookahead-ramp needs --lookahead K")
+    cfg.freeze_epoch()  # validates --freeze-groups-at against the schedule
+
+
+def _check_run(cfg: TrainConfig, info: Any) -> None:
+    """the run: where and how it executes."""
+    _positive_int(cfg, "threads")
+
+
+#: The checks of :meth:`TrainConfig.resolved` after the per-field ones, one per option group (:data:`GROUPS`).
+CHECKS = {"model": _check_model, "groups": _check_groups, "data": _check_data, "optimisation": _check_optimisation,
+          "run": _check_run}
 
 
 def merge_resume(cfg: TrainConfig, saved: dict[str, Any], explicit: set[str]) -> TrainConfig:

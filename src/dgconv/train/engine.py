@@ -29,12 +29,12 @@ from torch import nn
 
 from .._env import cpu_name, source_commit
 from .._version import __version__
-from ..constraint import ResourceConstraint
+from ..budget.constraint import ResourceConstraint
 from ..errors import ConfigError, Interrupted, TrainingError
-from ..freeze import freeze_groups, structure_record
-from ..layers import cached_gates, gate_gradients
+from ..convert.freeze import freeze_groups, frozen_structure, structure_record
+from ..layer.conv import cached_gates, gate_gradients
 from . import interrupts
-from .checkpoint import FORMAT, CheckpointError, load_checkpoint
+from .checkpoint import Contents, build_checkpoint, contents
 from .config import DATASET_DEFAULTS, TrainConfig, merge_resume
 from .distributed import (
     DistEnv,
@@ -45,42 +45,19 @@ from .distributed import (
     shutdown,
 )
 from .progress import Progress, duration, plural
-from .rundir import (
-    LAST,
-    RunWriter,
-    checkpoint_path,
-    groups_document,
-    is_dgconv_run,
-    read_groups,
-    read_metrics,
-)
+from .rundir import RunWriter
+from .schedule import lr_at
+from .runs import LAST, checkpoint_path, groups_document, is_dgconv_run, read_metrics
 from .runs import default_run_dir
 from .setup import Lookahead, RunState, setup, take_skipped, wrap
 from .tta import tta_logits
 
-__all__ = ["TrainConfig", "train", "evaluate", "DATASET_DEFAULTS", "TrainingError", "read_groups"]
+__all__ = ["train", "evaluate"]
 
 _logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    total = cfg.epochs * steps_per_epoch
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
-    if cfg.schedule == "triangle":  # 0.2 -> 1 (peak at the end of warm-up) -> 0, linearly (the fast recipe's)
-        if step < warm:
-            return cfg.lr * (0.2 + 0.8 * step / warm)
-        return cfg.lr * max(0.0, (total - step) / max(1, total - warm))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    if cfg.schedule == "constant":
-        return cfg.lr
-    t = (step - warm) / max(1, total - warm)
-    if cfg.schedule == "cosine":
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
-    return cfg.lr * (0.1 ** (int(t >= 0.5) + int(t >= 0.75)))  # step: x0.1 at 50% and 75%
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, amp: bool = False, progress: Progress | None = None,
              tta: str = "none") -> tuple[float, float]:
@@ -156,22 +133,20 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
                 f"--resume continues the run in {run_dir} and writes there; --out {cfg.out} names another directory "
                 f"(to branch a run, copy its directory first and resume the copy)"
             )
-        ckpt = load_checkpoint(source)
+        ckpt = contents(source)
         if not is_dgconv_run(run_dir):  # nothing in a folder that is not a run is ours to write or delete
             raise ConfigError(
                 f"--resume {cfg.resume}: {run_dir} is not a dgconv run directory (no config.json of a run), so it is "
                 f"left untouched; resume the run directory the checkpoint came from, or start from its weights with "
                 f"--init-from {source}"
             )
-        saved = ckpt["config"]
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"{source}: its 'config' is not a mapping")
+        saved = ckpt.config
         last = run_dir / LAST
         if source.resolve() != last.resolve() and last.exists():
-            at = int(load_checkpoint(last)["epoch"])
-            if at > int(ckpt["epoch"]):
+            at = contents(last).epoch
+            if at > ckpt.epoch:
                 raise ConfigError(
-                    f"{source} holds epoch {ckpt['epoch']}, but the run in {run_dir} is at epoch {at}: resuming from it "
+                    f"{source} holds epoch {ckpt.epoch}, but the run in {run_dir} is at epoch {at}: resuming from it "
                     f"would rewind that run. Copy the run directory and resume the copy, or resume {run_dir} itself."
                 )
         cfg = merge_resume(cfg, saved, explicit)
@@ -179,7 +154,7 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
     cfg = cfg.resolved()
     if cfg.out is None:
         cfg.out = str(default_run_dir(cfg.model, cfg.dataset))
-    if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs:
+    if ckpt is not None and ckpt.epoch >= cfg.epochs:
         return _already_finished(cfg, ckpt)
     interrupts.check()
     if cfg.threads is not None:  # before anything runs: CPU results can depend on the thread count
@@ -208,15 +183,15 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
         shutdown(barrier=finished)
 
 
-def _already_finished(cfg: TrainConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
-    done = int(ckpt["epoch"])
+def _already_finished(cfg: TrainConfig, ckpt: Contents) -> dict[str, Any]:
+    done = ckpt.epoch
     _logger.info(
         "%s already finished its %s (test accuracy %.4f); nothing to do. To train it longer: %s",
-        cfg.out, plural(done, "epoch"), float(ckpt.get("record", {}).get("test_acc", ckpt.get("best_acc", 0.0))),
+        cfg.out, plural(done, "epoch"), float(ckpt.record.get("test_acc", ckpt.best_acc)),
         _command("train", "--resume", str(cfg.out), "--epochs", str(done + max(1, done // 2))),
     )
     rows = read_metrics(cfg.out) if Path(cfg.out).is_dir() else []
-    return rows[-1] if rows else dict(ckpt.get("record", {}))
+    return rows[-1] if rows else dict(ckpt.record)
 
 
 def _freeze(run: RunState, epoch: int) -> None:
@@ -252,7 +227,7 @@ def _train_epoch(run: RunState, epoch: int, progress: Progress) -> tuple[float, 
     with progress.phase(f"epoch {epoch + 1}/{cfg.epochs}", steps, run.train_loader.batch_size) as update:
         for i, (x, y) in enumerate(run.train_loader.epoch(epoch)):
             interrupts.check()  # a stop whose exception something swallowed still stops here
-            lr = _lr_at(cfg, run.step, steps)
+            lr = lr_at(cfg.schedule, cfg.lr, cfg.epochs, cfg.warmup_epochs, run.step, steps)  # type: ignore[arg-type]
             for group in run.opt.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             gates_on = cfg.gate_every == 1 or run.step % cfg.gate_every == 0
@@ -290,7 +265,7 @@ def _finish_epoch(run: RunState, epoch: int, lr: float, sums: torch.Tensor, star
     constraint = run.constraint
     zeta_before = constraint.current()
     closed = constraint.project(optimizer=run.opt) if run.cfg.enforce_budget else []
-    bad = [n for n, m in constraint.layers if not torch.isfinite(m.gate).all()]
+    bad = constraint.nonfinite_gates()
     if bad:
         raise TrainingError(f"the gates of {', '.join(bad[:3])} became non-finite at epoch {epoch + 1}; stopping, "
                             f"{_kept(run)}. Check the budget, target and latency table for extreme values.")
@@ -319,16 +294,13 @@ def _commit_epoch(run: RunState, record: dict[str, Any], best: bool, writer: Any
     """Main process: the checkpoint (with the record), best.pt, the metrics line, groups.json -- in that order,
     see :mod:`dgconv.train.rundir` -- then TensorBoard and the console line."""
     cfg, env = run.cfg, run.env
-    ckpt_doc = {
-        "format": FORMAT, "model_name": cfg.model, "num_classes": run.num_classes, "model_kwargs": run.model_kwargs,
-        "input_size": list(run.input_size), "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
-        "epoch": record["epoch"], "step": run.step, "best_acc": run.best_acc, "best_epoch": run.best_epoch,
-        "constraint": run.constraint.state_dict(),
-        "lookahead": run.lookahead.state_dict() if run.lookahead is not None else None,
-        "frozen": getattr(run.model, "dgconv_frozen", None),
-        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if env.device.type == "cuda" else []},
-        "config": dataclasses.asdict(cfg),
-    }
+    ckpt_doc = build_checkpoint(
+        model_name=cfg.model, num_classes=run.num_classes, model_kwargs=run.model_kwargs,  # type: ignore[arg-type]
+        input_size=list(run.input_size), model=run.model, optimizer=run.opt, epoch=record["epoch"], step=run.step,
+        best_acc=run.best_acc, best_epoch=run.best_epoch, constraint=run.constraint.state_dict(),
+        lookahead=run.lookahead.state_dict() if run.lookahead is not None else None,
+        frozen=frozen_structure(run.model), config=dataclasses.asdict(cfg), cuda=env.device.type == "cuda",
+    )
     state = run.constraint.summary()
     groups = (groups_document(state["groups"], state["channels"], cfg.model, structure_record(run.model))
               if run.constraint.layers else None)
@@ -349,7 +321,7 @@ def _commit_epoch(run: RunState, record: dict[str, Any], best: bool, writer: Any
 
 
 
-def _train(cfg: TrainConfig, env: DistEnv, writer: RunWriter | None, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+def _train(cfg: TrainConfig, env: DistEnv, writer: RunWriter | None, ckpt: Contents | None) -> dict[str, Any]:
     out = Path(cfg.out)  # type: ignore[arg-type]
     run = setup(cfg, env, out, writer, ckpt)
     main = env.is_main
@@ -430,15 +402,18 @@ def _final_summary(run: RunState, record: dict[str, Any]) -> None:
     log("")
     log("test accuracy %.4f (best %.4f at epoch %d)", record["test_acc"], record["best_acc"], run.best_epoch)
     layers = run.constraint.layers
+    structure = structure_record(run.model) if layers else {}
     if layers:
         if run.constraint.constrained:
             log("zeta %.6g / o %.6g = %.3f (%s)", record["zeta"], record["o"], record["zeta_over_o"], _budget_text(run.constraint))
         if record.get("macs") is not None:
             log("MACs %s per input (DGConv layers %s)", f"{record['macs']:,.0f}", f"{record['dgconv_macs']:,.0f}")
         log("%-20s %5s %5s %7s  gates (1 = factor connected)", "DGConv layer", "in", "out", "groups")
-        for name, m in layers:
-            bits = "".join("1" if b else "0" for b in m.binary_gates())
-            log("%-20s %5d %5d %7d  %s (factors %s)", name, m.in_channels, m.out_channels, m.groups, bits, list(m.factors))
+        channels = run.constraint.summary()["channels"]
+        for name, s in structure.items():
+            bits = "".join("1" if b else "0" for b in s["gates"])
+            (cin, cout), groups = channels[name], record["groups"][name]
+            log("%-20s %5d %5d %7d  %s (factors %s)", name, cin, cout, groups, bits, s["factors"])
     out = str(run.out)
     log("")
     log("run directory: %s", out)

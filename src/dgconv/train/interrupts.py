@@ -10,7 +10,7 @@ own program call :func:`install` themselves (nothing is installed on import).
 
 Example::
 
-    >>> from dgconv import interrupts
+    >>> from dgconv.train import interrupts
     >>> with interrupts.deferred():
     ...     pass  # a signal arriving here would be raised after the block
 """

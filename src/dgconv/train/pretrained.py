@@ -26,9 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..constraint import dgconv_layers
-from ..layers import DGConv2d
-from .checkpoint import FORMAT, CheckpointError, load_weights_only
+from ..layer.conv import DGConv2d, dgconv_layers
+from .checkpoint import FORMAT, CheckpointError, Contents, contents, load_weights_only
 
 __all__ = ["load_pretrained", "read_state_dict", "GATE_INIT_PRETRAINED"]
 
@@ -36,7 +35,7 @@ __all__ = ["load_pretrained", "read_state_dict", "GATE_INIT_PRETRAINED"]
 GATE_INIT_PRETRAINED = 1.0
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], Contents | None]:
     """The parameters in ``path`` and, when it is a dgconv checkpoint, the checkpoint itself.
 
     Raises:
@@ -45,10 +44,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     """
     path = Path(path)
     obj = load_weights_only(path, "weights file (--init-from)")
-    ckpt = obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None
+    ckpt = contents(obj) if isinstance(obj, dict) and obj.get("format") == FORMAT else None
     sd: Any = obj
     if ckpt is not None:
-        sd = ckpt["model"]
+        sd = ckpt.model
     elif isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):
@@ -94,7 +93,7 @@ def load_pretrained(model: nn.Module, path: str | Path, gate_init: float = GATE_
     """
     path = Path(path)
     sd, ckpt = read_state_dict(path)
-    if ckpt is not None and ckpt.get("frozen"):
+    if ckpt is not None and ckpt.frozen:
         raise CheckpointError(f"--init-from: {path} is a run whose groups were frozen; start from its deployed model "
                               f"(dgconv deploy) or an earlier checkpoint")
     notes = []

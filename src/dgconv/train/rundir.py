@@ -1,5 +1,5 @@
 """Writing a run directory: the one module that writes a run's files (:class:`RunWriter`); the layout and the readers
-are :mod:`dgconv.train.runs`, whose names this module also offers (the 0.2 ``dgconv.rundir`` API).
+are :mod:`dgconv.train.runs`.
 
 Ownership: one process writes a run directory at a time. :class:`RunWriter` takes an exclusive ``flock`` on
 ``.lock`` before it touches anything; the kernel releases it when the process ends, however it ends. A second
@@ -44,69 +44,24 @@ from .._files import (
     write_text,
 )
 from ..errors import RunDirError, RunInUseError
+from .checkpoint import Contents, saved_epoch
 from .interrupts import deferred
-from .runs import (  # the readers, offered here too (the 0.2 dgconv.rundir API)
+from .runs import (
     BEST,
     CONFIG,
     GROUPS,
-    GROUPS_FORMAT,
     LAST,
     LOCK,
-    LOG,
     METRICS,
-    RESULTS,
     RUN_FORMAT,
-    SWEEP,
     TENSORBOARD,
-    Run,
-    _epoch_of,
-    _ours,
-    _parse_metrics,
-    best_checkpoint,
-    checkpoint_path,
-    finished_epochs,
+    is_run_file,
+    parse_metrics,
     groups_document,
-    is_dgconv_run,
-    is_run,
-    is_sweep,
-    iter_runs,
     load_run,
-    read_groups,
-    read_metrics,
-    set_aside_unresumable,
 )
 
-__all__ = [
-    "BEST",
-    "CONFIG",
-    "GROUPS",
-    "GROUPS_FORMAT",
-    "LAST",
-    "LOCK",
-    "LOG",
-    "METRICS",
-    "RESULTS",
-    "RUN_FORMAT",
-    "SWEEP",
-    "TENSORBOARD",
-    "Run",
-    "best_checkpoint",
-    "checkpoint_path",
-    "finished_epochs",
-    "groups_document",
-    "is_dgconv_run",
-    "is_run",
-    "is_sweep",
-    "iter_runs",
-    "load_run",
-    "read_groups",
-    "read_metrics",
-    "set_aside_unresumable",
-    "RunWriter",
-    "write_json",
-    "write_text",
-    "read_json",
-]
+__all__ = ["RunWriter"]
 
 _logger = logging.getLogger(__name__)
 
@@ -182,7 +137,7 @@ class RunWriter:
         if self._lock_fd is None:
             return
         try:
-            if discard and self.committed_epoch is None and not self.has_checkpoint() and not _parse_metrics(
+            if discard and self.committed_epoch is None and not self.has_checkpoint() and not parse_metrics(
                     self.path / METRICS).rows:
                 if self.created is not None:
                     self._remove_created()
@@ -236,7 +191,7 @@ class RunWriter:
     def remove_temporaries(self) -> list[Path]:
         """Delete the ``.<name>.*.tmp`` files that killed writes of this directory's run files left behind (no other
         file, whatever its name); return them."""
-        stray = [p for p in self.path.glob(".*" + TEMP_SUFFIX) if p.is_file() and _ours(p)]
+        stray = [p for p in self.path.glob(".*" + TEMP_SUFFIX) if p.is_file() and is_run_file(p)]
         for p in stray:
             p.unlink(missing_ok=True)
         return stray
@@ -245,7 +200,7 @@ class RunWriter:
     def check_fresh(self) -> None:
         """Refuse to start a new run over an existing one (a checkpoint, or recorded epochs), or in a folder that
         holds anything but a dgconv run (nothing there is touched)."""
-        foreign = sorted(p.name for p in self.path.iterdir() if not _ours(p))
+        foreign = sorted(p.name for p in self.path.iterdir() if not is_run_file(p))
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise RunDirError(
@@ -254,13 +209,13 @@ class RunWriter:
             )
         if self.has_checkpoint():
             raise RunDirError(f"{self.path} already holds a run ({LAST}); pass --resume {self.path} or choose another --out")
-        if _parse_metrics(self.path / METRICS).rows:
+        if parse_metrics(self.path / METRICS).rows:
             raise RunDirError(
                 f"{self.path} holds the metrics of a run but no checkpoint; choose another --out (or delete "
                 f"{self.path / METRICS} if that run is of no use)"
             )
 
-    def recover(self, ckpt: dict[str, Any] | None, source: Path | None = None) -> list[str]:
+    def recover(self, ckpt: Contents | None, source: Path | None = None) -> list[str]:
         """Make the directory consistent with the checkpoint the run continues from (``None``: a fresh start;
         ``source``: the file it was read from, by default ``last.pt``).
 
@@ -270,14 +225,14 @@ class RunWriter:
         Raises :class:`RunDirError` for a malformed metrics file that is not a torn final line.
         """
         notes = [f"removed {p.name}, a temporary left by a killed write" for p in self.remove_temporaries()]
-        parsed = _parse_metrics(self.path / METRICS)
-        epoch = int(ckpt["epoch"]) if ckpt is not None else 0
+        parsed = parse_metrics(self.path / METRICS)
+        epoch = ckpt.epoch if ckpt is not None else 0
         rows = parsed.rows[:epoch]
         if parsed.torn_tail:
             notes.append(f"dropped a torn final line of {self.path / METRICS} (a crash while it was written)")
         if ckpt is not None and len(rows) < epoch:
-            record = ckpt.get("record")
-            if len(rows) == epoch - 1 and isinstance(record, dict) and record.get("epoch") == epoch:
+            record = ckpt.record
+            if len(rows) == epoch - 1 and record.get("epoch") == epoch:
                 rows.append(record)
                 notes.append(f"restored the line of epoch {epoch} in {self.path / METRICS} from {LAST}")
             else:
@@ -290,9 +245,9 @@ class RunWriter:
             if dropped > 0:
                 notes.append(f"dropped {dropped} metrics line(s) past the checkpoint's epoch {epoch}")
             self._rewrite_metrics(rows)
-        if ckpt is not None and ckpt.get("best_epoch") is not None:
-            want = int(ckpt["best_epoch"])
-            if want == epoch and (not self.best.exists() or _epoch_of(self.best) != want):
+        if ckpt is not None and ckpt.best_epoch is not None:
+            want = ckpt.best_epoch
+            if want == epoch and (not self.best.exists() or saved_epoch(self.best) != want):
                 atomic_link(source or self.last, self.best)
                 notes.append(f"{BEST} was behind the metrics (a crash between the two checkpoints); re-linked it to epoch {want}")
         return notes

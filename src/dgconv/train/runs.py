@@ -36,7 +36,7 @@ __all__ = [
     "CONFIG", "METRICS", "GROUPS", "LAST", "BEST", "LOCK", "LOG", "TENSORBOARD", "RUN_FORMAT", "GROUPS_FORMAT",
     "SWEEP", "RESULTS", "Run", "set_aside_unresumable", "load_run", "is_run", "is_dgconv_run", "is_sweep",
     "read_groups", "read_structure", "groups_document", "read_metrics", "best_checkpoint", "checkpoint_path", "finished_epochs",
-    "iter_runs", "default_run_dir",
+    "iter_runs", "default_run_dir", "is_run_file", "parse_metrics",
 ]
 
 CONFIG, METRICS, GROUPS = "config.json", "metrics.jsonl", "groups.json"
@@ -60,7 +60,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _parse_metrics(path: Path) -> _Metrics:
+def parse_metrics(path: Path) -> _Metrics:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -97,7 +97,7 @@ def _parse_metrics(path: Path) -> _Metrics:
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The epoch records of a run, in order. A torn final line (a crash while it was written) is left out;
     any other malformed line is a :class:`RunDirError` naming the file and line."""
-    return _parse_metrics(Path(run_dir) / METRICS).rows
+    return parse_metrics(Path(run_dir) / METRICS).rows
 
 
 def finished_epochs(run_dir: str | Path) -> int:
@@ -130,7 +130,7 @@ def groups_document(groups: Mapping[str, int], channels: Mapping[str, list[int]]
                     structure: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``groups.json`` document: ``{"format", "model", "groups": {name: G}, "channels": {name: [in, out]}}``,
     plus ``"structure": {name: {"factors": [...], "gates": [...]}}`` (the learned channel order,
-    :func:`dgconv.freeze.structure_record`) when given."""
+    :func:`dgconv.convert.freeze.structure_record`) when given."""
     doc = {"format": GROUPS_FORMAT, "model": model_name, "groups": dict(groups), "channels": {k: list(v) for k, v in channels.items()}}
     if structure is not None:
         doc["structure"] = {k: {"factors": list(v["factors"]), "gates": list(v["gates"])} for k, v in structure.items()}
@@ -330,34 +330,25 @@ def checkpoint_path(source: str | Path, best: bool = False) -> Path:
     return p
 
 
-def _epoch_of(path: Path) -> int | None:
-    from .checkpoint import CheckpointError, load_checkpoint
-
-    try:
-        return int(load_checkpoint(path)["epoch"])
-    except CheckpointError:
-        return None
-
-
 def best_checkpoint(run_dir: str | Path) -> Path:
     """The checkpoint of the run's best epoch: ``best.pt``, unless a crash between writing ``last.pt`` and
     ``best.pt`` left ``best.pt`` behind -- then ``last.pt``, which holds that same epoch."""
     run_dir = Path(run_dir)
-    from .checkpoint import load_checkpoint
+    from .checkpoint import contents, saved_epoch
 
     last, best = run_dir / LAST, run_dir / BEST
     if not last.exists():
         return best
-    ckpt = load_checkpoint(last)
-    want = ckpt.get("best_epoch")
+    ckpt = contents(last)
+    want = ckpt.best_epoch
     if want is None:  # a checkpoint from dgconv 0.1: no record of the best epoch
         return best
-    if int(want) == int(ckpt["epoch"]) and (not best.exists() or _epoch_of(best) != int(want)):
+    if want == ckpt.epoch and (not best.exists() or saved_epoch(best) != want):
         return last
     return best
 
 
-def _ours(p: Path) -> bool:
+def is_run_file(p: Path) -> bool:
     """Whether ``p``, inside a folder where a fresh run starts, is something a dgconv run (or the sweep that started
     it) writes: its files, its lock, temporaries of its atomic writes, TensorBoard logs, the sweep's log."""
     name = p.name
@@ -376,7 +367,7 @@ def _ours(p: Path) -> bool:
 def is_dgconv_run(path: str | Path) -> bool:
     """Whether ``path`` is a folder that a dgconv run wrote (its ``config.json`` has dgconv's format)."""
     p = Path(path) / CONFIG
-    return p.is_file() and _ours(p)
+    return p.is_file() and is_run_file(p)
 
 
 def iter_runs(folder: str | Path) -> Iterator[Run]:

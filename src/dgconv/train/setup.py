@@ -14,17 +14,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..constraint import ResourceConstraint, configure_optimizer
+from ..budget.constraint import ResourceConstraint
+from ..budget.optimizer import configure_optimizer
 from ..errors import ConfigError, DGConvError, RunDirError, TrainingError
-from ..freeze import freeze_groups, freeze_structure, restore_grouping
-from ..layers import set_gate_batch_fraction
+from ..convert.freeze import freeze_groups, freeze_structure, restore_grouping
+from ..layer.conv import set_gate_batch_fraction
 from ..models import create_model, model_info
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, Contents, restore_rng
 from .config import TrainConfig
 from .data.loaders import Loaders, make_loaders
 from .distributed import DistEnv
-from .rundir import RunWriter, checkpoint_path, read_groups
-from .runs import read_structure
+from .rundir import RunWriter
+from .runs import checkpoint_path, read_groups, read_structure
 
 __all__ = ["RunState", "Lookahead", "setup", "wrap", "take_skipped"]
 
@@ -123,7 +124,7 @@ class RunState:
         return sorted(self.epoch_seconds)[len(self.epoch_seconds) // 2] * (self.cfg.epochs - epoch)
 
 
-def setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, ckpt: dict[str, Any] | None) -> RunState:
+def setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, ckpt: Contents | None) -> RunState:
     if isinstance(cfg.batch_size, int) and cfg.batch_size % env.world_size:
         raise ConfigError(f"batch size {cfg.batch_size} is not divisible by the {env.world_size} processes")
     if writer is not None:
@@ -163,9 +164,9 @@ def setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, c
         for note in load_pretrained(model, cfg.init_from, cfg.gate_init or GATE_INIT_PRETRAINED):
             if env.is_main:
                 _logger.info("%s", note)
-    if ckpt is not None and ckpt["num_classes"] != num_classes:
+    if ckpt is not None and ckpt.num_classes != num_classes:
         raise TrainingError(
-            f"class count mismatch: the checkpoint has {ckpt['num_classes']} classes, the data has {num_classes}"
+            f"class count mismatch: the checkpoint has {ckpt.num_classes} classes, the data has {num_classes}"
         )
     model.to(env.device)
     if cfg.channels_last:
@@ -186,33 +187,38 @@ def setup(cfg: TrainConfig, env: DistEnv, out: Path, writer: RunWriter | None, c
     run = RunState(cfg, env, out, writer, model, model, opt, constraint, train_loader, test_loader, num_classes, input_size,
                model_kwargs, data)
     if ckpt is not None:
-        if ckpt.get("frozen"):  # the groups were frozen before this checkpoint: rebuild that structure first
-            try:
-                restore_grouping(model, ckpt["frozen"])
-            except ValueError as e:
-                raise CheckpointError(f"the checkpoint's frozen grouping does not fit {cfg.model}: {e}") from None
-            constraint.freeze()
-            freeze_groups(model, opt)
-        try:
-            model.load_state_dict(ckpt["model"])
-        except (RuntimeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"the checkpoint does not fit {cfg.model}: {e}") from None
-        try:
-            opt.load_state_dict(ckpt["optimizer"])
-        except (KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"the checkpoint's optimizer state does not fit: {e}") from None
-        run.start_epoch, run.step, run.best_acc = int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt["best_acc"])
-        run.best_epoch = int(ckpt.get("best_epoch") or 0)
-        constraint.load_state_dict(ckpt.get("constraint", {}))
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if env.device.type == "cuda" and ckpt["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        _resume(run, ckpt)
     if cfg.lookahead:
         run.lookahead = Lookahead(model, cfg.lookahead_alpha, cfg.lookahead_ramp, cfg.lookahead_buffers)
-        if ckpt is not None and ckpt.get("lookahead"):
-            run.lookahead.load_state_dict(ckpt["lookahead"])
+        if ckpt is not None and ckpt.lookahead:
+            run.lookahead.load_state_dict(ckpt.lookahead)
     run.net = wrap(model, cfg, env)
     return run
+
+
+def _resume(run: RunState, ckpt: Contents) -> None:
+    """Put a freshly built run where its checkpoint left it: the frozen structure (if any), the weights, the
+    optimizer, the counters, the constraint's state and the random generators."""
+    model, opt, constraint = run.model, run.opt, run.constraint
+    if ckpt.frozen:  # the groups were frozen before this checkpoint: rebuild that structure first
+        try:
+            restore_grouping(model, ckpt.frozen)
+        except ValueError as e:
+            raise CheckpointError(f"the checkpoint's frozen grouping does not fit {run.cfg.model}: {e}") from None
+        constraint.freeze()
+        freeze_groups(model, opt)
+    try:
+        model.load_state_dict(ckpt.model)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"the checkpoint does not fit {run.cfg.model}: {e}") from None
+    try:
+        opt.load_state_dict(ckpt.optimizer)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"the checkpoint's optimizer state does not fit: {e}") from None
+    run.start_epoch, run.step, run.best_acc = ckpt.epoch, ckpt.step, float(ckpt.best_acc)
+    run.best_epoch = ckpt.best_epoch or 0
+    constraint.load_state_dict(ckpt.constraint)
+    restore_rng(ckpt, run.env.device.type == "cuda")
 
 
 def _learned_structure(cfg: TrainConfig, model: nn.Module, constraint: ResourceConstraint, opt: Any) -> None:
@@ -236,7 +242,7 @@ def _latency_table(cfg: TrainConfig) -> Any:
     """The latency table of ``--cost latency``, refused when its timings look contaminated (unless trusted)."""
     if cfg.latency_table is None:
         return None
-    from ..latency import LatencyTable
+    from ..budget.latency import LatencyTable
 
     table = LatencyTable.load(cfg.latency_table)
     suspicious = table.suspicious()

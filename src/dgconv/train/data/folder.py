@@ -51,9 +51,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from ...errors import DataError
 from .. import interrupts
 
-__all__ = ["folder_loaders", "FolderLoader", "FolderInfo", "default_workers", "default_batch_size", "RESIZE_POLICIES"]
+__all__ = ["folder_loaders", "FolderLoader", "FolderInfo", "default_workers", "default_batch_size", "RESIZE_POLICIES", "HFLIP_MODES"]
 
 RESIZE_POLICIES = ("auto", "pad", "crop", "stretch")
+#: What ``--hflip`` accepts: ``auto`` flips colour images only, ``on`` and ``off`` say it for every folder.
+HFLIP_MODES = ("auto", "on", "off")
 #: Images with more pixels than this are skipped unread (Pillow's own limit only warns below twice it).
 MAX_PIXELS = 89_478_485
 SMALL = 64  # images no larger than this (longer side) train at their native size by default
@@ -106,14 +108,16 @@ class _Shard(Sampler[int]):
 
 
 def _open(path: str, mode: str) -> Any:
-    """A PIL image in ``mode``, or ``None`` when the file cannot be read as an image (or claims too many pixels)."""
-    from PIL import Image
+    """A PIL image in ``mode``, upright by its EXIF orientation, or ``None`` when the file cannot be read as an image
+    (or claims too many pixels)."""
+    from PIL import Image, ImageOps
 
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
             if img.width * img.height > MAX_PIXELS:
                 return None
+            img = ImageOps.exif_transpose(img)  # a photo stored sideways with an EXIF rotation is read upright
             return _to_8bit(img).convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
@@ -300,6 +304,74 @@ def default_batch_size(n_train: int) -> int:
     return b
 
 
+def _check_layout(root: Path) -> tuple[tuple[int, int], str]:
+    """``root/train`` and ``root/val`` exist, hold no link loops and no class folder that is another class's (a
+    link to it), and their images are readable: the native size and mode of the training images."""
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(
+                f"imagefolder: no '{split}' folder under {root}. Expected {root}/train/<class>/<image> and "
+                f"{root}/val/<class>/<image> (the layout torchvision's ImageFolder reads)"
+            )
+    for split in ("train", "val"):
+        _check_links(root / split)
+        _check_class_folders(root / split)
+    native, mode = _scan(root / "train")
+    _scan(root / "val")  # a val split of unreadable images is an error now, not an accuracy of 0 after training
+    return native, mode
+
+
+def _check_class_folders(split: Path) -> None:
+    """Refuse two class folders that are one folder (a symlink to a sibling class would train the same images
+    under two labels)."""
+    seen: dict[Path, str] = {}
+    for d in sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        real = d.resolve()
+        if real in seen:
+            raise DataError(f"imagefolder: {d} is the same folder as {split / seen[real]} (a link): the same images "
+                            f"would train under two labels; remove the link or copy the images")
+        seen[real] = d.name
+
+
+def _check_classes(train: list[str], val: list[str]) -> None:
+    if len(train) < 2:
+        raise DataError(f"imagefolder: train has {len(train)} class folder(s) ({', '.join(train) or 'none'}); a "
+                        f"classifier needs at least 2 (every prediction would be right)")
+    if train != val:
+        only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+        raise DataError(f"imagefolder: the class folders of train and val differ: only in train {only_train or 'none'}, "
+                        f"only in val {only_val or 'none'}")
+
+
+def _transforms(cfg: Any, transforms: Any, native: tuple[int, int], mode: str, model_size: Sequence[int] | None
+                ) -> tuple[str, int, int, bool, list[Any], list[Any]]:
+    """The resize policy, size, channel count and flips of a folder, and its train and eval transforms (before
+    ``ToTensor``)."""
+    policy = cfg.resize
+    if policy == "auto":
+        policy = "pad" if max(native) <= SMALL else "crop"
+    if cfg.image_size:
+        size = int(cfg.image_size)
+    elif policy == "pad" or (policy == "stretch" and max(native) <= SMALL):
+        size = max(native)
+    else:
+        size = int(model_size[-1]) if model_size else 224
+    channels = 1 if mode == "L" else 3
+    hflip = {"on": True, "off": False, "auto": channels == 3}[cfg.hflip]
+    flip = [transforms.RandomHorizontalFlip()] if hflip else []
+    if policy == "pad":  # every image at the size, whatever its own (one 20x20 among 16x16 ones once broke a batch)
+        base = [transforms.Resize((size, size))]
+        train_tf = [*base, transforms.RandomCrop(size, padding=max(1, size // 8)), *flip]
+        eval_tf = list(base)
+    elif policy == "crop":
+        train_tf = [transforms.RandomResizedCrop(size, scale=(float(cfg.crop_scale), 1.0)), *flip]
+        eval_tf = [transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size)]
+    else:  # stretch
+        train_tf = [transforms.Resize((size, size)), *flip]
+        eval_tf = [transforms.Resize((size, size))]
+    return policy, size, channels, hflip, train_tf, eval_tf
+
+
 def folder_loaders(cfg: Any, env: Any, per_rank_batch: int | None, model_size: Sequence[int] | None = None
                    ) -> tuple[FolderLoader, FolderLoader, int, tuple[int, int, int], FolderInfo]:
     """Train and validation loaders of ``cfg.data_dir``, the class count, the input size and how it is read.
@@ -312,40 +384,8 @@ def folder_loaders(cfg: Any, env: Any, per_rank_batch: int | None, model_size: S
             f"torchvision==<the version paired with it> ({type(e).__name__}: {str(e)[:200]})"
         ) from None
     root = Path(cfg.data_dir).expanduser()
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DataError(
-                f"imagefolder: no '{split}' folder under {root}. Expected {root}/train/<class>/<image> and "
-                f"{root}/val/<class>/<image> (the layout torchvision's ImageFolder reads)"
-            )
-    for split in ("train", "val"):
-        _check_links(root / split)
-    native, mode = _scan(root / "train")
-    _scan(root / "val")  # a val split of unreadable images is an error now, not an accuracy of 0 after training
-    policy = cfg.resize
-    if policy == "auto":
-        policy = "pad" if max(native) <= SMALL else "crop"
-    if cfg.image_size:
-        size = int(cfg.image_size)
-    elif policy == "pad" or (policy == "stretch" and max(native) <= SMALL):
-        size = max(native)
-    else:
-        size = int(model_size[-1]) if model_size else 224
-    channels = 1 if mode == "L" else 3
-    hflip = {"on": True, "off": False}.get(cfg.hflip, channels == 3)
-    flip = [transforms.RandomHorizontalFlip()] if hflip else []
-    if policy == "pad":  # every image at the size, whatever its own (one 20x20 among 16x16 ones once broke a batch)
-        base = [transforms.Resize((size, size))]
-        train_tf = [*base, transforms.RandomCrop(size, padding=max(1, size // 8)), *flip]
-        eval_tf = list(base)
-    elif policy == "crop":
-        train_tf = [transforms.RandomResizedCrop(size, scale=(float(cfg.crop_scale), 1.0)), *flip]
-        eval_tf = [transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size)]
-    elif policy == "stretch":
-        train_tf = [transforms.Resize((size, size)), *flip]
-        eval_tf = [transforms.Resize((size, size))]
-    else:
-        raise DataError(f"--resize must be one of {RESIZE_POLICIES}, got {cfg.resize!r}")
+    native, mode = _check_layout(root)
+    policy, size, channels, hflip, train_tf, eval_tf = _transforms(cfg, transforms, native, mode, model_size)
     to_tensor = transforms.ToTensor()
     try:
         plain = _SkippingFolder(root / "train", mode, transforms.Compose([*eval_tf, to_tensor]))
@@ -361,8 +401,7 @@ def folder_loaders(cfg: Any, env: Any, per_rank_batch: int | None, model_size: S
         val_set = _SkippingFolder(root / "val", mode, transforms.Compose([*eval_tf, to_tensor, norm]))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"imagefolder: {e}") from None
-    if train_set.classes != val_set.classes:
-        raise DataError(f"imagefolder: train has {len(train_set.classes)} classes and val {len(val_set.classes)}; they must match")
+    _check_classes(train_set.classes, val_set.classes)
     train_data: Any = train_set
     val_data: Any = val_set
     if cfg.limit_train:

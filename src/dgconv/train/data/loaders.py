@@ -20,15 +20,13 @@ import torch
 from torch import Tensor
 
 from ...errors import DataError
-from ..config import CROP_PADDING, TrainConfig
+from ..config import CROP_PADDING, DATASET_DEFAULTS, TrainConfig
 from ..distributed import DistEnv
 from .cifar import download_cifar, load_cifar
 from .digits import load_digits
 from .tensors import TensorDataset
 
-__all__ = ["TensorLoader", "augment_crop_flip", "DATASETS", "Loaders", "make_loaders"]
-
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+__all__ = ["TensorLoader", "augment_crop_flip", "Loaders", "make_loaders"]
 
 
 # ------------------------------------------------------------------------------------------------ loaders
@@ -61,7 +59,7 @@ def make_loaders(cfg: TrainConfig, env: DistEnv, model_size: Sequence[int] | Non
             download_cifar(cfg.dataset, cfg.data_dir)
         ds = load_cifar(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test)
     else:
-        raise DataError(f"unknown dataset {cfg.dataset!r}: choose from {list(DATASETS)}")
+        raise DataError(f"unknown dataset {cfg.dataset!r}: choose from {list(DATASET_DEFAULTS)}")
     if cfg.limit_train or cfg.limit_test:
         ds = ds.subset(cfg.limit_train, cfg.limit_test)
     ds = ds.with_statistics(cfg.mean, cfg.std)

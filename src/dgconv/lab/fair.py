@@ -1,0 +1,291 @@
+"""Learned groups against the strongest hand-set groups at equal cost (protocols whose arms are checked at equal
+MACs, ``Protocol.equal_macs``: cpu-fair): the comparisons, their verdicts, the controls, measured latency and wall
+time, and the figures.
+
+For each learned arm (``g``, ``star``, ``struct``) the hand-set arms are the plain arms of the same network and value
+-- contiguous groups, the same groups with a channel shuffle (``<network>_shuffle``), a hand-set rule -- and the
+strongest is the one with the highest mean accuracy among those with at least 2 finished seeds. The difference is
+learned minus strongest, with its 95 % Welch interval; the verdict reads the interval (:func:`dgconv.lab.stats.verdict`).
+
+Measured CPU inference time is read from the sweep's ``latency.json`` (this module owns that file: written by
+:func:`write_latency`, from ``experiments/cpu_fair_latency.py``); the sweep's own wall time per run from its
+``walls.jsonl`` (:func:`dgconv.lab.sweep.wall_seconds`'s file). A pure function of the sweep directory otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._files import read_json, write_json
+from .arms import Arm, Protocol, plain_of
+from .stats import Difference, points, side_of_zero, summarize, verdict, welch
+from .sweepdata import ArmResult, SweepResult, wall_seconds
+
+__all__ = ["Comparison", "comparisons", "fair_answer", "fair_section", "LATENCY", "read_latency", "write_latency",
+           "arm_key"]
+
+#: The sweep's measured inference times (``{"machine": ..., "arms": {arm key: {"b1": ratio, "b64": ratio}}}``).
+LATENCY = "latency.json"
+LATENCY_FORMAT = "dgconv.arm-latency/1"
+
+
+def arm_key(arm: Arm, p: Protocol) -> str:
+    """An arm's name in tables and ``latency.json``: its runs' name without the seed (``fastnet_shuffle-g16``)."""
+    return str(arm.names(p.family)[0])
+
+
+def write_latency(sweep: str | Path, doc: dict[str, Any]) -> Path:
+    """Write a sweep's ``latency.json`` (``doc``: ``machine``, ``command``, ``commit``, ``arms``)."""
+    path = Path(sweep) / LATENCY
+    write_json(path, {"format": LATENCY_FORMAT, **doc})
+    return path
+
+
+def read_latency(sweep: str | Path) -> dict[str, Any] | None:
+    """A sweep's ``latency.json``, or ``None`` when it has none (not measured yet)."""
+    path = Path(sweep) / LATENCY
+    if not path.is_file():
+        return None
+    doc = read_json(path, LATENCY)
+    return doc if isinstance(doc, dict) and doc.get("format") == LATENCY_FORMAT else None
+
+
+def _network(arm: Arm, p: Protocol) -> str:
+    """The plain network an arm is about: a plain arm's own (a shuffle's is the network it rewires), a learned
+    arm's deployed network."""
+    if arm.kind == "plain":
+        model = arm.model or p.plain
+        return model[: -len("_shuffle")] if model.endswith("_shuffle") else model
+    return plain_of(arm.model or p.model, p)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A learned arm against the strongest hand-set arm of its network and value."""
+
+    learned: ArmResult
+    strongest: ArmResult | None
+    hand: list[ArmResult]
+    diff: Difference | None
+
+
+def comparisons(s: SweepResult) -> list[Comparison]:
+    """Every learned arm with finished runs, against the hand-set arms of its network and value."""
+    p, out = s.protocol, []
+    for a in s.arms:
+        if a.arm.kind == "plain" or not a.rows:
+            continue
+        net = _network(a.arm, p)
+        hand = [h for h in s.arms if h.arm.kind == "plain" and h.arm.value == a.arm.value and h.arm.value > 1
+                and _network(h.arm, p) == net and len(h.rows) >= 2]
+        strongest = max(hand, key=lambda h: h.acc.mean) if hand else None  # type: ignore[union-attr]
+        diff = welch(a.accs, strongest.accs) if strongest is not None else None
+        out.append(Comparison(a, strongest, hand, diff))
+    return out
+
+
+def _what(arm: Arm, p: Protocol) -> str:
+    if arm.kind == "plain":
+        model = arm.model or p.plain
+        if arm.rule:
+            return f"{model} with groups by the rule '{arm.rule}' (<= the MACs of G = {arm.value:g})"
+        if model.endswith("_shuffle"):
+            return f"G = {arm.value:g} with a channel shuffle"
+        return f"{model}, contiguous G = {arm.value:g}" if arm.value > 1 else f"{model}, dense"
+    net = "" if not arm.tag else f" ({arm.model})"
+    what = {"g": "learned", "star": "learned group numbers retrained (contiguous)",
+            "struct": "learned structure retrained with its channel order"}[arm.kind]
+    return f"{what} under a {arm.cost} budget b = {arm.value:g}{net}"
+
+
+def _reading(c: Comparison) -> str:
+    assert c.diff is not None
+    v = verdict(c.diff, scale=100, unit=" points")
+    word = {"agrees": "learned groups are more accurate", "disagrees": "learned groups are LESS accurate",
+            "not resolved at this n": "no difference resolved at this n"}.get(v.word, v.word)
+    return f"**{word}** ({v.reason})"
+
+
+def _latency(s: SweepResult, arm: Arm) -> dict[str, float] | None:
+    doc = read_latency(s.path)
+    return None if doc is None else (doc.get("arms") or {}).get(arm_key(arm, s.protocol))
+
+
+def _latency_note(s: SweepResult, c: Comparison) -> str:
+    assert c.strongest is not None
+    mine, theirs = _latency(s, c.learned.arm), _latency(s, c.strongest.arm)
+    if not mine or not theirs:
+        return " Measured latency: not measured yet."
+    parts = []
+    for key, label in (("b1", "batch 1"), ("b64", "batch 64")):
+        if key in mine and key in theirs:
+            slower = mine[key] > theirs[key] * 1.02
+            parts.append(f"{label} {mine[key]:.2f}x vs {theirs[key]:.2f}x the uniform arm"
+                         + (" (**slower**)" if slower else ""))
+    return " Measured CPU inference time: " + "; ".join(parts) + "." if parts else ""
+
+
+def _wall(s: SweepResult) -> dict[str, float]:
+    return wall_seconds(s.path)
+
+
+def fair_answer(s: SweepResult) -> list[str]:
+    """The verdict lines of one equal-MACs sweep for "When does learning groups pay?", headline first."""
+    p = s.protocol
+    lines, controls = [], []
+    for c in comparisons(s):
+        if c.strongest is None or c.diff is None:
+            continue
+        ratio = c.learned.mean_of("macs") / c.strongest.mean_of("macs")
+        line = (f"- **{s.path.name}, {_what(c.learned.arm, p)}** vs the strongest hand-set arm, "
+                f"{_what(c.strongest.arm, p)}: {points(c.diff)} at {ratio:.2f}x its MACs: {_reading(c)}."
+                + _latency_note(s, c))
+        (controls if c.learned.arm.tag else lines).append(line)
+    depth = _depth_lines(s)
+    wall = _wall_line(s)
+    out = []
+    if not any(c.diff is not None and min(c.diff.n_a, c.diff.n_b) >= 2 for c in comparisons(s)):
+        done = sum(len(a.rows) for a in s.arms)
+        planned = done + sum(len(a.missing) for a in s.arms)
+        out += [f"**{s.path.name} ({p.label})**: {done} of {planned} runs finished; no learned arm has the 2 seeds "
+                f"(and a hand-set arm beside it) that a verdict needs yet. Every finished run is in the table below.", ""]
+    headline = _headline(s)
+    if headline:
+        out += [headline, ""]
+    if lines:
+        out += [f"**At equal or lower MACs ({s.path.name}, {p.label})**", "", *lines, ""]
+    if controls:
+        out += ["**The mixing control** (a dense 1x1 convolution after every group convolution: every arm equally "
+                "connected, so what differs is how the groups are allocated across layers)", "", *controls, ""]
+    if depth:
+        out += ["**The depth control** (one width in every block: do lower layers still learn fewer groups?)", "",
+                *depth, ""]
+    if wall:
+        out += [wall, ""]
+    return out
+
+
+def _headline(s: SweepResult) -> str:
+    """The first learned arm of the protocol's own network against the strongest hand-set arm, in plain words."""
+    main = next((c for c in comparisons(s) if c.learned.arm.kind == "g" and c.learned.arm.tag is None
+                 and c.diff is not None and c.strongest is not None), None)
+    if main is None:
+        return ""
+    assert main.diff is not None and main.strongest is not None
+    v = verdict(main.diff, scale=100, unit=" points")
+    p = s.protocol
+    against = _what(main.strongest.arm, p)
+    text = {"agrees": f"learning the groups beats the strongest hand-set groups ({against})",
+            "disagrees": f"learning the groups LOSES to the strongest hand-set groups ({against})",
+            }.get(v.word, f"learning the groups and the strongest hand-set groups ({against}) are not told apart at "
+                          f"this n")
+    return (f"**Headline ({s.path.name}, b = {main.learned.arm.value:g}, equal or lower MACs): {text}**: "
+            f"{points(main.diff)}; {v.reason}.")
+
+
+def _depth_lines(s: SweepResult) -> list[str]:
+    out = []
+    for a in s.arms:
+        if a.arm.kind != "g" or a.arm.tag is None:
+            continue
+        rhos = [r.depth_rho for r in a.rows if r.depth_rho is not None]
+        if len(rhos) < 2:
+            continue
+        z, ci, side = side_of_zero(rhos)
+        word = {"above": "yes (the interval lies above 0)", "below": "no, the reverse (the interval lies below 0)",
+                "contains": "not resolved at this n (the interval contains 0)"}.get(side, "not resolved at this n")
+        interval = "" if ci is None else f", 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+        out.append(f"- **{s.path.name}, {_what(a.arm, s.protocol)}**: Spearman(depth, log groups) {z.mean:+.2f}"
+                   f"{interval} over {z.n} runs: more groups higher up: **{word}**.")
+    return out
+
+
+def _wall_line(s: SweepResult) -> str:
+    walls = _wall(s)
+    p = s.protocol
+    base = next((a for a in s.arms if a.arm.kind == "plain" and not a.arm.model and not a.arm.rule and a.arm.value > 1), None)
+    learned = next((a for a in s.arms if a.arm.kind == "g" and a.arm.tag is None and a.arm.value == (base.arm.value if base else None)), None)
+    if base is None or learned is None:
+        return ""
+    b, g = walls.get(arm_key(base.arm, p)), walls.get(arm_key(learned.arm, p))
+    if not b or not g:
+        return ""
+    return (f"**Wall time** ({s.path.name}; the sweep's own, per run, median over finished seeds, start-up included): "
+            f"search, then train ({_what(learned.arm, p)}) {g / 60:.1f} min against {b / 60:.1f} min for "
+            f"{_what(base.arm, p)}: **{g / b:.2f}x** (the product aims at 1.10x or less).")
+
+
+def fair_section(s: SweepResult, figures: Path | None = None) -> list[str]:
+    """Every arm of an equal-MACs sweep: accuracy, MACs, measured latency and wall time; the figures."""
+    p, walls = s.protocol, _wall(s)
+    lat = read_latency(s.path)
+    out = ["### Every arm", "",
+           "Accuracy over seeds: mean and 95 % interval (t) of the mean. MACs for one 32x32 image, every layer. Latency: "
+           "deployed network, CPU inference, median of per-round ratios against the uniform arm of its network"
+           + (f" ({lat.get('machine', '?')}; `{lat.get('command', '?')}`)" if lat else " (not measured yet)") + ". Wall: "
+           "the sweep's own wall time per run (median).", "",
+           "| arm | what | seeds | top-1 % | 95 % CI | MACs | latency b1 | latency b64 | wall min |",
+           "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for a in s.arms:
+        key = arm_key(a.arm, p)
+        if not a.rows:
+            out.append(f"| `{key}` | {_what(a.arm, p)} | 0 | - | - | - | - | - | - |")
+            continue
+        z = summarize([100 * x for x in a.accs])
+        ci = "-" if z.ci is None else f"[{z.ci[0]:.2f}, {z.ci[1]:.2f}]"
+        la = (lat or {}).get("arms", {}).get(key, {})
+        fmt = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+        wall = walls.get(key)
+        out.append(f"| `{key}` | {_what(a.arm, p)} | {len(a.rows)} | {z.mean:.2f} | {ci} | {a.mean_of('macs'):,.0f} | "
+                   f"{fmt(la.get('b1'))} | {fmt(la.get('b64'))} | {'-' if wall is None else f'{wall / 60:.1f}'} |")
+    out.append("")
+    if figures is not None:
+        out += _figures(s, figures)
+    return out
+
+
+def _figures(s: SweepResult, figures: Path) -> list[str]:
+    from .report import pyplot
+
+    plt = pyplot()
+    p = s.protocol
+    arms = [a for a in s.arms if a.rows]
+    if not arms:
+        return []
+    figures.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(arms) + 1.2))
+    for i, a in enumerate(arms):
+        accs = [100 * x for x in a.accs]
+        ax.plot(accs, [i] * len(accs), "o", color="tab:blue" if a.arm.kind == "plain" else "tab:red", alpha=0.5, ms=4)
+        z = summarize(accs)
+        if z.ci is not None:
+            ax.errorbar([z.mean], [i], xerr=[[z.mean - z.ci[0]], [z.ci[1] - z.mean]], fmt="|k", capsize=3)
+    ax.set_yticks(range(len(arms)), [arm_key(a.arm, p) for a in arms], fontsize=8)
+    ax.invert_yaxis()  # the table's order, top down
+    ax.set_xlabel("top-1 accuracy % (dots: seeds; bars: 95 % interval of the mean)")
+    ax.set_title(f"{s.path.name}: every arm (red: learned)")
+    ax.grid(axis="x", alpha=0.3)
+    name = f"arms_{s.path.name}.png"
+    fig.savefig(figures / name, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    out = [f"![Accuracy of every arm, {s.path.name}]({figures.name}/{name})", ""]
+    lat = read_latency(s.path)
+    if lat:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for a in arms:
+            la = lat.get("arms", {}).get(arm_key(a.arm, p), {})
+            if "b64" in la:
+                z = summarize([100 * x for x in a.accs])
+                ax.errorbar([la["b64"]], [z.mean], yerr=None if z.ci is None else [[z.mean - z.ci[0]], [z.ci[1] - z.mean]],
+                            fmt="o" if a.arm.kind == "plain" else "s", capsize=3)
+                ax.annotate(arm_key(a.arm, p), (la["b64"], z.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("CPU inference time, batch 64, x the uniform arm of its network")
+        ax.set_ylabel("top-1 accuracy % (95 % interval)")
+        ax.grid(alpha=0.3)
+        name = f"latency_{s.path.name}.png"
+        fig.savefig(figures / name, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        out += [f"![Accuracy against measured latency, {s.path.name}]({figures.name}/{name})", ""]
+    return out
