@@ -192,6 +192,6 @@ def wall_seconds(out: str | Path) -> dict[str, float]:
     by_arm: dict[str, list[float]] = {}
     for run, seconds in run_walls(out).items():
         name = RunName.parse(run)
-        if run in finished and name is not None:
+        if run in finished and name is not None and is_run(out / run) and load_run(out / run).finished:
             by_arm.setdefault(arm_label(name), []).append(seconds)
     return {arm: statistics.median(v) for arm, v in by_arm.items()}
