@@ -18,7 +18,10 @@ Example::
 
 from __future__ import annotations
 
-__all__ = ["DGConvError", "ConfigError", "DataError", "TrainingError", "RunDirError", "RunInUseError", "MissingExtraError", "Interrupted"]
+from typing import Any
+
+__all__ = ["DGConvError", "ConfigError", "DataError", "TrainingError", "RunDirError", "RunInUseError", "MissingExtraError", "Interrupted",
+           "short"]
 
 
 class DGConvError(Exception):
@@ -75,3 +78,14 @@ class Interrupted(BaseException):
 
         name = signal.Signals(self.signum).name
         return f"stopped by {name}" + (f"; {self.detail}" if self.detail else "")
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, without ever building the whole repr (a YAML alias bomb
+    nests a billion references in a few hundred bytes)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxtuple, r.maxstring, r.maxother = 3, 6, 6, 6, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit + 10 else text[:limit] + "..."

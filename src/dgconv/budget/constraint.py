@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from .costs import COSTS, ConnectionCost, Cost, LatencyCost, MacCost, InverseGroupsCost
 from ..errors import ConfigError
-from ..layer.conv import GATE_INIT, dgconv_layers, learned_groups
+from ..layer.conv import GATE_INIT, dgconv_layers
 from ..layer.conv import unwrap as _unwrap
 
 __all__ = [

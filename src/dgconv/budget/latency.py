@@ -252,9 +252,17 @@ class LatencyTable:
             if not (isinstance(table.batch, int) and table.batch >= 1 and len(table.input_size) == 3
                     and min(table.input_size) >= 1):
                 raise ValueError("batch and input_size must be positive integers")
+            if not isinstance(table.layers, dict) or not isinstance(table.shapes, dict):
+                raise ValueError("'layers' and 'shapes' must be mappings (layer -> shape key, shape key -> its timings)")
             fastest = 0.0
             for name, key in table.layers.items():
-                ms = table.shapes[key]["ms"]
+                if not isinstance(key, str) or key not in table.shapes:
+                    raise ValueError(f"layer {name} names the shape {key!r:.40}, which the table's 'shapes' lack")
+                shape = table.shapes[key]
+                ms = shape.get("ms") if isinstance(shape, dict) else None
+                if not isinstance(ms, dict):
+                    raise ValueError(f"shape {key}: 'ms' must map each group number to milliseconds, got "
+                                     f"{type(ms).__name__}")
                 wrong = [f"{g}: {v!r}" for g, v in ms.items() if not (
                     isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < _MAX_MS)]
                 if not ms or wrong:
@@ -265,8 +273,9 @@ class LatencyTable:
             if base is not None and not (isinstance(base, (int, float)) and -fastest < base < _MAX_MS):
                 raise ValueError(f"base_ms (the rest of the network) must be a finite number of milliseconds above "
                                  f"minus the layers' fastest times ({-fastest:.3g}), got {base}")
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{path} is a malformed latency table: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"it lacks {e}" if isinstance(e, KeyError) else str(e)
+            raise ConfigError(f"{path} is a malformed latency table: {what}") from None
         return table
 
     # ------------------------------------------------------------------------------------------------ measuring

@@ -54,15 +54,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train.config import TrainConfig
-    from ..train.options import read_config_file
+    from ..train.options import merge_given, read_config_file
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "print_config")}
-    values = {**read_config_file(args.config), **given} if getattr(args, "config", None) else given
+    values = merge_given(read_config_file(args.config) if getattr(args, "config", None) else {}, given)
     cfg = TrainConfig(**values)
     if getattr(args, "print_config", False):
         import dataclasses
 
-        print(json.dumps(dataclasses.asdict(cfg.resolved()), indent=2))
+        from ..train.engine import resumed_config
+
+        resolved = resumed_config(cfg, set(values))[0] if cfg.resume is not None else cfg.resolved()
+        print(json.dumps(dataclasses.asdict(resolved), indent=2))
         return 0
     from ..train.engine import train
 

@@ -136,22 +136,54 @@ class Protocol:
     seconds_per_run: dict[str, float] = field(default_factory=dict)  # measured before the sweep, by model name
 
 
-def protocol_from_dict(d: dict[str, Any]) -> Protocol:
-    """The :class:`Protocol` a ``sweep.json`` recorded (lists back to tuples; fields it predates take their defaults)."""
-    names = {f.name for f in dataclasses.fields(Protocol)}
+def protocol_from_dict(d: Any) -> Protocol:
+    """The :class:`Protocol` a ``sweep.json`` recorded (lists back to tuples; fields it predates take their defaults).
+
+    Raises:
+        ConfigError: the record is not a protocol (a field of the wrong kind, an arm without its kind or value), named.
+    """
+    from ..errors import ConfigError
+
+    if not isinstance(d, dict):
+        raise ConfigError(f"the recorded protocol is a {type(d).__name__}, not a mapping of its fields")
+    fields = {f.name: f for f in dataclasses.fields(Protocol)}
+    missing = [k for k in ("name", "label", "model", "plain", "epochs", "batch_size", "lr") if k not in d]
+    if missing:
+        raise ConfigError(f"the recorded protocol lacks {', '.join(missing)}")
     kw: dict[str, Any] = {}
     for k, v in d.items():
-        if k not in names:
+        if k not in fields:
             continue
-        if k == "arms":
-            v = tuple(Arm(a["kind"], a["value"], a.get("cost", "connections"), tuple(a.get("seeds", (0,))),
-                          a.get("model"), a.get("rule"), a.get("tag")) for a in v)
-        elif k in ("budgets_by_cost", "seconds_per_run"):
-            v = {key: tuple(b) if isinstance(b, list) else b for key, b in v.items()}
-        elif isinstance(v, list):
-            v = tuple(v)
-        kw[k] = v
+        try:
+            kw[k] = _field_value(k, v)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise ConfigError(f"the recorded protocol's {k!r} is malformed ({str(e)[:120]})") from None
+        kind = str(fields[k].type)
+        ok = {"str": isinstance(kw[k], str), "int": isinstance(kw[k], int) and not isinstance(kw[k], bool),
+              "float": isinstance(kw[k], (int, float)) and not isinstance(kw[k], bool)}.get(kind, True)
+        if not ok:
+            raise ConfigError(f"the recorded protocol's {k!r} must be a {kind}, got {kw[k]!r:.60}")
     return Protocol(**kw)
+
+
+def _field_value(k: str, v: Any) -> Any:
+    if k == "arms":
+        return tuple(Arm(str(a["kind"]), _number(a["value"]), str(a.get("cost", "connections")),
+                         tuple(int(x) for x in a.get("seeds", (0,))), a.get("model"), a.get("rule"), a.get("tag"))
+                     for a in v)
+    if k in ("budgets_by_cost", "seconds_per_run"):
+        return {str(key): tuple(_number(x) for x in b) if isinstance(b, list) else _number(b) for key, b in v.items()}
+    if k in ("budgets", "star_budgets", "costs", "seeds", "baseline_seeds", "extra", "g_extra"):
+        if not isinstance(v, list):
+            raise TypeError(f"a list, got {type(v).__name__}")
+        return tuple(v)
+    return v
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"a number, got {v!r:.40}")
+    return v
 
 
 def arms_of(p: Protocol) -> list[Arm]:

@@ -32,14 +32,25 @@ from typing import Any
 
 from ..errors import ConfigError, MissingExtraError
 
-__all__ = ["LAUNCHERS", "make_launcher", "stop", "SubmititPool", "LocalPool"]
+__all__ = ["LAUNCHERS", "make_launcher", "stop", "SubmititPool", "LocalPool", "orphaned"]
 
 LAUNCHERS = ("local", "submitit")
 
 
 # ------------------------------------------------------------------------------------------------ local
+_PARENT: list[int] = []  # the sweep process that started this worker (set in the worker)
+
+
+#: Seconds an orphaned worker gives its run to stop at a checkpoint before it ends itself.
+ORPHAN_GRACE = 120.0
+
+
 def _worker_init(threads: int) -> None:
+    _PARENT.append(os.getppid())
     _die_with_parent()
+    import threading
+
+    threading.Thread(target=_end_when_orphaned, name="dgconv-orphan-watch", daemon=True).start()
     import torch
 
     torch.set_num_threads(threads)
@@ -57,6 +68,24 @@ def _die_with_parent() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         pass
+
+
+def _end_when_orphaned(poll: float = 1.0) -> None:
+    """A worker's watch: once the sweep process is gone (SIGKILL; its death signal stops the run at a checkpoint),
+    end this process after :data:`ORPHAN_GRACE` seconds at most, whatever it was doing -- a worker whose signal
+    arrived between two runs, or inside the pool's own plumbing, otherwise waits forever on its task pipe."""
+    import time
+
+    while not orphaned():
+        time.sleep(poll)
+    time.sleep(ORPHAN_GRACE)
+    os._exit(3)
+
+
+def orphaned() -> bool:
+    """In a local pool's worker: whether the sweep process that started it has died (its SIGTERM already stopped
+    the run; the worker must then end too, or it waits forever on a task pipe it holds open itself)."""
+    return bool(_PARENT) and os.getppid() != _PARENT[0]
 
 
 def LocalPool(parallel: int) -> Any:

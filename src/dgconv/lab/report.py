@@ -251,33 +251,55 @@ def _summary(runs: list[Run]) -> str:
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
-    """Write the figures and ``summary.md`` for ``run_dirs`` into ``out``; return the files written."""
+    """Write the figures and ``summary.md`` for ``run_dirs`` into ``out``; return the files written. Everything is
+    drawn in a temporary folder beside ``out`` and moved into it only when all of it succeeded, so a run the report
+    cannot read (a malformed ``groups.json``, values no run writes) leaves no partial folder behind."""
+    import shutil
+    import tempfile
+
+    from ..errors import ConfigError, RunDirError
+
     runs = [load_run(p) for p in run_dirs]
     if not runs:
-        from ..errors import ConfigError
-
         raise ConfigError("report needs at least one run directory")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"cannot write the report into {out}: a file of that name is in the way")
+    tables = {r.path: _checked_table(r) for r in runs if r.groups}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        from ..errors import RunDirError
+        names = _draw(runs, tables, tmp)
+        out.mkdir(exist_ok=True)
+        for name in names:
+            shutil.move(str(tmp / name), str(out / name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out / name for name in names]
 
-        raise RunDirError(f"cannot write the report into {out}: a file of that name is in the way") from None
-    written = []
+
+def _checked_table(run: Run) -> list[dict[str, Any]]:
+    """The per-layer table of a run's learned groups, or a one-line error when ``groups.json`` cannot be its model's."""
+    from ..errors import RunDirError
+
+    try:
+        return layer_table(run)
+    except (ValueError, TypeError, KeyError) as e:
+        raise RunDirError(f"{run.path / 'groups.json'} does not fit {run.config.get('model')}: {e}") from None
+
+
+def _draw(runs: list[Run], tables: dict[Path, list[dict[str, Any]]], out: Path) -> list[str]:
+    names = []
     with_groups = [r for r in runs if r.groups]
     if with_groups:
         _groups_figure(with_groups, out / "groups.png")
-        written.append(out / "groups.png")
-        tables = {r.path: layer_table(r) for r in with_groups}
         _macs_figure(with_groups, tables, out / "macs.png")
-        written.append(out / "macs.png")
+        names += ["groups.png", "macs.png"]
         _dynamics_figure(with_groups, out / "dynamics.png")
         if (out / "dynamics.png").exists():
-            written.append(out / "dynamics.png")
+            names.append("dynamics.png")
     if any(r.metrics for r in runs):
         _training_figure([r for r in runs if r.metrics], out / "training.png")
-        written.append(out / "training.png")
+        names.append("training.png")
     write_text(out / "summary.md", _summary(runs))
-    written.append(out / "summary.md")
-    return written
+    return [*names, "summary.md"]

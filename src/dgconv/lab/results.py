@@ -41,7 +41,7 @@ from .arms import Arm, Protocol
 from .protocols import PROTOCOLS
 from .answer import answer
 from .fair import fair_section
-from .sweepdata import ArmResult, RunRow, SweepResult, load_sweep, spearman
+from .sweepdata import ArmResult, SweepResult, load_sweep
 from .stats import NOT_ENOUGH, Difference, Summary, Verdict, points, side_of_zero, verdict, welch
 
 __all__ = ["render_results"]

@@ -49,7 +49,7 @@ from ..train.runs import (
     read_metrics,
     set_aside_unresumable,
 )
-from .launchers import LocalPool, make_launcher, stop
+from .launchers import LocalPool, make_launcher, orphaned, stop
 from .arms import Protocol, estimate_seconds, protocol_from_dict
 from .protocols import PROTOCOLS, PlannedRun, planned_runs
 from .results import render_results
@@ -265,6 +265,8 @@ def _train_in_worker(runner: Callable[[dict[str, Any]], int], options: dict[str,
             os.close(f)
         for sig in (signal.SIGINT, signal.SIGTERM):  # between runs a signal ends the idle worker
             signal.signal(sig, signal.SIG_DFL)
+        if orphaned():  # the sweep died (SIGKILL): its death signal stopped this run; nobody will send another task
+            os._exit(3)
 
 
 def _estimate(out: Path, run: PlannedRun, runs: list[PlannedRun]) -> float | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import read_json
+from ..errors import ConfigError
 from ..train.runs import SWEEP, Run, is_run, load_run, read_groups
 from .names import RunName
 from .arms import Arm, Protocol, arm_label, arms_of, protocol_from_dict
@@ -147,7 +148,12 @@ def load_sweep(path: str | Path) -> SweepResult:
     """Parse a sweep directory: ``sweep.json``, the protocol it ran, and every planned run (finished or missing)."""
     path = Path(path)
     meta = read_json(path / SWEEP, SWEEP)
-    protocol = protocol_from_dict(meta["protocol"])
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path / SWEEP} is not a sweep record (a JSON object with its protocol)")
+    try:
+        protocol = protocol_from_dict(meta.get("protocol"))
+    except ConfigError as e:
+        raise ConfigError(f"{path / SWEEP}: {e}") from None
     arms = [ArmResult(a) for a in arms_of(protocol)]
     by_name = {str(n): arm for arm in arms for n in arm.arm.names(protocol.family)}
     for planned in planned_runs(protocol):

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .._files import TEMP_SUFFIX, with_path, atomic_link, atomic_write
+from .._files import atomic_write, with_path
 from ..errors import DGConvError
 
 __all__ = [

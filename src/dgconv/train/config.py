@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, short
 
-__all__ = ["TrainConfig", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "GROUPS", "CROP_PADDING", "merge_resume", "check_type",
+__all__ = ["TrainConfig", "DATASET_DEFAULTS", "EXCLUSIVE", "RESUMABLE_OVERRIDES", "GROUPS", "CROP_PADDING", "merge_resume", "check_type",
            "Choices"]
 
 #: Defaults that depend on the dataset (anything left ``None`` in :class:`TrainConfig`).
@@ -37,6 +37,10 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 RESUMABLE_OVERRIDES = ("epochs", "workers", "progress", "tensorboard", "device", "resume", "download",
                        "trust_latency_table")
 
+
+#: Options that exclude each other: a flag given for one drops a config file's value of the other.
+EXCLUSIVE = (("budget", "target"), ("groups", "groups_from"), ("groups", "structure_from"),
+             ("groups_from", "structure_from"))
 
 #: Zero padding of the random crop of in-memory datasets, in pixels (CIFAR's recipe).
 CROP_PADDING = 4
@@ -198,8 +202,9 @@ class TrainConfig:
                                "torch's fused SGD step")
     compile: bool = _opt(False, "run", "torch.compile the network (DGConv layers run as one opaque op each)")
     deterministic: bool = _opt(False, "run", "deterministic algorithms (slower)")
-    threads: int | None = _opt(None, "run", "CPU threads of torch's operators (default: torch's own choice, one per "
-                               "core); recorded, so a replay uses the same number")
+    threads: int | None = _opt(None, "run", "CPU threads of torch's operators (default: chosen for the machine and "
+                               "the model -- 1 for images under 32x32, else one per core no other process is "
+                               "using); recorded, so a replay uses the same number")
     tensorboard: bool = _opt(False, "run", "also write TensorBoard logs (needs the tensorboard package)")
     progress: bool = _opt(True, "run", "no progress bar")
 
@@ -219,7 +224,7 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(f.name)} must be a finite number, got {value}")
             choices = f.metadata.get("choices")
             if choices is not None and value is not None and value not in choices:
-                raise ConfigError(f"--{_flag(f.name)} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+                raise ConfigError(f"--{_flag(f.name)} must be one of {', '.join(map(repr, choices))}, got {value!r:.80}")
         cfg = dataclasses.replace(self)
         for key, value in DATASET_DEFAULTS[self.dataset].items():
             if getattr(cfg, key) is None:
@@ -411,7 +416,7 @@ def check_type(name: str, value: Any, source: str = "") -> None:
                 return
         elif _is(value, _TYPES[alternative]):
             return
-    raise ConfigError(f"option {name!r}{where} must be {declared.replace('None', 'null')}, got {value!r} "
+    raise ConfigError(f"option {name!r}{where} must be {declared.replace('None', 'null')}, got {short(value)} "
                       f"({type(value).__name__})")
 
 

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._env import cpu_name, source_commit
+from .._env import auto_threads, cpu_name, source_commit
 from .._version import __version__
-from ..budget.constraint import ResourceConstraint
 from ..errors import ConfigError, Interrupted, TrainingError
 from ..convert.freeze import freeze_groups, frozen_structure, structure_record
 from ..layer.conv import cached_gates, gate_gradients
+from ..models import model_info
 from . import interrupts
 from .checkpoint import Contents, build_checkpoint, contents
-from .config import DATASET_DEFAULTS, TrainConfig, merge_resume
+from .config import TrainConfig, merge_resume
 from .distributed import (
     DistEnv,
     all_reduce_sum,
@@ -47,12 +46,13 @@ from .distributed import (
 from .progress import Progress, duration, plural
 from .rundir import RunWriter
 from .schedule import lr_at
-from .runs import LAST, checkpoint_path, groups_document, is_dgconv_run, read_metrics
+from .summary import budget_text, command, final_summary
+from .runs import LAST, checkpoint_path, groups_document, is_dgconv_run, load_run, read_metrics
 from .runs import default_run_dir
 from .setup import Lookahead, RunState, setup, take_skipped, wrap
 from .tta import tta_logits
 
-__all__ = ["train", "evaluate"]
+__all__ = ["train", "evaluate", "resumed_config"]
 
 _logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def evaluate(model: nn.Module, loader: Any, amp: bool = False, progress: Progres
     sums = torch.zeros(3, dtype=torch.float64, device=dev)
     bar = progress or Progress(False)
     try:
-        with bar.phase("eval", len(loader), getattr(loader, "batch_size", 1)) as update:
+        with bar.phase("eval", len(loader), getattr(loader, "batch_size", 1), getattr(loader, "size", None)) as update:
             for x, y in loader.epoch(0):
                 with cached_gates(model), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                     out = model(x)
@@ -78,7 +78,7 @@ def evaluate(model: nn.Module, loader: Any, amp: bool = False, progress: Progres
                 sums[0] += F.cross_entropy(out.float(), y, reduction="sum")
                 sums[1] += (out.argmax(1) == y).sum()
                 sums[2] += len(y)
-                update(1)
+                update(1, images=len(y))
     finally:
         model.train(was)
     all_reduce_sum(sums)
@@ -102,10 +102,6 @@ def _environment(env: DistEnv) -> dict[str, Any]:
     }
 
 
-def _command(*args: str) -> str:
-    return " ".join(shlex.quote(a) for a in ("dgconv", *args))
-
-
 # ------------------------------------------------------------------------------------------ train
 def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
     """Run a training job; returns the last epoch's metrics record.
@@ -124,41 +120,23 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
             file write finished; ``detail`` names the checkpoint to resume from.
     """
     explicit = set() if explicit is None else explicit
-    ckpt = None
-    if cfg.resume is not None:
-        source = checkpoint_path(cfg.resume)
-        run_dir = source.parent
-        if "out" in explicit and cfg.out is not None and Path(cfg.out).resolve() != run_dir.resolve():
-            raise ConfigError(
-                f"--resume continues the run in {run_dir} and writes there; --out {cfg.out} names another directory "
-                f"(to branch a run, copy its directory first and resume the copy)"
-            )
-        ckpt = contents(source)
-        if not is_dgconv_run(run_dir):  # nothing in a folder that is not a run is ours to write or delete
-            raise ConfigError(
-                f"--resume {cfg.resume}: {run_dir} is not a dgconv run directory (no config.json of a run), so it is "
-                f"left untouched; resume the run directory the checkpoint came from, or start from its weights with "
-                f"--init-from {source}"
-            )
-        saved = ckpt.config
-        last = run_dir / LAST
-        if source.resolve() != last.resolve() and last.exists():
-            at = contents(last).epoch
-            if at > ckpt.epoch:
-                raise ConfigError(
-                    f"{source} holds epoch {ckpt.epoch}, but the run in {run_dir} is at epoch {at}: resuming from it "
-                    f"would rewind that run. Copy the run directory and resume the copy, or resume {run_dir} itself."
-                )
-        cfg = merge_resume(cfg, saved, explicit)
-        cfg.out = str(run_dir)
-    cfg = cfg.resolved()
-    if cfg.out is None:
-        cfg.out = str(default_run_dir(cfg.model, cfg.dataset))
+    cfg, ckpt = resumed_config(cfg, explicit)
     if ckpt is not None and ckpt.epoch >= cfg.epochs:
         return _already_finished(cfg, ckpt)
     interrupts.check()
+    if cfg.threads is None and ckpt is not None:  # a run from before --threads: resume it as it ran
+        recorded = load_run(cfg.out).environment.get("threads") if is_dgconv_run(cfg.out) else None
+        cfg.threads = recorded if isinstance(recorded, int) and recorded > 0 else None
+    if cfg.threads is None and cfg.device != "cuda":  # chosen once and recorded, so that config.json replays the run
+        size = model_info(cfg.model).input_size if cfg.image_size is None else (3, cfg.image_size, cfg.image_size)
+        cfg.threads = auto_threads(tuple(size))
     if cfg.threads is not None:  # before anything runs: CPU results can depend on the thread count
         torch.set_num_threads(cfg.threads)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        built = f"torch {torch.__version__} " + ("has CUDA but sees no GPU" if torch.backends.cuda.is_built() else
+                                                 "is a CPU-only build")
+        raise ConfigError(f"--device cuda: no CUDA device here ({built}); train with --device cpu, or leave --device "
+                          f"out to use a GPU when there is one")
     env = init_distributed(cfg.device)
     finished = False
     try:
@@ -183,12 +161,52 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
         shutdown(barrier=finished)
 
 
+def resumed_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, Contents | None]:
+    """The resolved configuration a run will train with, and its checkpoint's contents when ``cfg.resume`` names
+    one: the saved options, with the few a resumed run may change taken from ``cfg`` (what ``--print-config``
+    shows beside ``--resume``).
+
+    Raises:
+        ConfigError, CheckpointError: what :func:`train` raises for the same options.
+    """
+    ckpt = None
+    if cfg.resume is not None:
+        source = checkpoint_path(cfg.resume)
+        run_dir = source.parent
+        if "out" in explicit and cfg.out is not None and Path(cfg.out).resolve() != run_dir.resolve():
+            raise ConfigError(
+                f"--resume continues the run in {run_dir} and writes there; --out {cfg.out} names another directory "
+                f"(to branch a run, copy its directory first and resume the copy)"
+            )
+        ckpt = contents(source)
+        if not is_dgconv_run(run_dir):  # nothing in a folder that is not a run is ours to write or delete
+            raise ConfigError(
+                f"--resume {cfg.resume}: {run_dir} is not a dgconv run directory (no config.json of a run), so it is "
+                f"left untouched; resume the run directory the checkpoint came from, or start from its weights with "
+                f"--init-from {source}"
+            )
+        last = run_dir / LAST
+        if source.resolve() != last.resolve() and last.exists():
+            at = contents(last).epoch
+            if at > ckpt.epoch:
+                raise ConfigError(
+                    f"{source} holds epoch {ckpt.epoch}, but the run in {run_dir} is at epoch {at}: resuming from it "
+                    f"would rewind that run. Copy the run directory and resume the copy, or resume {run_dir} itself."
+                )
+        cfg = merge_resume(cfg, ckpt.config, explicit)
+        cfg.out = str(run_dir)
+    cfg = cfg.resolved()
+    if cfg.out is None:
+        cfg.out = str(default_run_dir(cfg.model, cfg.dataset))
+    return cfg, ckpt
+
+
 def _already_finished(cfg: TrainConfig, ckpt: Contents) -> dict[str, Any]:
     done = ckpt.epoch
     _logger.info(
         "%s already finished its %s (test accuracy %.4f); nothing to do. To train it longer: %s",
         cfg.out, plural(done, "epoch"), float(ckpt.record.get("test_acc", ckpt.best_acc)),
-        _command("train", "--resume", str(cfg.out), "--epochs", str(done + max(1, done // 2))),
+        command("train", "--resume", str(cfg.out), "--epochs", str(done + max(1, done // 2))),
     )
     rows = read_metrics(cfg.out) if Path(cfg.out).is_dir() else []
     return rows[-1] if rows else dict(ckpt.record)
@@ -213,7 +231,7 @@ def _kept(run: RunState) -> str:
         return f"run {run.out} had not finished an epoch; nothing was kept"
     done = run.writer.committed_epoch or run.start_epoch
     return (f"kept the last good checkpoint {run.writer.last} (end of epoch {done}); continue with: "
-            f"{_command('train', '--resume', str(run.out))}")
+            f"{command('train', '--resume', str(run.out))}")
 
 
 def _train_epoch(run: RunState, epoch: int, progress: Progress) -> tuple[float, torch.Tensor]:
@@ -337,7 +355,7 @@ def _train(cfg: TrainConfig, env: DistEnv, writer: RunWriter | None, ckpt: Conte
         _logger.info(
             "dgconv train: %s on %s (%d train images/epoch), %s, batch %d, lr %s, %s, device %s x%d, out %s",
             cfg.model, cfg.dataset, len(run.train_loader) * cfg.batch_size, plural(cfg.epochs, "epoch"), cfg.batch_size, cfg.lr,
-            _budget_text(run.constraint), env.device, env.world_size, out,
+            budget_text(run.constraint), env.device, env.world_size, out,
         )
         if run.start_epoch:
             _logger.info("resumed from epoch %d (step %d)", run.start_epoch, run.step)
@@ -361,7 +379,7 @@ def _train(cfg: TrainConfig, env: DistEnv, writer: RunWriter | None, ckpt: Conte
         if tb is not None:
             tb.close()
     if main and record:
-        _final_summary(run, record)
+        final_summary(run, record)
     return record
 
 
@@ -388,35 +406,3 @@ def _tensorboard_epoch(tb: Any, record: dict[str, Any]) -> None:
     for name, values in record["gates"].items():
         tb.add_histogram(f"gates/{name}", torch.tensor(values), epoch)
     tb.flush()
-
-
-def _budget_text(c: ResourceConstraint) -> str:
-    if not c.constrained:
-        return "no budget"
-    what = f"budget b={c.budget:g}" if c.target is None else f"target {c.target:,.6g} {c.cost.unit}"
-    return f"{what} in {c.cost.name}" + (", lagrangian" if c.objective == "lagrangian" else "")
-
-
-def _final_summary(run: RunState, record: dict[str, Any]) -> None:
-    log = _logger.info
-    log("")
-    log("test accuracy %.4f (best %.4f at epoch %d)", record["test_acc"], record["best_acc"], run.best_epoch)
-    layers = run.constraint.layers
-    structure = structure_record(run.model) if layers else {}
-    if layers:
-        if run.constraint.constrained:
-            log("zeta %.6g / o %.6g = %.3f (%s)", record["zeta"], record["o"], record["zeta_over_o"], _budget_text(run.constraint))
-        if record.get("macs") is not None:
-            log("MACs %s per input (DGConv layers %s)", f"{record['macs']:,.0f}", f"{record['dgconv_macs']:,.0f}")
-        log("%-20s %5s %5s %7s  gates (1 = factor connected)", "DGConv layer", "in", "out", "groups")
-        channels = run.constraint.summary()["channels"]
-        for name, s in structure.items():
-            bits = "".join("1" if b else "0" for b in s["gates"])
-            (cin, cout), groups = channels[name], record["groups"][name]
-            log("%-20s %5d %5d %7d  %s (factors %s)", name, cin, cout, groups, bits, s["factors"])
-    out = str(run.out)
-    log("")
-    log("run directory: %s", out)
-    log("next: %s", _command("report", out, "--out", str(Path(out) / "report")))
-    if layers:
-        log("      %s", _command("deploy", out, "--best", "--out", str(Path(out) / "deployed.pt")))

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MissingExtraError
-from .config import GROUPS, TrainConfig, check_type
+from .config import EXCLUSIVE, GROUPS, TrainConfig, check_type
 
-__all__ = ["add_arguments", "parse_flags", "to_flags", "read_config_file", "flag_of", "FILE_ONLY"]
+__all__ = ["add_arguments", "parse_flags", "to_flags", "read_config_file", "flag_of", "FILE_ONLY", "MAX_CONFIG_BYTES",
+           "merge_given"]
 
 #: Keys of a run's config.json that describe where that run lived, not what it computes: dropped when the file is
 #: replayed through --config (the new run gets its own directory).
@@ -38,7 +39,8 @@ FILE_ONLY = ("out", "resume")
 
 
 def flag_of(field: dataclasses.Field) -> str:
-    """The command-line flag of a field: ``--name``, or ``--no-name`` for a switch that is on by default."""
+    """The command-line flag that moves a field off its default: ``--name``, or ``--no-name`` for a switch that is on
+    by default (every switch takes both spellings)."""
     name = field.name.replace("_", "-")
     return f"--no-{name}" if field.default is True else f"--{name}"
 
@@ -61,11 +63,17 @@ def _value_type(field: dataclasses.Field) -> Any:
     meta = field.metadata
     if "parse" in meta:
         return _PARSERS[meta["parse"]]
-    if "type" in meta:
-        return meta["type"]
-    declared = [t.strip() for t in str(field.type).split("|") if t.strip() != "None"]
-    first = declared[0]
-    return float if first.startswith("list[") else _SCALARS.get(first, str)
+    declared = [t.strip() for t in str(field.type).split("|")]
+    first = next(t for t in declared if t != "None")
+    base = meta.get("type") or (float if first.startswith("list[") else _SCALARS.get(first, str))
+    if "None" not in declared:
+        return base
+
+    def value_or_none(text: str) -> Any:  # `--groups none` clears what a config file set
+        return None if text.lower() == "none" else base(text)
+
+    value_or_none.__name__ = getattr(base, "__name__", "value")  # argparse names the type in its errors
+    return value_or_none
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,9 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
         group = groups[meta["group"]]
-        if str(f.type) == "bool":
-            group.add_argument(flag_of(f), dest=f.name, action="store_false" if f.default else "store_true",
-                               help=meta["help"])
+        if str(f.type) == "bool":  # --x and --no-x both, so a flag can undo a config file's value
+            name = f.name.replace("_", "-")
+            group.add_argument(f"--{name}", dest=f.name, action=argparse.BooleanOptionalAction, help=meta["help"])
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "type": _value_type(f), "help": meta["help"]}
         for key in ("choices", "metavar", "nargs"):
@@ -118,31 +126,98 @@ def to_flags(values: dict[str, Any]) -> list[str]:
     return out
 
 
+def merge_given(file_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """The options of a run from a config file and the flags given beside it: every flag overrides the file, also
+    where the file set the other option of a pair that excludes it (:data:`~dgconv.train.config.EXCLUSIVE`: a file's
+    ``target`` gives way to ``--budget``, its ``groups`` to ``--groups-from``), and ``--mean none`` clears a list."""
+    flags = {k: (None if isinstance(v, list) and v == [None] else v) for k, v in flags.items()}
+    values = dict(file_values)
+    for a, b in EXCLUSIVE:
+        for mine, other in ((a, b), (b, a)):
+            if mine in flags and other in values and other not in flags:
+                del values[other]
+    return {**values, **flags}
+
+
 def _text(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+#: The largest config file read (bytes): a real one is a few kilobytes.
+MAX_CONFIG_BYTES = 1 << 20
+_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The option values in a config file (YAML, TOML or JSON, see the module docstring), type-checked. A run's
-    ``config.json`` gives the options that run was started with, less :data:`FILE_ONLY`."""
+    ``config.json`` gives the options that run was started with, less :data:`FILE_ONLY` (and is refused, with the
+    reason, when the run was resumed with another schedule: its ``config.json`` alone would train another run).
+
+    The file is checked before it is read: its suffix, that it is a regular file (never a FIFO, a device or a
+    folder) and at most :data:`MAX_CONFIG_BYTES`. YAML is read by YAML 1.2's rules for booleans and numbers
+    (``on``/``no`` are strings, ``5e-4`` is a number); a key given twice, or under two spellings
+    (``limit-train`` and ``limit_train``), is an error; the string ``none`` (TOML has no null) clears a value."""
     p = Path(path).expanduser()
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    text = _read_bounded(p, str(path))
     doc = _parse(p, text)
-    if isinstance(doc, dict) and doc.get("format") == "dgconv.run/1" and isinstance(doc.get("config"), dict):
-        doc = {k: v for k, v in doc["config"].items() if k not in FILE_ONLY}  # a run's own config.json
+    if isinstance(doc, dict) and isinstance(doc.get("config"), dict) and ("format" in doc or "environment" in doc):
+        _check_replayable(p, doc)
+        doc = {k: v for k, v in doc["config"].items() if k not in FILE_ONLY and k != "config"}  # a run's config.json
     if not isinstance(doc, dict):
         raise ConfigError(f"{p}: expected a mapping of option names to values, got {type(doc).__name__}")
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in doc.items():
         name = str(key).replace("-", "_")
+        if name in values:
+            raise ConfigError(f"{p}: option {name!r} is given twice (as {key!r} and another spelling)")
+        if isinstance(value, str) and value.lower() in ("none", "null") and _optional(name):
+            value = None
         check_type(name, value, str(p))
         values[name] = value
     return values
+
+
+def _optional(name: str) -> bool:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    return name in fields and "None" in str(fields[name].type)
+
+
+def _read_bounded(p: Path, given: str) -> str:
+    import os
+    import stat
+
+    if p.suffix.lower() not in _SUFFIXES:
+        raise ConfigError(f"--config {given}: use a .yaml, .yml, .toml or .json file")
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {given}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"--config {given}: cannot read it ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"--config {given}: not a regular file (a folder, a FIFO or a device); give a config file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config {given}: {st.st_size:,} bytes; a config file is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"--config {given}: more than {MAX_CONFIG_BYTES:,} bytes; not a config file")
+        return data.decode()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {given}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+
+
+def _check_replayable(p: Path, doc: dict[str, Any]) -> None:
+    """A run resumed with another number of epochs trained under two schedules; its config.json holds the last."""
+    for entry in doc.get("history") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("epochs"), list) and len(entry["epochs"]) == 2:
+            before, after = entry["epochs"]
+            raise ConfigError(
+                f"{p} cannot repeat its run: the run was resumed at epoch {entry.get('from_epoch')} with --epochs "
+                f"{after} (it began with {before}), so its learning-rate schedule changed mid-run. To repeat it: "
+                f"train with this file and --epochs {before}, then --resume that run with --epochs {after}"
+            )
 
 
 def _parse(p: Path, text: str) -> Any:
@@ -154,7 +229,7 @@ def _parse(p: Path, text: str) -> Any:
             except ImportError:
                 raise MissingExtraError(f"--config {p}: YAML needs PyYAML (pip install 'dgconv[train]' or pyyaml); "
                                         f"TOML and JSON files need nothing") from None
-            return yaml.safe_load(text) if text.strip() else {}
+            return yaml.load(text, Loader=_yaml_loader(yaml)) if text.strip() else {}
         if suffix == ".toml":
             try:
                 import tomllib
@@ -162,9 +237,49 @@ def _parse(p: Path, text: str) -> Any:
                 import tomli as tomllib  # type: ignore[no-redef]
             return tomllib.loads(text)
         if suffix == ".json":
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_keys)
     except MissingExtraError:
         raise
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
     except Exception as e:  # noqa: BLE001 - each parser has its own error class; all mean "not valid"
         raise ConfigError(f"{p} is not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
     raise ConfigError(f"--config {p}: use a .yaml, .yml, .toml or .json file")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ConfigError(f"key {dupes[0]!r} is given twice")
+    return dict(pairs)
+
+
+def _yaml_loader(yaml: Any) -> Any:
+    """PyYAML's safe loader with YAML 1.2's booleans (``true``/``false`` only: ``on``, ``no`` stay strings) and
+    numbers (``5e-4`` is a float), refusing duplicate keys."""
+    import re
+
+    class Loader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+        pass
+
+    Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:bool",
+                                                                                   "tag:yaml.org,2002:float")]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+        list("-+0123456789."))
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
+        loader.flatten_mapping(node)
+        keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+        dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ConfigError(f"key {dupes[0]!r} is given twice")
+        return {k: loader.construct_object(v, deep=deep) for k, (_, v) in zip(keys, node.value)}
+
+    Loader.add_constructor("tag:yaml.org,2002:map", mapping)
+    return Loader

@@ -41,7 +41,6 @@ from .._files import (
     release_lock,
     take_lock,
     write_json,
-    write_text,
 )
 from ..errors import RunDirError, RunInUseError
 from .checkpoint import Contents, saved_epoch
@@ -57,8 +56,6 @@ from .runs import (
     TENSORBOARD,
     is_run_file,
     parse_metrics,
-    groups_document,
-    load_run,
 )
 
 __all__ = ["RunWriter"]
@@ -83,6 +80,7 @@ class RunWriter:
     Example::
 
         >>> import tempfile
+        >>> from dgconv.train.runs import load_run
         >>> with RunWriter(tempfile.mkdtemp()) as w:
         ...     w.write_config({"config": {"model": "m", "dataset": "d", "epochs": 1}})
         ...     w.append_metrics({"epoch": 1, "test_acc": 0.5})
@@ -255,7 +253,8 @@ class RunWriter:
     # -------------------------------------------------------------------------------- files
     def write_config(self, doc: dict[str, Any], resumed_from: int | None = None) -> None:
         """Write ``config.json``. A resumed run keeps the original ``started`` time and ``argv`` and appends
-        ``{"resumed", "argv", "from_epoch"}`` to ``history``."""
+        ``{"resumed", "argv", "from_epoch"}`` to ``history`` (with ``"epochs": [before, after]`` when the resume
+        changed the schedule's length)."""
         doc = {"format": RUN_FORMAT, **doc}
         cpath = self.path / CONFIG
         if resumed_from is not None and cpath.exists():
@@ -272,8 +271,13 @@ class RunWriter:
                         env[key] = old_env[key]
                 doc["environment"] = env
                 history = old.get("history", []) if isinstance(old.get("history"), list) else []
-                doc["history"] = [*history, {"resumed": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": list(sys.argv),
-                                             "from_epoch": resumed_from}]
+                entry: dict[str, Any] = {"resumed": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": list(sys.argv),
+                                         "from_epoch": resumed_from}
+                before = (old.get("config") or {}).get("epochs") if isinstance(old.get("config"), dict) else None
+                after = (doc.get("config") or {}).get("epochs")
+                if before is not None and before != after:  # the schedule changed: config.json alone cannot replay it
+                    entry["epochs"] = [before, after]
+                doc["history"] = [*history, entry]
         fresh = resumed_from is None and not cpath.exists()
         try:
             write_json(cpath, doc)

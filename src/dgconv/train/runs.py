@@ -22,6 +22,7 @@ Readers (``dgconv report``, ``results``, ``deploy``, ``profile``, sweeps) use :f
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -54,14 +55,24 @@ class _Metrics:
 
 #: Fields of an epoch record that are numbers when present (the readers plot and compare them).
 NUMERIC_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "best_acc", "lr", "time", "step")
+#: Fields that are fractions: a record outside [0, 1] was not written by dgconv.
+FRACTION_FIELDS = ("train_acc", "test_acc", "best_acc")
+#: The largest metrics file read: dgconv writes a few kilobytes an epoch, so this is tens of thousands of epochs.
+MAX_METRICS_BYTES = 64 << 20
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _is_number(v: Any, fraction: bool = False) -> bool:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or abs(v) > 1e15:
+        return False
+    return 0 <= v <= 1 if fraction else True
 
 
 def parse_metrics(path: Path) -> _Metrics:
     try:
+        size = path.stat().st_size
+        if size > MAX_METRICS_BYTES:
+            raise RunDirError(f"{path} is {size / 2**20:,.0f} MiB, more than any run writes (a few KB an epoch); "
+                              f"not a dgconv metrics file")
         data = path.read_bytes()
     except FileNotFoundError:
         return _Metrics([], False)
@@ -83,9 +94,10 @@ def parse_metrics(path: Path) -> _Metrics:
             raise RunDirError(f"{path}:{i + 1} is not a JSON line ({e}); fix or remove that line") from None
         if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or isinstance(row.get("epoch"), bool):
             raise RunDirError(f"{path}:{i + 1} is not an epoch record (a JSON object with an integer 'epoch')")
-        bad = next((k for k in NUMERIC_FIELDS if k in row and not _is_number(row[k])), None)
+        bad = next((k for k in NUMERIC_FIELDS if k in row and not _is_number(row[k], k in FRACTION_FIELDS)), None)
         if bad is not None:
-            raise RunDirError(f"{path}:{i + 1} has {bad!r} = {json.dumps(row[bad])}, where a number was expected; "
+            want = "a fraction in [0, 1]" if bad in FRACTION_FIELDS else "a finite number"
+            raise RunDirError(f"{path}:{i + 1} has {bad!r} = {json.dumps(row[bad])[:40]}, where {want} was expected; "
                               f"fix or remove that line")
         expected = len(rows) + 1
         if row["epoch"] != expected:
