@@ -23,3 +23,7 @@ loss.backward()
 print("gate gradients (straight-through):", [f"{v:+.3g}" for v in layer.gate.grad.tolist()])
 opt.step()
 print("groups after one step:", layer.groups)
+print("Why 64: this toy loss asks for a small output and few connections, and nothing asks for accuracy, so every\n"
+      "gate's gradient points the same way (closing a gate removes connections and output energy). The gates start\n"
+      "at +-1e-8, so one SGD step moves each across 0: every factor splits and the layer becomes depthwise (64\n"
+      "groups of 1 channel). In training the task loss pulls the other way and the budget decides how far.")

@@ -226,3 +226,43 @@ def test_ctrl_c_with_loading_workers_is_one_line(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert "stopped by SIGINT" in err
+
+
+@pytest.mark.parametrize("case", ["class link", "one class", "differing classes"])
+def test_image_folder_layouts_that_would_train_silently_wrong_are_one_line(tmp_path, case):
+    """A class folder that is a link to another class (the same images under two labels), a single class (loss 0,
+    accuracy 1.0), train and val with other classes (a stray .ipynb_checkpoints): one line naming what is wrong,
+    before any training, and no run directory."""
+    tv()
+    data = tmp_path / "data"
+    write_folder(data, (16, 16), 8, "L", classes=1 if case == "one class" else 3)
+    if case == "class link":
+        (data / "train" / "class2").rename(tmp_path / "gone")
+        (data / "train" / "class2").symlink_to(data / "train" / "class0", target_is_directory=True)
+        words = ["same folder as", "two labels"]
+    elif case == "one class":
+        words = ["1 class folder(s) (class0)", "at least 2"]
+    else:
+        (data / "val" / ".ipynb_checkpoints").mkdir()
+        (data / "val" / ".ipynb_checkpoints" / "x.png").write_bytes((data / "val" / "class0" / "0.png").read_bytes())
+        words = ["only in val ['.ipynb_checkpoints']"]
+    r = cli("train", "--dataset", "imagefolder", "--data-dir", str(data), "--model", "g_resnext_cifar_tiny", "--epochs",
+            "1", "--batch-size", "8", "--out", str(tmp_path / "run"), "--no-progress")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_folders_read_photos_upright_by_their_exif_orientation(tmp_path):
+    tv()
+    from PIL import Image
+
+    from dgconv.train.data.folder import _open
+
+    img = Image.new("L", (4, 2), 0)
+    img.putpixel((0, 0), 255)  # top-left bright, 4 wide and 2 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    img.save(tmp_path / "p.jpg", exif=exif, quality=100)
+    shown = _open(str(tmp_path / "p.jpg"), "L")
+    assert shown.size == (2, 4)  # upright: 2 wide, 4 high

@@ -44,9 +44,9 @@ _EXPORTS = {
     "profile": "convert.profile",
     "Profile": "convert.profile",
     "deploy": "convert.deploy",
-    "architecture_spec": "convert.deploy",
-    "save_deployed": "convert.deploy",
-    "load_deployed": "convert.deploy",
+    "architecture_spec": "convert.spec",
+    "save_deployed": "convert.spec",
+    "load_deployed": "convert.spec",
     "register_fold_rule": "convert.deploy",
     "groupify": "convert.groupify",
     "freeze_groups": "convert.freeze",
@@ -61,13 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .budget.constraint import ResourceConstraint  # noqa: F401
     from .budget.optimizer import configure_optimizer, parameter_groups  # noqa: F401
     from .budget.latency import LatencyTable  # noqa: F401
-    from .convert.deploy import (  # noqa: F401
-        architecture_spec,
-        deploy,
-        load_deployed,
-        register_fold_rule,
-        save_deployed,
-    )
+    from .convert.deploy import deploy, register_fold_rule  # noqa: F401
+    from .convert.spec import architecture_spec, load_deployed, save_deployed  # noqa: F401
     from .convert.freeze import freeze_groups  # noqa: F401
     from .convert.groupify import groupify  # noqa: F401
     from .convert.profile import Profile, profile  # noqa: F401

@@ -19,7 +19,7 @@ from dgconv import (
     profile,
     save_deployed,
 )
-from dgconv.convert.deploy import ChannelPermutation
+from dgconv.convert.orders import ChannelPermutation
 from dgconv.models import model_info
 
 
@@ -142,14 +142,18 @@ def test_groupify_then_deploy_an_arbitrary_model():
     x = torch.randn(2, 3, 9, 9)
     assert_same_function(net, g, x)  # function preserved at conversion
     assert g.b.groups == 16 and g.d.groups == 12 and g.d.factors == (2, 2, 3, 2, 2, 2)
-    # learn something non-adjacent, then deploy: permutations cannot fold here, so they are inserted
+    # learn something non-adjacent, then deploy: no fold rule knows UserNet, so permutations are inserted, and the
+    # orders pass folds what the neighbouring layers can absorb (all of b's here) and gathers the rest (d's)
     g.b.gate.data = torch.tensor([1.0, -1.0, 1.0, -1.0])
     g.d.gate.data = torch.tensor([-1.0, 1.0, -1.0, 1.0, -1.0, 1.0])
     d, summary = deploy(g, summary=True)
     assert_same_function(g, d, x)
-    assert set(summary.inserted) == {"b", "d"}
-    assert any(isinstance(m, ChannelPermutation) for m in d.modules())
+    assert set(summary.inserted) == {"d"}
+    assert any(isinstance(m, ChannelPermutation) and not m.identity for m in d.modules())
     assert_same_function(d, torch.jit.script(d), x)
+    gathered = deploy(g, orders="gather")  # 0.2's way: every order an index_select
+    assert_same_function(g, gathered, x)
+    assert sum(isinstance(m, ChannelPermutation) and not m.identity for m in gathered.modules()) == 4
 
 
 def test_groupify_selectors_and_refusals():

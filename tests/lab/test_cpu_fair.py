@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +21,8 @@ from dgconv.lab.names import RunName
 from dgconv.lab.protocols import PROTOCOLS, planned_runs
 from dgconv.convert.profile import profile
 from tests.helpers import cli, metrics, strip_time
+from tests.train.test_data import HAS_CIFAR, SHARED
 
-CIFAR = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def random_gates(model: nn.Module, seed: int) -> None:
@@ -164,10 +163,17 @@ def test_the_estimate_uses_finished_runs_first_and_says_when_it_exceeds_the_budg
     p = dataclasses.replace(PROTOCOLS["cpu-fair"], budget_hours=1.0)
     runs = planned_runs(p)
     assert estimate_seconds(p, runs) == sum(p.seconds_per_run[str(dataclasses.replace(r.name, seed=0))] for r in runs)
+    from dgconv.train.rundir import RunWriter
+
+    for name in ("fastnet-g16", "fastnet-g16-s1"):  # finished runs (the walls of runs not in the sweep do not count)
+        with RunWriter(tmp_path / name) as w:
+            w.write_config({"config": {"model": "fastnet", "dataset": "cifar10", "epochs": 1}})
+            w.append_metrics({"epoch": 1, "test_acc": 0.5})
     (tmp_path / "walls.jsonl").write_text(
         json.dumps({"run": "fastnet-g16", "seconds": 100.0, "exit": 0}) + "\n"
         + json.dumps({"run": "fastnet-g16-s1", "seconds": 40.0, "exit": None}) + "\n{cut by a cra\n"
-        + json.dumps({"run": "fastnet-g16-s1", "seconds": 80.0, "exit": 0}) + "\n")
+        + json.dumps({"run": "fastnet-g16-s1", "seconds": 80.0, "exit": 0}) + "\n"
+        + json.dumps({"run": "fastnet-g16-s2", "seconds": 999.0, "exit": 0}) + "\n")  # its folder is gone
     assert sweepdata.wall_seconds(tmp_path) == {"fastnet-g16": 110.0}  # median of 100 and 40 + 80
     with caplog.at_level(logging.INFO, logger="dgconv.lab.sweep"):
         sweep._say_estimate(p, tmp_path, runs)
@@ -175,11 +181,11 @@ def test_the_estimate_uses_finished_runs_first_and_says_when_it_exceeds_the_budg
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CIFAR / "cifar-10-batches-py").is_dir(), reason="needs CIFAR-10 in ../shared/data")
+@pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 copy not present (set DGCONV_SHARED_DATA)")
 def test_cpu_fair_rehearses_every_arm_and_records_its_wall_times(tmp_path):
     """Every arm of cpu-fair runs (one seed, one tiny epoch): the controls' networks, the width rules, the learned
     structure from its source run; the sweep records each run's wall time."""
-    r = cli("sweep", "--protocol", "cpu-fair", "--data-dir", str(CIFAR), "--out", str(tmp_path / "s"), "--epochs", "1",
+    r = cli("sweep", "--protocol", "cpu-fair", "--data-dir", str(SHARED), "--out", str(tmp_path / "s"), "--epochs", "1",
             "--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--max-seeds", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     walls = [json.loads(line) for line in (tmp_path / "s" / "walls.jsonl").read_text().splitlines()]

@@ -20,7 +20,7 @@ SAMPLE = {
     "model": "g_resnext_cifar_tiny", "budget": 16.0, "alpha": -0.05, "enforce_budget": False, "cost": "macs",
     "target": None, "latency_table": None, "trust_latency_table": False, "objective": "lagrangian", "dual_lr": 0.1,
     "min_group_width": 2, "max_groups": 16, "groups": None, "groups_from": None, "structure_from": None, "init_from": None, "gate_init": 0.5,
-    "zero_init_residual": True, "freeze_groups_at": "0.5", "gate_batch_fraction": 0.5, "gate_every": 2,
+    "zero_init_residual": True, "freeze_groups_at": "0.5", "gate_batch_fraction": 0.5, "gate_every": 2, "orders": "gather",
     "dataset": "cifar10", "data_dir": "/data", "download": False, "image_size": 24, "resize": "stretch",
     "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "hflip": "off", "crop_padding": 2, "crop_scale": 0.5, "limit_train": 512,
     "limit_test": 256, "workers": 1, "epochs": 4, "batch_size": 32, "lr": 0.05, "momentum": 0.8, "nesterov": True,

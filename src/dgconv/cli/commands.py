@@ -5,32 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import math
 
-from .console import run_train
+from .console import positive_float, positive_int, run_train
+from .networks import add_deploy, add_latency, add_profile
 
 __all__ = ["COMMANDS"]
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}")
-    return v
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -93,218 +72,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_profile(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("profile", help="parameters and MACs of a model, per layer (DGConv at its current groups)")
-    p.add_argument("model", help="registered model name, or a run directory (its model, classes, input size and learned groups)")
-    p.add_argument("--input-size", type=_positive_int, nargs=3, metavar=("C", "H", "W"), help="default: the run's, else the model's")
-    p.add_argument("--num-classes", type=_positive_int, help="default: the run's, else 1000")
-    p.add_argument("--groups", type=_positive_int, help="set every group / DGConv layer to this many groups")
-    p.add_argument("--groups-from", help="groups.json (or run directory): per-layer groups")
-    p.add_argument("--latency-table", help="also show the predicted latency from this table (dgconv latency)")
-    p.add_argument("--no-layers", dest="layers", action="store_false", help="totals only")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_cmd_profile)
-
-
-def _build(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
-    """``create_model`` with a bad argument (a group count the layer cannot take, ...) as a ConfigError."""
-    from ..errors import ConfigError, DGConvError
-    from ..models import create_model
-
-    try:
-        return create_model(name, **kwargs)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as e:
-        if isinstance(e, DGConvError):
-            raise
-        raise ConfigError(f"cannot build {name}: {e}") from None
-
-
-def _cmd_profile(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..models import model_info
-    from ..convert.profile import profile
-    from ..train.runs import is_run, load_run, read_groups
-
-    name, classes, size, groups = args.model, args.num_classes, args.input_size, None
-    run_source = args.model if is_run(args.model) else (args.groups_from if args.groups_from and is_run(args.groups_from) else None)
-    if run_source is not None:  # a run knows its model, classes and input size
-        run = load_run(run_source)
-        if run_source == args.model:
-            name = run.config["model"]
-            groups = run.groups or None
-        classes = classes or run.num_classes or None
-        size = size or (list(run.input_size) if run.input_size else None)
-    elif Path(args.model).exists():
-        from ..errors import ConfigError
-
-        raise ConfigError(f"{args.model} is not a run directory (no config.json) and not a model name; `dgconv models` lists the names")
-    info = model_info(name)
-    if args.groups_from:
-        groups = read_groups(args.groups_from)
-    elif args.groups:
-        groups = args.groups
-    size = tuple(size) if size else info.input_size
-    model = _build(name, num_classes=classes or 1000, in_chans=size[0], groups=groups)
-    prof = profile(model, size)
-    costs = _costs(model, size, args.latency_table)
-    if args.json:
-        print(json.dumps({**prof.to_dict(), "costs": costs}, indent=2))
-    else:
-        print(f"{name} at {'x'.join(map(str, size))}, {classes or 1000} classes (MACs = multiply-accumulates; FLOPs = 2 x MACs)")
-        print(prof.table(layers=args.layers))
-        if costs:
-            print("budget costs of the DGConv layers at their current groups (what `--cost` counts):")
-            for cost, value in costs.items():
-                print(f"  {cost:<12} {value['zeta']:>16,.6g} {value['unit']}" + (
-                    f"   (whole network: {value['network']:,.6g} {value['unit']})" if value.get("network") is not None else ""))
-    return 0
-
-
-def _costs(model, size, table_path):  # type: ignore[no-untyped-def]
-    """zeta of the DGConv layers in every cost that can be computed (latency only with a table)."""
-    from ..budget.constraint import ResourceConstraint
-    from ..layer.conv import dgconv_layers
-
-    if not dgconv_layers(model):
-        return {}
-    out = {}
-    for cost in ("connections", "macs", "latency"):
-        if cost == "latency" and not table_path:
-            continue
-        c = ResourceConstraint(model, budget=None, cost=cost, input_size=size, latency_table=table_path)
-        network = c.current() + c.cost.fixed if cost != "connections" else None
-        out[cost] = {"zeta": c.current(), "unit": c.cost.unit, "network": network}
-    return out
-
-
-def _add_latency(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "latency",
-        help="measure a latency table: every DGConv layer at every group number it can reach",
-        description="Time the deployed form (nn.Conv2d(groups=G)) of every DGConv layer of MODEL at every reachable G, "
-        "on this device, dtype, batch and input size, plus the rest of the network; write a JSON table for "
-        "`dgconv train --cost latency --latency-table FILE` (usable on any machine).",
-    )
-    p.add_argument("model", help="registered G-model name")
-    p.add_argument("--out", required=True, help="where to write the table (JSON)")
-    p.add_argument("--device", default="cpu", help="device to time on (default: cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--batch", type=_positive_int, default=1)
-    p.add_argument("--input-size", type=_positive_int, nargs=3, metavar=("C", "H", "W"), help="default: the model's")
-    p.add_argument("--num-classes", type=_positive_int, default=1000, help="classifier outputs (part of the measured rest)")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--reps", type=_positive_int, default=15, help="timed rounds per layer shape (medians are kept)")
-    p.add_argument("--min-group-width", type=_positive_int, help="the hardware limits training will use")
-    p.add_argument("--max-groups", type=_positive_int)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=_cmd_latency)
-
-
-def _cmd_latency(args: argparse.Namespace) -> int:
-    import time
-
-    from ..budget.latency import LatencyTable
-    from ..models import model_info
-    from ..train.progress import Progress
-
-    info = model_info(args.model)
-    size = tuple(args.input_size) if args.input_size else info.input_size
-    from ..layer.conv import check_group_limits
-
-    check_group_limits(args.min_group_width, args.max_groups, learnable=info.dgconv)
-    limits = {k: getattr(args, k) for k in ("min_group_width", "max_groups") if getattr(args, k) is not None}
-    model = _build(args.model, num_classes=args.num_classes, in_chans=size[0], **limits)
-    from ..train.progress import duration
-
-    started = time.time()
-    bars = Progress(args.progress)
-    with bars.phase("timing", 1) as update:
-        def progress(done: int, total: int, what: str) -> None:
-            spent = time.time() - started
-            left = duration(spent / done * (total - done)) if done else "?"
-            update(0, layer=what, done=f"{done}/{total}", left=left)
-            if not bars.enabled:  # a log or a pipe: one line per shape
-                print(f"timed {done}/{total} ({what}), about {left} left", flush=True)
-
-        table = LatencyTable.measure(model, size, args.batch, args.device, args.dtype, args.channels_last, args.reps,
-                                     model_name=args.model, progress=progress)
-    table.save(args.out)
-    n = sum(len(s["ms"]) for s in table.shapes.values())
-    print(f"{args.model} at {'x'.join(map(str, size))}, batch {args.batch}, {table.dtype} on {table.device_name}: "
-          f"{len(table.layers)} DGConv layers, {len(table.shapes)} distinct shapes, {n} timings, rest of the network "
-          f"{table.base_ms:.3f} ms; {time.time() - started:.1f} s")
-    print(f"wrote {args.out}")
-    suspicious = table.suspicious()
-    if suspicious:
-        logging.getLogger("dgconv").warning(
-            "%d timing(s) look contaminated (something else ran, or the machine changed speed); `dgconv train --cost "
-            "latency` refuses this table unless --trust-latency-table. Measure again on a quiet machine, or with more "
-            "--reps:\n  %s", len(suspicious), "\n  ".join(suspicious))
-    return 0
-
-
-def _add_deploy(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "deploy",
-        help="turn a trained G-ResNeXt into a plain ResNeXt with its learned groups",
-        description="Load a run's checkpoint, replace every DGConv2d by nn.Conv2d(groups=G) at its learned G (channel "
-        "permutations folded into neighbours), and write FILE (state_dict) plus FILE.json (architecture spec for "
-        "dgconv.load_deployed / create_model).",
-    )
-    p.add_argument("source", help="run directory (uses last.pt, or best.pt with --best) or a checkpoint file")
-    p.add_argument("--out", required=True, help="output state_dict path; the spec goes to OUT.json")
-    p.add_argument("--best", action="store_true", help="deploy best.pt of a run directory instead of last.pt")
-    p.add_argument("--torchscript", help="also save a TorchScript module here")
-    p.set_defaults(func=_cmd_deploy)
-
-
-def _cmd_deploy(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..convert.deploy import deploy, save_deployed
-    from ..models import model_info
-    from ..convert.profile import profile
-    from ..train.checkpoint import contents, load_checkpoint, model_from_checkpoint
-    from ..train.runs import checkpoint_path
-
-    src = checkpoint_path(args.source, best=args.best)
-    if args.best and not Path(args.source).is_dir():
-        from ..errors import ConfigError
-
-        raise ConfigError("--best picks a run directory's best checkpoint; give the run directory, not a file")
-    ckpt = load_checkpoint(src)
-    model = model_from_checkpoint(ckpt).eval()
-    fields = contents(ckpt)
-    size = fields.input_size or model_info(fields.model_name).input_size
-    deployed, summary = deploy(model, summary=True)
-    before, after = profile(model, size), profile(deployed, size)
-    macs_after = {lp.name: lp.macs for lp in after.layers}
-    print(f"{fields.model_name} ({src}) at input {'x'.join(map(str, size))}; MACs = multiply-accumulates")
-    head = f"{'layer':<20} {'in':>5} {'out':>5} {'groups':>6} {'params: stored -> deployed':>28} {'MACs: dense masked -> grouped':>32}"
-    print(head + "\n" + "-" * len(head))
-    for lp, prof in zip(summary.layers, [p for p in before.layers if p.kind == "DGConv2d"]):
-        dense = prof.macs * lp.groups
-        after_macs = macs_after.get(lp.name, macs_after.get(lp.name + ".1", macs_after.get(lp.name + ".0", 0)))
-        print(f"{lp.name:<20} {lp.in_channels:>5} {lp.out_channels:>5} {lp.groups:>6} {lp.params_before:>13,} -> {lp.params_after:<11,}"
-              f" {dense:>15,} -> {after_macs:<13,}")
-    dense_total = before.macs + sum(p.macs * (p.groups - 1) for p in before.layers if p.kind == "DGConv2d")
-    print(f"{'model total':<39} {before.params:>13,} -> {after.params:<11,} {dense_total:>15,} -> {after.macs:<13,}")
-    if summary.inserted:
-        print(f"note: channel permutations could not be folded for {', '.join(summary.inserted)}; ChannelPermutation inserted")
-    weights, spec = save_deployed(deployed, args.out)
-    print(f"wrote {weights} and {spec}")
-    if args.torchscript:
-        import torch
-
-        from .._files import atomic_write
-
-        scripted = torch.jit.script(deployed)
-        atomic_write(args.torchscript, lambda f: torch.jit.save(scripted, f))
-        print(f"wrote {args.torchscript} (TorchScript)")
-    return 0
-
-
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="figures and a markdown summary from run directories")
     p.add_argument("runs", nargs="+", help="run directories (config.json, metrics.jsonl, groups.json)")
@@ -335,17 +102,17 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="sweep directory: one run directory per run, plus results.md")
     p.add_argument("--results", help="also write the rendered results here (e.g. docs/results.md)")
     p.add_argument("--data-note", help="a sentence about the data, recorded in the results")
-    p.add_argument("--epochs", type=_positive_int, help="override the protocol's epochs")
-    p.add_argument("--parallel", type=_positive_int, help="override how many runs train at once")
-    p.add_argument("--limit-train", type=_positive_int, help="override: first N training images only")
-    p.add_argument("--limit-test", type=_positive_int, help="override: first N test images only")
-    p.add_argument("--batch-size", type=_positive_int, help="override the protocol's batch size")
+    p.add_argument("--epochs", type=positive_int, help="override the protocol's epochs")
+    p.add_argument("--parallel", type=positive_int, help="override how many runs train at once")
+    p.add_argument("--limit-train", type=positive_int, help="override: first N training images only")
+    p.add_argument("--limit-test", type=positive_int, help="override: first N test images only")
+    p.add_argument("--batch-size", type=positive_int, help="override the protocol's batch size")
     p.add_argument("--device", help="override the protocol's device (e.g. cpu, to rehearse a GPU protocol)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="override: no bf16 autocast")
-    p.add_argument("--max-seeds", type=_positive_int, help="override: only the first N seeds of every arm (a rehearsal)")
+    p.add_argument("--max-seeds", type=positive_int, help="override: only the first N seeds of every arm (a rehearsal)")
     p.add_argument("--model", help="override the G-network (a rehearsal with a smaller one)")
     p.add_argument("--plain-model", help="override the plain network (with --model)")
-    p.add_argument("--deadline", type=_positive_float, metavar="SECONDS",
+    p.add_argument("--deadline", type=positive_float, metavar="SECONDS",
                    help="start no run that would not finish within SECONDS; stop running ones then (they resume next time)")
     g = p.add_argument_group("cluster", "where the runs execute (docs/guide.md, 'Sweeps on a Slurm cluster')")
     g.add_argument("--launcher", choices=("local", "submitit"), default="local",
@@ -354,9 +121,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cluster", choices=("slurm", "local"),
                    help="submitit: slurm, or local subprocesses (default: Slurm where sbatch is found, else local)")
     g.add_argument("--slurm-partition", help="submitit: the Slurm partition")
-    g.add_argument("--timeout-min", type=_positive_int, help="submitit: each job's time limit in minutes")
-    g.add_argument("--gpus-per-run", type=_positive_int, help="submitit: GPUs per job")
-    g.add_argument("--cpus-per-run", type=_positive_int, help="submitit: CPU cores per job")
+    g.add_argument("--timeout-min", type=positive_int, help="submitit: each job's time limit in minutes")
+    g.add_argument("--gpus-per-run", type=positive_int, help="submitit: GPUs per job")
+    g.add_argument("--cpus-per-run", type=positive_int, help="submitit: CPU cores per job")
     g.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
                    help="submitit: any other sbatch option, e.g. account=abc or qos=high (repeatable)")
     p.set_defaults(func=_cmd_sweep)
@@ -429,4 +196,4 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 #: The subcommands, in the order ``dgconv --help`` lists them.
-COMMANDS = (_add_train, _add_models, _add_profile, _add_deploy, _add_latency, _add_report, _add_sweep, _add_results)
+COMMANDS = (_add_train, _add_models, add_profile, add_deploy, add_latency, _add_report, _add_sweep, _add_results)

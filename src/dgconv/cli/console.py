@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["guarded", "run_train", "configure_logging", "say", "prog"]
+__all__ = ["guarded", "run_train", "configure_logging", "say", "prog", "positive_int", "positive_float"]
 
 
 class _ConsoleHandler(logging.StreamHandler):
@@ -120,3 +122,25 @@ def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
     except (BrokenPipeError, OSError):
         pass
+
+
+def positive_int(s: str) -> int:
+    """An argparse type: a positive integer (the message argparse shows otherwise)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    """An argparse type: a positive, finite number."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}")
+    return v

@@ -1,6 +1,6 @@
-"""Deploying: DGConv2d -> nn.Conv2d(groups=G) (``deploy``, ``deploy_in_place``, registered fold rules), and the
-architecture spec that rebuilds a deployed model. The other direction, nn.Conv2d -> DGConv2d, is
-:mod:`dgconv.convert.groupify` (``groupify`` is offered here too).
+"""Deploying: DGConv2d -> nn.Conv2d(groups=G) (``deploy``, ``deploy_in_place``, registered fold rules). The
+architecture spec that rebuilds a deployed model is :mod:`dgconv.convert.spec`; the other direction,
+nn.Conv2d -> DGConv2d, :mod:`dgconv.convert.groupify`.
 
 Deploying a learned grouping
 ----------------------------
@@ -11,17 +11,18 @@ sorting the channels by group (:class:`dgconv.layer.grouping.Grouping`),
 the graph allows -- in a bottleneck ``conv1 -> bn1 -> relu -> DGConv -> bn2 -> relu -> conv3`` it permutes
 the output channels of ``conv1`` and ``bn1`` and the input channels of ``conv3`` after permuting ``bn2`` --
 so a deployed G-ResNeXt is a standard ResNeXt with per-layer groups and no runtime shuffle. Elsewhere it
-inserts a :class:`ChannelPermutation` module and says so in the summary.
+inserts :class:`~dgconv.convert.orders.ChannelPermutation` modules, merges and folds them where the neighbouring
+layers can absorb them (:mod:`dgconv.convert.orders`) and says in the summary which remain.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, overload
 
 import torch
@@ -29,36 +30,22 @@ from torch import Tensor, nn
 
 from ..layer.gathers import gather_pairs, memory_format_of
 from .groupify import set_module
-from ..layer.conv import DGConv2d, dgconv_layers, learned_groups
-from ..models.registry import create_model, model_info
+from .orders import ChannelPermutation, fold_orders
+from ..layer.conv import DGConv2d, dgconv_layers
+from ..models.registry import model_info
 
 __all__ = [
+    "ORDERS",
     "deploy_in_place",
     "deploy",
     "register_fold_rule",
     "FoldSites",
     "DeploySummary",
     "LayerDeployment",
-    "ChannelPermutation",
-    "architecture_spec",
-    "save_deployed",
-    "load_deployed",
 ]
 
-SPEC_FORMAT = "dgconv.deployed/1"
 
 _logger = logging.getLogger(__name__)
-
-
-class ChannelPermutation(nn.Module):
-    """``x[:, index]``: reorders channels. Only inserted by :func:`deploy` where no fold is possible."""
-
-    def __init__(self, index: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("index", index.clone().long())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.index_select(1, self.index)
 
 
 # ------------------------------------------------------------------------------------------------ deploy
@@ -147,6 +134,12 @@ class _StateEdit:
             return
         for v in [t, *self._states(t)]:
             v.copy_(v.index_select(dim, perm))
+
+    @torch.no_grad()
+    def gather(self, t: Tensor, dim: int, index: Tensor) -> None:
+        """``torch.gather(t, dim, index)`` in place, the optimizer's state alike (a reorder within rows)."""
+        for v in [t, *self._states(t)]:
+            v.copy_(torch.gather(v, dim, index))
 
     @torch.no_grad()
     def replace(self, old: Tensor, new: Tensor, gather: Callable[[Tensor], Tensor]) -> None:
@@ -272,11 +265,21 @@ def _fold_sites(root: nn.Module, name: str) -> FoldSites:
     return FoldSites()
 
 
-def deploy_in_place(root: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[LayerDeployment]:
+#: How a deployed network runs the channel orders no fold rule takes: ``"fold"`` merges and folds them
+#: (:func:`dgconv.convert.orders.fold_orders`) and gathers the rest in the tensor's own layout; ``"gather"`` is
+#: dgconv 0.2's ``index_select`` of every order (what runs recorded before 0.3 trained with).
+ORDERS = ("fold", "gather")
+
+
+def deploy_in_place(root: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    orders: str = "fold") -> list[LayerDeployment]:
     """Replace every DGConv layer of ``root`` *in place* by its grouped ``nn.Conv2d`` (what :func:`deploy` does to a
-    copy), folding permutations by the fold rules (else inserting :class:`ChannelPermutation`), and carry
-    ``optimizer``'s state of every surviving weight (:func:`dgconv.freeze_groups` trains on from there).
-    Returns one record per converted layer."""
+    copy), folding permutations by the fold rules (else inserting :class:`ChannelPermutation`, merged and folded
+    further by :func:`~dgconv.convert.orders.fold_orders` unless ``orders="gather"``), and carry ``optimizer``'s
+    state of every surviving weight (:func:`dgconv.freeze_groups` trains on from there). Returns one record per
+    converted layer."""
+    if orders not in ORDERS:
+        raise ValueError(f"orders must be one of {ORDERS}, got {orders!r}")
     edit = _StateEdit(optimizer)
     records = []
     for name, layer in dgconv_layers(root):
@@ -306,10 +309,11 @@ def deploy_in_place(root: nn.Module, optimizer: torch.optim.Optimizer | None = N
         if in_state == "inserted" or out_state == "inserted":
             parts: list[nn.Module] = []
             if in_state == "inserted":
-                parts.append(ChannelPermutation(in_perm))
+                parts.append(ChannelPermutation(in_perm, orders == "fold", f"{name} (input)", conv.in_channels))
             parts.append(conv)
             if out_state == "inserted":
-                parts.append(ChannelPermutation(torch.argsort(out_perm)))
+                parts.append(ChannelPermutation(torch.argsort(out_perm), orders == "fold", f"{name} (output)",
+                                                conv.out_channels))
             new = nn.Sequential(*parts)
         set_module(root, name, new)
         records.append(
@@ -318,11 +322,29 @@ def deploy_in_place(root: nn.Module, optimizer: torch.optim.Optimizer | None = N
                 i * o * kh * kw, i * o * kh * kw // G, in_state, out_state,
             )
         )
+    if orders == "fold" and any("inserted" in (r.input_permutation, r.output_permutation) for r in records):
+        fold_orders(root, edit)
+        records = [_after_folding(root, r) for r in records]
     cfg = getattr(root, "dgconv_cfg", None)
     if isinstance(cfg, dict) and records:  # the model now is (an instance of) the plain architecture
         plain = model_info(cfg["name"]).plain
         root.dgconv_cfg = {**cfg, "name": plain, "kwargs": _plain_kwargs(cfg["kwargs"], {r.name: r.groups for r in records})}
     return records
+
+
+def _after_folding(root: nn.Module, r: LayerDeployment) -> LayerDeployment:
+    """A record with the permutations :func:`fold_orders` turned into the identity marked "folded"."""
+    site = root.get_submodule(r.name)
+    if not isinstance(site, nn.Sequential):
+        return r
+    perms = [m for m in site if isinstance(m, ChannelPermutation)]
+    states = []
+    for state in (r.input_permutation, r.output_permutation):
+        if state == "inserted":
+            perm = perms.pop(0)
+            state = "folded" if perm.identity else "inserted"
+        states.append(state)
+    return dataclasses.replace(r, input_permutation=states[0], output_permutation=states[1])
 
 
 def _plain_kwargs(kwargs: dict[str, Any], groups: dict[str, int]) -> dict[str, Any]:
@@ -337,23 +359,25 @@ def _norm_tensors(norm: nn.Module | None) -> list[Tensor | None]:
 
 
 @overload
-def deploy(model: nn.Module, *, summary: Literal[False] = False) -> nn.Module: ...
+def deploy(model: nn.Module, *, summary: Literal[False] = False, orders: str = "fold") -> nn.Module: ...
 @overload
-def deploy(model: nn.Module, *, summary: Literal[True]) -> tuple[nn.Module, DeploySummary]: ...
+def deploy(model: nn.Module, *, summary: Literal[True], orders: str = "fold") -> tuple[nn.Module, DeploySummary]: ...
 
 
-def deploy(model: nn.Module, *, summary: bool = False) -> nn.Module | tuple[nn.Module, DeploySummary]:
+def deploy(model: nn.Module, *, summary: bool = False, orders: str = "fold") -> nn.Module | tuple[nn.Module, DeploySummary]:
     """A copy of ``model`` in which every :class:`DGConv2d` is an ``nn.Conv2d(groups=G)`` at its learned ``G``.
 
     The copy keeps only the in-group weights (``C_in C_out k^2 / G``), drops the gates, and folds the channel
     permutations of non-adjacent groupings into neighbouring layers where a fold rule says how (bottleneck blocks
     of :mod:`dgconv.models`, torchvision and timm; :func:`register_fold_rule` adds others); elsewhere it inserts
-    :class:`ChannelPermutation` modules. In eval mode the copy computes what ``model`` computes, to float rounding.
-    ``model`` is left untouched.
+    :class:`ChannelPermutation` modules, which :func:`~dgconv.convert.orders.fold_orders` merges per junction and
+    folds where the neighbouring layers can absorb them (``orders="gather"``: left as 0.2 ran them). In eval mode the
+    copy computes what ``model`` computes, to float rounding. ``model`` is left untouched.
 
     Args:
         model: a model with DGConv layers (inside DDP or ``torch.compile`` wrappers too).
         summary: also return a :class:`DeploySummary` (per-layer groups, parameters, permutations).
+        orders: ``"fold"`` (default) or ``"gather"`` (:data:`ORDERS`).
 
     Example::
 
@@ -366,61 +390,5 @@ def deploy(model: nn.Module, *, summary: bool = False) -> nn.Module | tuple[nn.M
     source = getattr(model, "module", model)
     source = getattr(source, "_orig_mod", source)
     out = copy.deepcopy(source)
-    records = deploy_in_place(out)
+    records = deploy_in_place(out, orders=orders)
     return (out, DeploySummary(records)) if summary else out
-
-
-# ------------------------------------------------------------------------------------------------ spec
-def architecture_spec(model: nn.Module) -> dict[str, Any]:
-    """The JSON architecture spec of a model built by :func:`dgconv.create_model` (G-ResNeXt or deployed).
-
-    ``{"format", "model": plain ResNeXt name, "num_classes", "kwargs": {..., "groups": {name: G}}}``: the
-    deployed network is ``create_model(spec["model"], num_classes=spec["num_classes"], **spec["kwargs"])``.
-    """
-    cfg = getattr(model, "dgconv_cfg", None)
-    if not isinstance(cfg, dict):
-        raise ValueError("architecture_spec needs a model built by dgconv.create_model (it records how it was built)")
-    name = cfg["name"]
-    kwargs = dict(cfg["kwargs"])
-    groups = learned_groups(model)
-    if groups:  # a G-ResNeXt: the plain architecture with its learned groups
-        name = model_info(name).plain
-        kwargs["groups"] = groups
-    kwargs.pop("dgconv_impl", None)
-    spec = {"format": SPEC_FORMAT, "model": name, "num_classes": cfg["num_classes"], "kwargs": kwargs}
-    json.dumps(spec)  # must be plain JSON
-    return spec
-
-
-def save_deployed(model: nn.Module, path: str | Path) -> tuple[Path, Path]:
-    """Save a deployed model as ``PATH`` (its ``state_dict``) and ``PATH.json`` (its architecture spec).
-
-    Returns the two paths. :func:`load_deployed` rebuilds it with ``create_model``; no training code needed.
-    """
-    if any(isinstance(m, DGConv2d) for m in model.modules()):
-        raise ValueError("save_deployed expects a deployed model: call dgconv.deploy(model) first")
-    from .._files import atomic_write
-
-    path = Path(path)
-    spec = architecture_spec(model)
-    state = model.state_dict()
-    atomic_write(path, lambda f: torch.save(state, f))
-    spec_path = path.with_name(path.name + ".json")
-    text = json.dumps(spec, indent=2) + "\n"
-    atomic_write(spec_path, lambda f: f.write(text.encode()))
-    return path, spec_path
-
-
-def load_deployed(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save_deployed` (``PATH`` or ``PATH.json``): plain ``torch.nn`` modules."""
-    path = Path(path)
-    if path.suffix == ".json":
-        spec_path, weights = path, path.with_suffix("")
-    else:
-        spec_path, weights = path.with_name(path.name + ".json"), path
-    spec = json.loads(spec_path.read_text())
-    if spec.get("format") != SPEC_FORMAT:
-        raise ValueError(f"{spec_path} is not a dgconv deployed-model spec")
-    model = create_model(spec["model"], num_classes=spec["num_classes"], **spec["kwargs"])
-    model.load_state_dict(torch.load(weights, map_location=map_location, weights_only=True))
-    return model.eval()

@@ -56,7 +56,7 @@ def structure_record(model: nn.Module) -> dict[str, dict[str, list[Any]]]:
 
 
 def freeze_structure(model: nn.Module, record: dict[str, dict[str, list[Any]]],
-                     optimizer: torch.optim.Optimizer | None = None) -> None:
+                     optimizer: torch.optim.Optimizer | None = None, orders: str = "fold") -> None:
     """Turn a freshly built G-network into the structure of ``record`` (a :func:`structure_record`), *untrained*:
     each DGConv layer becomes its group convolution with the recorded groups and channel order (the permutations
     folded or inserted exactly as :func:`freeze_groups` does), and each of those convolutions starts again from
@@ -67,7 +67,7 @@ def freeze_structure(model: nn.Module, record: dict[str, dict[str, list[Any]]],
         ValueError: the record does not fit the model (other layers or channels).
     """
     restore_grouping(model, record)
-    freeze_groups(model, optimizer)
+    freeze_groups(model, optimizer, orders)
     root = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
     for name in record:  # the group convolution, alone or between the channel permutations no rule could fold
         for conv in (m for m in root.get_submodule(name).modules() if isinstance(m, nn.Conv2d)):
@@ -77,7 +77,8 @@ def freeze_structure(model: nn.Module, record: dict[str, dict[str, list[Any]]],
                     optimizer.state.pop(p, None)
 
 
-def freeze_groups(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, dict[str, list[Any]]]:
+def freeze_groups(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                  orders: str = "fold") -> dict[str, dict[str, list[Any]]]:
     """Replace every DGConv layer of ``model`` (in place; DDP/compile wrappers are looked through) by the group
     convolution it currently is, carrying ``optimizer``'s state; returns the :func:`frozen_record` of the grouping.
 
@@ -92,7 +93,7 @@ def freeze_groups(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
     record = frozen_record(root)
     if not record:
         raise ValueError("freeze_groups: the model has no DGConv layers (already frozen, or never a G-network)")
-    deploy_in_place(root, optimizer)
+    deploy_in_place(root, optimizer, orders)
     root.dgconv_frozen = record
     return record
 
@@ -135,7 +136,8 @@ def restore_grouping(model: nn.Module, record: dict[str, dict[str, list[Any]]]) 
             raise ValueError(f"the frozen record of {name} does not fit it: {e}") from None
 
 
-def refreeze(model: nn.Module, record: dict[str, dict[str, list[Any]]], optimizer: torch.optim.Optimizer | None = None) -> None:
+def refreeze(model: nn.Module, record: dict[str, dict[str, list[Any]]], optimizer: torch.optim.Optimizer | None = None,
+             orders: str = "fold") -> None:
     """Set each DGConv layer of a freshly built G-network to the grouping in ``record`` and freeze it, so the model
     (and ``optimizer``) have exactly the structure they had when ``record`` was taken. Load the checkpoint's
     state dicts afterwards.
@@ -144,4 +146,4 @@ def refreeze(model: nn.Module, record: dict[str, dict[str, list[Any]]], optimize
         ValueError: the record does not fit the model (other layers or channels).
     """
     restore_grouping(model, record)
-    freeze_groups(model, optimizer)
+    freeze_groups(model, optimizer, orders)

@@ -13,6 +13,7 @@ counted, as in the paper and torchvision.
 from __future__ import annotations
 
 import contextlib
+import math
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..layer.conv import DGConv2d
+from .orders import ChannelPermutation
 
 __all__ = ["profile", "Profile", "LayerProfile", "is_group_conv"]
 
@@ -55,6 +57,7 @@ class Profile:
     gconv_macs: int
     other_macs: int
     layers: list[LayerProfile] = field(default_factory=list)
+    gathers: dict[str, int] = field(default_factory=dict)  # channel orders run as a gather: values moved per input
 
     @property
     def flops(self) -> int:
@@ -87,6 +90,9 @@ class Profile:
             f"MACs                    {self.macs:,}  ({self.macs / 1e9:.3f} G; FLOPs = 2 x MACs)",
             f"GConv MACs              {self.gconv_macs:,}  ({self.gconv_macs / 1e9:.4f} G)",
         ]
+        if self.gathers:
+            lines.append(f"channel gathers         {len(self.gathers)} ({sum(self.gathers.values()):,} values moved per input; "
+                         f"learned orders no layer could absorb: {', '.join(self.gathers)})")
         return "\n".join(lines)
 
 
@@ -94,11 +100,13 @@ def is_group_conv(name: str, module: nn.Module, group_conv_names: Iterable[str] 
     """Whether a layer counts as a group convolution ("GConv" in Table 3).
 
     A model may list its group-convolution slots in ``group_conv_names`` (our ResNet does: the 3x3
-    bottleneck convolutions of ResNeXt, ResNeXt* and G-ResNeXt, whatever their current groups). Otherwise
-    every DGConv2d and every ``nn.Conv2d`` with ``groups > 1`` counts.
+    bottleneck convolutions of ResNeXt, ResNeXt* and G-ResNeXt, whatever their current groups); a deployed slot
+    that runs channel orders is the convolution inside its wrapper (``<slot>.1``). Otherwise every DGConv2d and
+    every ``nn.Conv2d`` with ``groups > 1`` counts.
     """
     if group_conv_names is not None:
-        return name in set(group_conv_names)
+        names = set(group_conv_names)
+        return name in names or (isinstance(module, nn.Conv2d) and name.rpartition(".")[0] in names)
     return isinstance(module, DGConv2d) or (isinstance(module, nn.Conv2d) and module.groups > 1)
 
 
@@ -119,7 +127,7 @@ def _forward_records(model: nn.Module, input_size: Sequence[int], device: Any,
     records: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
     hooks = []
     for name, m in model.named_modules():
-        if isinstance(m, (DGConv2d, nn.Conv2d, nn.Linear)):
+        if isinstance(m, (DGConv2d, nn.Conv2d, nn.Linear)) or (isinstance(m, ChannelPermutation) and not m.identity):
             hooks.append(m.register_forward_hook(lambda mod, inp, out, name=name: records.__setitem__(name, (mod, tuple(out.shape)))))
     was_training = model.training
     model.eval()
@@ -198,6 +206,9 @@ def profile(
 
     records, other_macs = _forward_records(model, input_size, device, count_other)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    gathers = {name: math.prod(shape) for name, (m, shape) in sorted(records.items(), key=lambda i: order[i[0]])
+               if isinstance(m, ChannelPermutation)}
+    records = {k: v for k, v in records.items() if k not in gathers}
     layers = [_layer_profile(name, m, shape, names) for name, (m, shape) in sorted(records.items(), key=lambda i: order[i[0]])]
     params = sum(p.numel() for p in model.parameters())
     deployed_total = params - sum(stored - deployed for stored, deployed in map(_layer_params, model.modules()))
@@ -210,4 +221,5 @@ def profile(
         gconv_macs=sum(lp.macs for lp in layers if lp.group_conv),
         other_macs=other_macs,
         layers=layers,
+        gathers=gathers,
     )

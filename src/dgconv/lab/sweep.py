@@ -389,8 +389,10 @@ def _run_all(p: Protocol, runs: list[PlannedRun], out: Path, data_dir: str | Pat
                     _record_wall(out, str(r.name), seconds, code)
                     if code:
                         failed.append(str(r.name))
-                        _logger.info("[sweep %s] %d/%d %s FAILED (exit %d; see %s)%s", p.name, ended, todo, r.name, code,
-                                     out / str(r.name) / LOG, left(pending, running, phase))
+                        log = out / str(r.name) / LOG
+                        where = f"see {log}" if log.exists() else f"its run directory {log.parent} is gone"
+                        _logger.info("[sweep %s] %d/%d %s FAILED (exit %d; %s)%s", p.name, ended, todo, r.name, code,
+                                     where, left(pending, running, phase))
                     else:
                         took.append(seconds)
                         _logger.info("[sweep %s] %d/%d %s done in %s%s", p.name, ended, todo, r.name, duration(seconds),

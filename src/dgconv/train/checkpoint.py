@@ -121,11 +121,12 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> torch.nn.Module:
         model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], **kwargs)
     except (TypeError, ValueError) as e:  # an unknown model, or arguments this version's builder does not take
         raise CheckpointError(f"the checkpoint's model {ckpt['model_name']!r} with {kwargs} cannot be built: {e}") from None
-    if ckpt.get("frozen"):  # written after freeze_groups: rebuild that structure
+    if ckpt.get("frozen"):  # written after freeze_groups: rebuild that structure, its orders run as they were
         from ..convert.freeze import refreeze
 
+        config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
         try:
-            refreeze(model, ckpt["frozen"])
+            refreeze(model, ckpt["frozen"], orders=str(config.get("orders", "gather")))
         except ValueError as e:
             raise CheckpointError(f"the checkpoint's frozen grouping does not fit {ckpt['model_name']}: {e}") from None
     try:

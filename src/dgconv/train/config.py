@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError, short
 
-__all__ = ["TrainConfig", "DATASET_DEFAULTS", "EXCLUSIVE", "RESUMABLE_OVERRIDES", "GROUPS", "CROP_PADDING", "merge_resume", "check_type",
+__all__ = ["TrainConfig", "DATASET_DEFAULTS", "EXCLUSIVE", "LEGACY", "RESUMABLE_OVERRIDES", "GROUPS", "CROP_PADDING", "merge_resume", "check_type",
            "Choices"]
 
 #: Defaults that depend on the dataset (anything left ``None`` in :class:`TrainConfig`).
@@ -37,6 +37,9 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 RESUMABLE_OVERRIDES = ("epochs", "workers", "progress", "tensorboard", "device", "resume", "download",
                        "trust_latency_table")
 
+
+#: What a run recorded before an option existed ran with (a checkpoint's or config.json's missing fields).
+LEGACY = {"orders": "gather"}
 
 #: Options that exclude each other: a flag given for one drops a config file's value of the other.
 EXCLUSIVE = (("budget", "target"), ("groups", "groups_from"), ("groups", "structure_from"),
@@ -122,7 +125,8 @@ class TrainConfig:
     min_group_width: int | None = _opt(None, "model", "no group narrower than this many channels (hardware-friendly "
                                        "groups)")
     max_groups: int | None = _opt(None, "model", "at most this many groups in any DGConv layer")
-    groups: int | None = _opt(None, "model", "uniform group number of every group convolution (a ResNeXt baseline)")
+    groups: int | None = _opt(None, "model", "every group convolution with this many groups: a plain network's "
+                              "fixed groups (a ResNeXt baseline), or a G-network's starting grouping")
     groups_from: str | None = _opt(None, "model", "groups.json (or run directory) of learned groups: build ResNeXt* "
                                    "from them")
     structure_from: str | None = _opt(None, "model", "groups.json (or run directory) of a learned G-network: train "
@@ -141,6 +145,10 @@ class TrainConfig:
     gate_batch_fraction: float = _opt(1.0, "groups", "compute the gate gradients on this random fraction of each batch "
                                       "(unbiased; default 1: exact)")
     gate_every: int = _opt(1, "groups", "gate gradients on every K-th step only (default 1: every step)", metavar="K")
+    orders: str = _opt("fold", "groups", "how a frozen network runs the learned channel orders no fold rule takes: fold "
+                       "(merge them per junction, fold what the group convolutions can absorb, gather the rest in the "
+                       "tensor's own layout; default) or gather (dgconv 0.2's index_select of each, what runs recorded "
+                       "before 0.3 trained with)", choices=Choices("dgconv.convert.deploy", "ORDERS"))
     # data
     dataset: str = _opt("digits", "data", "default: digits", choices=Choices("dgconv.train.config", "DATASET_DEFAULTS"))
     data_dir: str | None = _opt(None, "data", "CIFAR: folder holding (or being) cifar-10-batches-py / "
@@ -386,6 +394,7 @@ def merge_resume(cfg: TrainConfig, saved: dict[str, Any], explicit: set[str]) ->
     ]
     if conflicts:
         raise ConfigError("--resume continues the saved configuration; these options differ from it: " + "; ".join(conflicts))
+    saved = {**LEGACY, **saved}  # fields a run recorded before they existed: what it ran with
     merged = TrainConfig(**{k: v for k, v in saved.items() if k in fields})
     merged.download = False  # a checkpoint (a file anyone can craft) never chooses to fetch anything, or where to
     for k in RESUMABLE_OVERRIDES:

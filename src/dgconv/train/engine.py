@@ -178,6 +178,12 @@ def resumed_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, C
                 f"--resume continues the run in {run_dir} and writes there; --out {cfg.out} names another directory "
                 f"(to branch a run, copy its directory first and resume the copy)"
             )
+        if not source.exists() and run_dir.is_dir() and not any(run_dir.glob("*.pt")):
+            raise ConfigError(
+                f"--resume {cfg.resume}: {run_dir} has no checkpoint: the run stopped before it finished its first "
+                f"epoch, so there is nothing to resume. Start it again with the same options (--out {run_dir} "
+                f"works: a run that never finished an epoch leaves nothing behind)"
+            )
         ckpt = contents(source)
         if not is_dgconv_run(run_dir):  # nothing in a folder that is not a run is ours to write or delete
             raise ConfigError(
@@ -215,7 +221,7 @@ def _already_finished(cfg: TrainConfig, ckpt: Contents) -> dict[str, Any]:
 def _freeze(run: RunState, epoch: int) -> None:
     """Search, then train: every DGConv layer becomes its group convolution (optimizer state carried)."""
     run.constraint.freeze()
-    freeze_groups(run.model, run.opt)
+    freeze_groups(run.model, run.opt, run.cfg.orders)
     if run.lookahead is not None:  # the parameters changed: the slow weights start again from them
         run.lookahead = Lookahead(run.model, run.cfg.lookahead_alpha, run.cfg.lookahead_ramp, run.cfg.lookahead_buffers)
     run.net = wrap(run.model, run.cfg, run.env)

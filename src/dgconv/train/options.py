@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MissingExtraError
-from .config import EXCLUSIVE, GROUPS, TrainConfig, check_type
+from .config import EXCLUSIVE, GROUPS, LEGACY, TrainConfig, check_type
 
 __all__ = ["add_arguments", "parse_flags", "to_flags", "read_config_file", "flag_of", "FILE_ONLY", "MAX_CONFIG_BYTES",
            "merge_given"]
@@ -162,7 +162,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     doc = _parse(p, text)
     if isinstance(doc, dict) and isinstance(doc.get("config"), dict) and ("format" in doc or "environment" in doc):
         _check_replayable(p, doc)
-        doc = {k: v for k, v in doc["config"].items() if k not in FILE_ONLY and k != "config"}  # a run's config.json
+        doc = {**LEGACY, **{k: v for k, v in doc["config"].items() if k not in FILE_ONLY and k != "config"}}  # a run's
     if not isinstance(doc, dict):
         raise ConfigError(f"{p}: expected a mapping of option names to values, got {type(doc).__name__}")
     values: dict[str, Any] = {}

@@ -206,7 +206,7 @@ def _resume(run: RunState, ckpt: Contents) -> None:
         except ValueError as e:
             raise CheckpointError(f"the checkpoint's frozen grouping does not fit {run.cfg.model}: {e}") from None
         constraint.freeze()
-        freeze_groups(model, opt)
+        freeze_groups(model, opt, run.cfg.orders)
     try:
         model.load_state_dict(ckpt.model)
     except (RuntimeError, KeyError, TypeError) as e:
@@ -235,7 +235,7 @@ def _learned_structure(cfg: TrainConfig, model: nn.Module, constraint: ResourceC
     except ValueError as e:
         raise ConfigError(f"--structure-from {cfg.structure_from}: {e}") from None
     constraint.freeze()
-    freeze_structure(model, record, opt)
+    freeze_structure(model, record, opt, cfg.orders)
 
 
 def _latency_table(cfg: TrainConfig) -> Any:
