@@ -72,15 +72,18 @@ class Comparison:
 
 
 def comparisons(s: SweepResult) -> list[Comparison]:
-    """Every learned arm with finished runs, against the hand-set arms of its network and value."""
+    """Every learned arm with finished runs, against the hand-set arms of its network and value. The strongest of
+    those is chosen, and a difference taken, only when the learned arm and every one of them have at least 2 seeds
+    (a hand-set arm still running could be the strongest)."""
     p, out = s.protocol, []
     for a in s.arms:
         if a.arm.kind == "plain" or not a.rows:
             continue
         net = _network(a.arm, p)
         hand = [h for h in s.arms if h.arm.kind == "plain" and h.arm.value == a.arm.value and h.arm.value > 1
-                and _network(h.arm, p) == net and len(h.rows) >= 2]
-        strongest = max(hand, key=lambda h: h.acc.mean) if hand else None  # type: ignore[union-attr]
+                and _network(h.arm, p) == net]
+        ready = bool(hand) and len(a.rows) >= 2 and all(len(h.rows) >= 2 for h in hand)
+        strongest = max(hand, key=lambda h: h.acc.mean) if ready else None  # type: ignore[union-attr]
         diff = welch(a.accs, strongest.accs) if strongest is not None else None
         out.append(Comparison(a, strongest, hand, diff))
     return out
@@ -146,11 +149,14 @@ def fair_answer(s: SweepResult) -> list[str]:
     depth = _depth_lines(s)
     wall = _wall_line(s)
     out = []
-    if not any(c.diff is not None and min(c.diff.n_a, c.diff.n_b) >= 2 for c in comparisons(s)):
-        done = sum(len(a.rows) for a in s.arms)
-        planned = done + sum(len(a.missing) for a in s.arms)
-        out += [f"**{s.path.name} ({p.label})**: {done} of {planned} runs finished; no learned arm has the 2 seeds "
-                f"(and a hand-set arm beside it) that a verdict needs yet. Every finished run is in the table below.", ""]
+    done = sum(len(a.rows) for a in s.arms)
+    planned = done + sum(len(a.missing) for a in s.arms)
+    if done < planned:
+        waiting = [c.learned.arm for c in comparisons(s) if c.diff is None]
+        out += [f"**{s.path.name} ({p.label})**: {done} of {planned} runs finished so far; the verdicts below are "
+                f"read from the seeds finished" + (f"; no verdict yet for {len(waiting)} learned arm(s), whose arm or "
+                f"hand-set arms lack the 2 seeds a verdict needs" if waiting else "") + ". Every finished run is in "
+                f"the table below.", ""]
     headline = _headline(s)
     if headline:
         out += [headline, ""]
