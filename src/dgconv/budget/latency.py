@@ -53,7 +53,7 @@ from .._env import cpu_name
 from ..errors import ConfigError
 from ..layer.conv import DGConv2d
 
-__all__ = ["LatencyTable", "LATENCY_FORMAT", "MAX_SPREAD", "MAX_OVER_DENSE"]
+__all__ = ["LatencyTable", "LATENCY_FORMAT", "MAX_SPREAD", "MAX_OVER_DENSE", "DTYPES"]
 
 LATENCY_FORMAT = "dgconv.latency/1"
 
@@ -64,7 +64,8 @@ MAX_OVER_DENSE = 3.0
 #: Milliseconds no single layer takes (about three hours): anything above is a crafted or broken file.
 _MAX_MS = 1e7
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+#: The dtypes a table can be measured in (``dgconv latency --dtype``).
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 def _time_shape(s: dict[str, Any], groups: list[int], batch: int, dev: torch.device, dt: torch.dtype,
@@ -305,8 +306,8 @@ class LatencyTable:
             progress: called as ``progress(done, total, what)`` after each measurement.
         """
         dev = torch.device(device)
-        dt = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-        dtype_name = next((k for k, v in _DTYPES.items() if v == dt), str(dt))
+        dt = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        dtype_name = next((k for k, v in DTYPES.items() if v == dt), str(dt))
         size = tuple(int(s) for s in input_size)
         if len(size) != 3 or min(size) < 1 or batch < 1 or reps < 1:
             raise ConfigError(f"input size must be (C, H, W) and batch, reps positive; got {size}, {batch}, {reps}")

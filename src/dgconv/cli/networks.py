@@ -9,6 +9,7 @@ import json
 import logging
 from typing import Any
 
+from ..train.config import Choices
 from .console import positive_int
 
 __all__ = ["add_profile", "add_latency", "add_deploy", "default_classes"]
@@ -155,14 +156,15 @@ def add_latency(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="registered G-model name")
     p.add_argument("--out", required=True, help="where to write the table (JSON)")
     p.add_argument("--device", default="cpu", help="device to time on (default: cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=Choices("dgconv.budget.latency", "DTYPES"))
     p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--input-size", type=positive_int, nargs=3, metavar=("C", "H", "W"), help="default: the model's")
     p.add_argument("--num-classes", type=positive_int, default=1000, help="classifier outputs (part of the measured rest)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--reps", type=positive_int, default=15, help="timed rounds per layer shape (medians are kept)")
-    p.add_argument("--min-group-width", type=positive_int, help="the hardware limits training will use")
-    p.add_argument("--max-groups", type=positive_int)
+    p.add_argument("--min-group-width", type=int, help="the hardware limits training will use (checked as "
+                   "`dgconv train` checks them)")
+    p.add_argument("--max-groups", type=int)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_cmd_latency)
 
