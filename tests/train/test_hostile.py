@@ -256,3 +256,15 @@ if __name__ == "__main__":
     finally:
         if alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_a_0_1_runs_config_json_reads_as_that_run():
+    """dgconv 0.1 wrote config.json without a format marker; it once failed with "unknown option 'config'"."""
+    old = Path(__file__).resolve().parents[2] / "results" / "gpu-0.1" / "g-b32" / "config.json"
+    doc = json.loads(old.read_text())
+    assert "format" not in doc
+    r = cli("train", "--config", str(old), "--print-config")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    assert cfg["model"] == doc["config"]["model"] and cfg["budget"] == doc["config"]["budget"]
+    assert cfg["orders"] == "gather"  # recorded before --orders: replays with what it ran
