@@ -82,6 +82,8 @@ def comparisons(s: SweepResult) -> list[Comparison]:
         net = _network(a.arm, p)
         hand = [h for h in s.arms if h.arm.kind == "plain" and h.arm.value == a.arm.value and h.arm.value > 1
                 and _network(h.arm, p) == net]
+        if not hand:  # a control without hand-set arms (the depth control): read elsewhere
+            continue
         ready = bool(hand) and len(a.rows) >= 2 and all(len(h.rows) >= 2 for h in hand)
         strongest = max(hand, key=lambda h: h.acc.mean) if ready else None  # type: ignore[union-attr]
         diff = welch(a.accs, strongest.accs) if strongest is not None else None
