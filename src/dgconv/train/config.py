@@ -178,7 +178,7 @@ class TrainConfig:
     epochs: int | None = _opt(None, "optimisation", "training epochs (default per dataset: 30 digits and CIFAR, 100 "
                               "folders)")
     batch_size: int | str | None = _opt(None, "optimisation", "global batch size, split over processes (default: 64 "
-                                        "digits, 128 CIFAR; folders: a power of two in 32-256 giving about 50 steps "
+                                        "digits, 128 CIFAR; folders: a power of two in 32-256 giving about 100 steps "
                                         "per epoch)", type=int)
     lr: float | None = _opt(None, "optimisation", "peak learning rate (default 0.1)")
     momentum: float = _opt(0.9, "optimisation", "SGD momentum (default 0.9)")
