@@ -9,7 +9,7 @@ sweeps (:mod:`dgconv.lab.sweepdata`); :mod:`dgconv.lab.results` puts it first.
 from __future__ import annotations
 
 from .arms import Arm
-from .stats import points, side_of_zero, verdict, welch
+from .stats import correlation_reading, points, verdict, welch
 from .fair import fair_answer
 from .sweepdata import ArmResult, SweepResult
 
@@ -83,12 +83,8 @@ def _depth(s: SweepResult) -> list[str]:
                 if r.depth_rho is not None]
         if len(rhos) < 2:
             continue
-        z, ci_, side = side_of_zero(rhos)
-        word = {"above": "yes (the interval lies above 0)", "below": "no, the reverse (the interval lies below 0)",
-                "contains": "not resolved at this n (the interval contains 0)"}.get(side, "not resolved at this n")
-        ci = "" if ci_ is None else f", 95 % CI [{ci_[0]:+.2f}, {ci_[1]:+.2f}]"
         out.append(f"- **{s.path.name}, {cost} cost**: do lower layers learn fewer groups? Spearman(depth, "
-                   f"groups) {z.mean:+.2f}{ci} over {z.n} runs: **{word}**.")
+                   f"groups) {correlation_reading(rhos)}.")
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from .._files import read_json, write_json
 from .arms import Arm, Protocol, plain_of
-from .stats import Difference, points, side_of_zero, summarize, verdict, welch
+from .stats import Difference, correlation_reading, points, summarize, verdict, welch
 from .sweepdata import ArmResult, SweepResult, wall_seconds
 
 __all__ = ["Comparison", "comparisons", "fair_answer", "fair_section", "LATENCY", "read_latency", "write_latency",
@@ -158,7 +158,7 @@ def fair_answer(s: SweepResult) -> list[str]:
         out += [f"**{s.path.name} ({p.label})**: {done} of {planned} runs finished so far; the verdicts below are "
                 f"read from the seeds finished" + (f"; no verdict yet for {len(waiting)} learned arm(s), whose arm or "
                 f"hand-set arms lack the 2 seeds a verdict needs" if waiting else "") + ". Every finished run is in "
-                f"the table below.", ""]
+                "the table below.", ""]
     headline = _headline(s)
     if headline:
         out += [headline, ""]
@@ -201,12 +201,8 @@ def _depth_lines(s: SweepResult) -> list[str]:
         rhos = [r.depth_rho for r in a.rows if r.depth_rho is not None]
         if len(rhos) < 2:
             continue
-        z, ci, side = side_of_zero(rhos)
-        word = {"above": "yes (the interval lies above 0)", "below": "no, the reverse (the interval lies below 0)",
-                "contains": "not resolved at this n (the interval contains 0)"}.get(side, "not resolved at this n")
-        interval = "" if ci is None else f", 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
-        out.append(f"- **{s.path.name}, {_what(a.arm, s.protocol)}**: Spearman(depth, log groups) {z.mean:+.2f}"
-                   f"{interval} over {z.n} runs: more groups higher up: **{word}**.")
+        out.append(f"- **{s.path.name}, {_what(a.arm, s.protocol)}**: more groups higher up? Spearman(depth, log "
+                   f"groups) {correlation_reading(rhos)}.")
     return out
 
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["Summary", "Difference", "summarize", "welch", "t_quantile", "t_cdf", "verdict", "Verdict", "points",
-           "side_of_zero"]
+           "side_of_zero", "correlation_reading"]
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -226,3 +226,17 @@ def side_of_zero(values: Sequence[float], low: float = -1.0, high: float = 1.0
         return z, None, "constant"
     ci = (max(low, z.ci[0]), min(high, z.ci[1]))
     return z, ci, "above" if ci[0] > 0 else "below" if ci[1] < 0 else "contains"
+
+
+def correlation_reading(values: Sequence[float]) -> str:
+    """How the results read a mean correlation over runs: ``+0.55, 95 % CI [+0.15, +0.94] over 4 runs: **yes (the
+    interval lies above 0)**`` (:func:`side_of_zero`'s position in words).
+
+    >>> correlation_reading([0.8, 0.9, 0.95])
+    '+0.88, 95 % CI [+0.69, +1.00] over 3 runs: **yes (the interval lies above 0)**'
+    """
+    z, ci, side = side_of_zero(values)
+    word = {"above": "yes (the interval lies above 0)", "below": "no, the reverse (the interval lies below 0)",
+            "contains": "not resolved at this n (the interval contains 0)"}.get(side, "not resolved at this n")
+    interval = "" if ci is None else f", 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    return f"{z.mean:+.2f}{interval} over {z.n} runs: **{word}**"
