@@ -268,3 +268,20 @@ def test_a_0_1_runs_config_json_reads_as_that_run():
     cfg = json.loads(r.stdout)
     assert cfg["model"] == doc["config"]["model"] and cfg["budget"] == doc["config"]["budget"]
     assert cfg["orders"] == "gather"  # recorded before --orders: replays with what it ran
+
+
+def test_a_replay_finds_the_sweeps_files_where_the_sweep_is_now(tmp_path, finished_run):
+    """A sweep committed and cloned elsewhere: its runs' config.json name the group specs by their old absolute
+    paths; the replay looks them up under the run's sweep directory."""
+    import shutil
+
+    sweep = tmp_path / "moved" / "s"
+    run = sweep / "r"
+    shutil.copytree(finished_run, run)
+    (sweep / "w.groups.json").write_text(json.dumps({"layer1.0.conv2": 2}))
+    doc = json.loads((run / "config.json").read_text())
+    doc["config"].update(groups_from="/gone/old/place/s/w.groups.json", budget=None, model="resnext_digits")
+    (run / "config.json").write_text(json.dumps(doc))
+    r = cli("train", "--config", str(run / "config.json"), "--print-config")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["groups_from"] == str(sweep / "w.groups.json")

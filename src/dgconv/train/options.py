@@ -163,6 +163,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if isinstance(doc, dict) and isinstance(doc.get("config"), dict) and ("format" in doc or "environment" in doc):
         _check_replayable(p, doc)
         doc = {**LEGACY, **{k: v for k, v in doc["config"].items() if k not in FILE_ONLY and k != "config"}}  # a run's
+        doc = _moved_inputs(p, doc)
     if not isinstance(doc, dict):
         raise ConfigError(f"{p}: expected a mapping of option names to values, got {type(doc).__name__}")
     values: dict[str, Any] = {}
@@ -206,6 +207,28 @@ def _read_bounded(p: Path, given: str) -> str:
         return data.decode()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {given}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+
+
+#: A run's options that name a file it read (a sweep's group spec, a source run's groups.json, a latency table).
+_INPUTS = ("groups_from", "structure_from", "latency_table")
+
+
+def _moved_inputs(config: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """A run's input files where they are now: a sweep committed elsewhere (another clone) keeps its files beside its
+    runs, so a path that no longer exists is looked up by its last parts under the run's sweep directory."""
+    out = dict(values)
+    for key in _INPUTS:
+        path = out.get(key)
+        if not isinstance(path, str) or Path(path).exists():
+            continue
+        parts = Path(path).parts
+        for base in (config.parent.parent, config.parent):
+            found = next((base.joinpath(*parts[-n:]) for n in (1, 2) if len(parts) >= n
+                          and base.joinpath(*parts[-n:]).exists()), None)
+            if found is not None:
+                out[key] = str(found)
+                break
+    return out
 
 
 def _check_replayable(p: Path, doc: dict[str, Any]) -> None:
