@@ -35,7 +35,6 @@ Example::
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +150,7 @@ class _Junction:
     nodes: list[tuple[str, nn.Module]]  # the channel-wise modules (permutations included) in order
 
 
-def _chain(gm: Any, start: Any, modules: dict[str, nn.Module]) -> _Junction | None:
+def _chain(start: Any, modules: dict[str, nn.Module]) -> _Junction:
     """The junction a permutation node sits in: back to its producer, forward to its consumer, through single-user
     channel-wise nodes only."""
 
@@ -251,13 +250,24 @@ def fold_orders(root: nn.Module, edit: Any = None) -> OrdersReport:
         report.untraceable = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         return report
     modules = dict(root.named_modules())
+    calls: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
     done: set[str] = set()
     for node in gm.graph.nodes:
         if node.op != "call_module" or node.target not in perms or node.target in done:
             continue
-        junction = _chain(gm, node, modules)
+        junction = _chain(node, modules)
         names = [name for name, m in junction.nodes if isinstance(m, ChannelPermutation)]
         done.update(names)
+        edited = [junction.producer, junction.consumer,
+                  *(n for n, m in junction.nodes if isinstance(m, nn.modules.batchnorm._BatchNorm))]
+        shared = [n for n in edited if n is not None and calls.get(n, 0) > 1]
+        if shared:  # a module with per-channel weights called from two places cannot take one place's order
+            report.gathered += [f"{junction.producer or '(input)'} -> {junction.consumer or '(output)'} (left as it "
+                                f"was: {shared[0]} is called twice)"]
+            continue
         _fold_junction(junction, modules, edit, report)
     return report
 
@@ -371,5 +381,3 @@ def _reorder_params(m: nn.Module, index: Tensor, edit: Any) -> None:
         for t in (m.weight, m.bias, m.running_mean, m.running_var):
             _permute(t, 0, index, edit)
 
-
-_ = operator  # (kept for readers: fx call_function targets are compared by identity)
