@@ -218,7 +218,8 @@ def _wall_line(s: SweepResult) -> str:
         return ""
     return (f"**Wall time** ({s.path.name}; the sweep's own, per run, median over finished seeds, start-up included): "
             f"search, then train ({_what(learned.arm, p)}) {g / 60:.1f} min against {b / 60:.1f} min for "
-            f"{_what(base.arm, p)}: **{g / b:.2f}x** (the product aims at 1.10x or less).")
+            f"{_what(base.arm, p)}: **{g / b:.2f}x** (the product aims at 1.10x or less). These are the costs of the "
+            f"code the runs ran at; `benchmarks/fair_wall.py` replays a run at another commit (docs/performance.md).")
 
 
 def fair_section(s: SweepResult, figures: Path | None = None) -> list[str]:

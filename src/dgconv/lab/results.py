@@ -89,6 +89,17 @@ def _ratio(a: ArmResult, base: ArmResult) -> str:
     return f"{a.mean_of('gconv_macs') / base.mean_of('gconv_macs'):.2f}x"
 
 
+def _commits(rows: list) -> str:
+    """The commits the runs ran at (short, as a reader would check them out)."""
+    def short(sha: str) -> str:
+        return sha[:7] + ("+dirty" if sha.endswith("+dirty") else "")
+
+    shas = sorted({short(str(r.run.environment.get("commit"))) for r in rows if r.run.environment.get("commit")})
+    unrecorded = sum(1 for r in rows if not r.run.environment.get("commit"))
+    named = [f"`{c}`" for c in shas] + ([f"not recorded by {plural(unrecorded, 'run')}"] if unrecorded else [])
+    return f"{'runs at commit' if len(shas) == 1 else 'runs at commits'} {', '.join(named)}"
+
+
 # ------------------------------------------------------------------------------------------------ sections
 def _header(s: SweepResult) -> list[str]:
     p, meta = s.protocol, s.meta
@@ -114,7 +125,8 @@ def _header(s: SweepResult) -> list[str]:
         _heading(s),
         "",
         f"- Hardware: {env.get('device_name', '?')} (`{env.get('device', '?')}`), torch {env.get('torch', '?')}, "
-        f"{env.get('cpu_count', '?')} CPU cores; sweep started {meta.get('started', '?')}{resumed}.",
+        f"{env.get('cpu_count', '?')} CPU cores; sweep started {meta.get('started', '?')}{resumed}; "
+        f"{_commits(rows)}.",
         f"- Schedule: {plural(used['epochs'], 'epoch')}, batch {used['batch_size']}, SGD momentum {used.get('momentum', 0.9):g}"
         f"{' (Nesterov)' if used.get('nesterov') else ''}, lr {used['lr']} {used.get('schedule', 'cosine')}{warm}, "
         f"weight decay {p.weight_decay} (not on gates), alpha -0.02, budget projection at epoch ends; "
