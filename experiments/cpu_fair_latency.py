@@ -6,9 +6,12 @@ structure through ``dgconv.deploy`` (the channel permutations it needs included)
 numbers -- and timed in eval mode, one thread, at batch 1 and batch 64, round-robin against the uniform arm of its
 network (contiguous groups, the arm's value; the dense arm against G = 16) in the same process: the ratio is the
 median over rounds of (arm / uniform) timed in the same round, and an arm with several seeds (learned structures
-differ) gets the median over its seeds. Writes ``latency.json`` into the sweep (``dgconv.lab.fair`` reads it).
+differ) gets the median over its seeds. The whole measurement is repeated ``--passes`` times, every arm once per
+pass; an arm's value is the median over passes and its ``range_b1``/``range_b64`` the lowest and highest pass, so
+that a reader (and ``dgconv.lab.fair``, which calls a learned arm slower only when the two ranges do not overlap)
+sees the measurement's own spread. Writes ``latency.json`` into the sweep (``dgconv.lab.fair`` reads it).
 
-    python experiments/cpu_fair_latency.py results/cpu-fair [--reps 9]
+    python experiments/cpu_fair_latency.py results/cpu-fair [--reps 9] [--passes 3]
 """
 
 from __future__ import annotations
@@ -83,41 +86,52 @@ def reference(sweep, arm_result):
     return create_model(net, num_classes=10, groups=value), f"{net}-g{value}"
 
 
-def measure(sweep_dir: Path, reps: int) -> dict:
+def measure(sweep_dir: Path, reps: int, passes: int) -> dict:
+    """Each arm's ratios over ``passes`` whole passes over every arm (so that a slow minute of the machine lands on
+    one pass of every arm, not on all of one arm's): per pass the median over the arm's networks; the arm's value is
+    the median over passes and ``range`` the lowest and highest pass (the measurement's spread)."""
     torch.set_num_threads(1)
     sweep = load_sweep(sweep_dir)
-    arms = {}
+    todo = []
     for a in sweep.arms:
-        if not a.rows:
-            continue
-        ref, ref_name = reference(sweep, a)
-        ratios = {"b1": [], "b64": []}
-        for net in deployed_nets(sweep, a):
-            for key, batch in (("b1", 1), ("b64", 64)):
+        if a.rows:
+            ref, ref_name = reference(sweep, a)
+            todo.append((arm_key(a.arm, sweep.protocol), deployed_nets(sweep, a), ref, ref_name))
+    per_pass: dict[str, dict[str, list[float]]] = {key: {"b1": [], "b64": []} for key, *_ in todo}
+    per_run: dict[str, dict[str, list[list[float]]]] = {key: {"b1": [], "b64": []} for key, *_ in todo}
+    for i in range(passes):
+        for key, nets, ref, ref_name in todo:
+            for b, batch in (("b1", 1), ("b64", 64)):
                 x = torch.randn(batch, 3, 32, 32)
-                ratios[key].append(paired_ratio(net.eval(), ref.eval(), x, reps))
-        arms[arm_key(a.arm, sweep.protocol)] = {
-            "b1": round(statistics.median(ratios["b1"]), 4), "b64": round(statistics.median(ratios["b64"]), 4),
-            "per_run": {k: [round(v, 4) for v in vs] for k, vs in ratios.items()}, "against": ref_name,
-        }
-        print(f"{arm_key(a.arm, sweep.protocol):28s} b1 {arms[arm_key(a.arm, sweep.protocol)]['b1']:.3f}x "
-              f"b64 {arms[arm_key(a.arm, sweep.protocol)]['b64']:.3f}x (vs {ref_name}, {len(ratios['b1'])} net(s))",
-              flush=True)
+                ratios = [paired_ratio(net.eval(), ref.eval(), x, reps) for net in nets]
+                per_pass[key][b].append(statistics.median(ratios))
+                per_run[key][b].append([round(r, 4) for r in ratios])
+            print(f"pass {i + 1}/{passes} {key:28s} b1 {per_pass[key]['b1'][-1]:.3f}x b64 {per_pass[key]['b64'][-1]:.3f}x "
+                  f"(vs {ref_name}, {len(nets)} net(s))", flush=True)
+    arms = {}
+    for key, nets, ref, ref_name in todo:
+        arms[key] = {"against": ref_name, "nets": len(nets), "per_pass": per_pass[key], "per_run": per_run[key]}
+        for b in ("b1", "b64"):
+            arms[key][b] = round(statistics.median(per_pass[key][b]), 4)
+            arms[key][f"range_{b}"] = [round(min(per_pass[key][b]), 4), round(max(per_pass[key][b]), 4)]
     return arms
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", type=Path)
-    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=9, help="timed rounds of each pair of networks in a pass")
+    ap.add_argument("--passes", type=int, default=3, help="whole passes over every arm (the spread between them is reported)")
     args = ap.parse_args()
+    if args.reps < 1 or args.passes < 1:
+        ap.error("--reps and --passes must be at least 1")
     started = time.time()
-    arms = measure(args.sweep, args.reps)
+    arms = measure(args.sweep, args.reps, args.passes)
     others = subprocess.run(["sh", "-c", "ps -eo pcpu= | awk '$1 > 50' | wc -l"], capture_output=True, text=True).stdout.strip()
     doc = {"machine": f"{cpu_name()}, {platform.machine()}, torch {torch.__version__}, 1 thread",
            "command": "python experiments/cpu_fair_latency.py " + " ".join(sys.argv[1:]), "commit": source_commit(),
            "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(time.time() - started, 1),
-           "busy_processes_at_the_end": others, "reps": args.reps, "arms": arms}
+           "busy_processes_at_the_end": others, "reps": args.reps, "passes": args.passes, "arms": arms}
     print(json.dumps({k: v for k, v in doc.items() if k != "arms"}))
     print("wrote", write_latency(args.sweep, doc))
     return 0

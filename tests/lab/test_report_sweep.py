@@ -405,3 +405,40 @@ def test_the_answer_section_against_scipy_from_the_committed_runs():
     line = next(ln for ln in answer([load_sweep(root)]) if "gpu-fast, b = 16" in ln)
     want = f"{100 * (g.mean() - f.mean()):+.2f} points (95 % CI [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]; n = {len(g)} vs {len(f)})"
     assert want in line and "contiguous G = 16" in line and "**agrees**" in line
+
+
+def test_the_cpu_fair_headline_against_scipy_from_the_committed_runs():
+    """docs/results.md's headline for results/cpu-fair: the learned arm (b = 16, MAC budget) against the hand-set arm
+    with the highest mean accuracy at b = 16 (contiguous, shuffle, width rule), difference and Welch interval
+    recomputed with SciPy from the run directories' metrics.jsonl, and the words the interval calls for."""
+    import re
+    from pathlib import Path
+
+    stats = pytest.importorskip("scipy.stats")
+    from dgconv.lab.answer import answer
+    from dgconv.lab.sweepdata import load_sweep
+
+    root = Path(__file__).resolve().parents[2] / "results" / "cpu-fair"
+
+    def accs(name):
+        out = []
+        for d in sorted(root.glob(f"{name}*")):
+            if re.fullmatch(rf"{name}(-s\d+)?", d.name) and (d / "metrics.jsonl").is_file():
+                rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+                if rows and rows[-1]["epoch"] == 4:  # finished runs only (the protocol's 4 epochs)
+                    out.append(rows[-1]["test_acc"])
+        return np.array(out)
+
+    hand = {"fastnet-g16": "fastnet, contiguous G = 16", "fastnet_shuffle-g16": "G = 16 with a channel shuffle",
+            "fastnet_width-g16": "fastnet with groups by the rule 'width'"}
+    runs = {name: accs(name) for name in hand}
+    g = accs("g-macs-b16")
+    if len(g) < 2 or any(len(v) < 2 for v in runs.values()):
+        pytest.skip("cpu-fair's b = 16 arms have fewer than 2 finished seeds each")
+    best = max(runs, key=lambda k: runs[k].mean())
+    ci = stats.ttest_ind(g, runs[best], equal_var=False).confidence_interval(0.95)
+    line = next(ln for ln in answer([load_sweep(root)]) if ln.startswith("**Headline (cpu-fair, b = 16"))
+    want = (f"{100 * (g.mean() - runs[best].mean()):+.2f} points (95 % CI [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]; "
+            f"n = {len(g)} vs {len(runs[best])})")
+    words = "beats" if ci.low > 0 else "LOSES to" if ci.high < 0 else "are not told apart"
+    assert want in line and hand[best] in line and words in line, line

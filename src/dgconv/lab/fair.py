@@ -118,7 +118,22 @@ def _latency(s: SweepResult, arm: Arm) -> dict[str, float] | None:
     return None if doc is None else (doc.get("arms") or {}).get(arm_key(arm, s.protocol))
 
 
+def _span(la: dict[str, Any], key: str) -> tuple[float, float]:
+    """An arm's measured ratio as the range of its passes (one value when the file recorded no passes)."""
+    lo_hi = la.get(f"range_{key}")
+    return (float(lo_hi[0]), float(lo_hi[1])) if isinstance(lo_hi, list) and len(lo_hi) == 2 else (la[key], la[key])
+
+
+def _latency_cell(la: dict[str, Any], key: str) -> str:
+    if la.get(key) is None:
+        return "-"
+    lo, hi = _span(la, key)
+    return f"{la[key]:.2f}x" + (f" ({lo:.2f}-{hi:.2f})" if lo != hi else "")
+
+
 def _latency_note(s: SweepResult, c: Comparison) -> str:
+    """Learned against the strongest hand-set arm in measured time: slower or faster only when the two arms' ranges
+    over the measurement's passes do not overlap (the passes' spread is the measurement's own noise)."""
     assert c.strongest is not None
     mine, theirs = _latency(s, c.learned.arm), _latency(s, c.strongest.arm)
     if not mine or not theirs:
@@ -126,9 +141,11 @@ def _latency_note(s: SweepResult, c: Comparison) -> str:
     parts = []
     for key, label in (("b1", "batch 1"), ("b64", "batch 64")):
         if key in mine and key in theirs:
-            slower = mine[key] > theirs[key] * 1.02
-            parts.append(f"{label} {mine[key]:.2f}x vs {theirs[key]:.2f}x the uniform arm"
-                         + (" (**slower**)" if slower else ""))
+            (m_lo, m_hi), (t_lo, t_hi) = _span(mine, key), _span(theirs, key)
+            reading = ("**slower**" if m_lo > t_hi else "**faster**" if m_hi < t_lo
+                       else "not told apart: the passes overlap")
+            reading = f" ({reading})"
+            parts.append(f"{label} {mine[key]:.2f}x vs {theirs[key]:.2f}x the uniform arm{reading}")
     return " Measured CPU inference time: " + "; ".join(parts) + "." if parts else ""
 
 
@@ -228,7 +245,8 @@ def fair_section(s: SweepResult, figures: Path | None = None) -> list[str]:
     lat = read_latency(s.path)
     out = ["### Every arm", "",
            "Accuracy over seeds: mean and 95 % interval (t) of the mean. MACs for one 32x32 image, every layer. Latency: "
-           "deployed network, CPU inference, median of per-round ratios against the uniform arm of its network"
+           "deployed network, CPU inference, median of per-round ratios against the uniform arm of its network, median over "
+           "the measurement's passes (in brackets: its lowest and highest pass)"
            + (f" ({lat.get('machine', '?')}; `{lat.get('command', '?')}`)" if lat else " (not measured yet)") + ". Wall: "
            "the sweep's own wall time per run (median).", "",
            "| arm | what | seeds | top-1 % | 95 % CI | MACs | latency b1 | latency b64 | wall min |",
@@ -241,10 +259,9 @@ def fair_section(s: SweepResult, figures: Path | None = None) -> list[str]:
         z = summarize([100 * x for x in a.accs])
         ci = "-" if z.ci is None else f"[{z.ci[0]:.2f}, {z.ci[1]:.2f}]"
         la = (lat or {}).get("arms", {}).get(key, {})
-        fmt = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
         wall = walls.get(key)
         out.append(f"| `{key}` | {_what(a.arm, p)} | {len(a.rows)} | {z.mean:.2f} | {ci} | {a.mean_of('macs'):,.0f} | "
-                   f"{fmt(la.get('b1'))} | {fmt(la.get('b64'))} | {'-' if wall is None else f'{wall / 60:.1f}'} |")
+                   f"{_latency_cell(la, 'b1')} | {_latency_cell(la, 'b64')} | {'-' if wall is None else f'{wall / 60:.1f}'} |")
     out.append("")
     if figures is not None:
         out += _figures(s, figures)
