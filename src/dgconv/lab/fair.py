@@ -247,7 +247,8 @@ def fair_section(s: SweepResult, figures: Path | None = None) -> list[str]:
            "Accuracy over seeds: mean and 95 % interval (t) of the mean. MACs for one 32x32 image, every layer. Latency: "
            "deployed network, CPU inference, median of per-round ratios against the uniform arm of its network, median over "
            "the measurement's passes (in brackets: its lowest and highest pass)"
-           + (f" ({lat.get('machine', '?')}; `{lat.get('command', '?')}`)" if lat else " (not measured yet)") + ". Wall: "
+           + (f" ({lat.get('machine', '?')}; `{lat.get('command', '?')}` at `{str(lat.get('commit') or '?')[:7]}`, "
+              f"{lat.get('measured', '?')})" if lat else " (not measured yet)") + ". Wall: "
            "the sweep's own wall time per run (median).", "",
            "| arm | what | seeds | top-1 % | 95 % CI | MACs | latency b1 | latency b64 | wall min |",
            "|---|---|---:|---:|---|---:|---:|---:|---:|"]
@@ -295,16 +296,27 @@ def _figures(s: SweepResult, figures: Path) -> list[str]:
     out = [f"![Accuracy of every arm, {s.path.name}]({figures.name}/{name})", ""]
     lat = read_latency(s.path)
     if lat:
-        fig, ax = plt.subplots(figsize=(6, 4.5))
+        fig, ax = plt.subplots(figsize=(6.5, 4.8))
+        against = list(dict.fromkeys(la.get("against", "?") for la in lat.get("arms", {}).values()))
+        colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(against)}
         for a in arms:
             la = lat.get("arms", {}).get(arm_key(a.arm, p), {})
             if "b64" in la:
                 z = summarize([100 * x for x in a.accs])
+                lo, hi = _span(la, "b64")
                 ax.errorbar([la["b64"]], [z.mean], yerr=None if z.ci is None else [[z.mean - z.ci[0]], [z.ci[1] - z.mean]],
-                            fmt="o" if a.arm.kind == "plain" else "s", capsize=3)
+                            xerr=[[la["b64"] - lo], [hi - la["b64"]]], fmt="o" if a.arm.kind == "plain" else "s",
+                            capsize=3, color=colours.get(la.get("against", "?")))
                 ax.annotate(arm_key(a.arm, p), (la["b64"], z.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("CPU inference time, batch 64, x the uniform arm of its network")
-        ax.set_ylabel("top-1 accuracy % (95 % interval)")
+        for name, colour in colours.items():
+            ax.plot([], [], "o", color=colour, label=f"x {name}")
+        ax.legend(fontsize=7, title="time against", title_fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xticks([0.8, 0.9, 1.0, 1.2, 1.5, 2.0, 2.5], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.set_xticklabels(["0.8x", "0.9x", "1x", "1.2x", "1.5x", "2x", "2.5x"])
+        ax.set_xlabel("CPU inference time, batch 64, x the uniform arm of its network (log; bars: passes' range)")
+        ax.set_ylabel("top-1 accuracy % (95 % interval; squares: learned)")
         ax.grid(alpha=0.3)
         name = f"latency_{s.path.name}.png"
         fig.savefig(figures / name, dpi=110, bbox_inches="tight")
