@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -126,12 +126,13 @@ def main() -> int:
     if args.reps < 1 or args.passes < 1:
         ap.error("--reps and --passes must be at least 1")
     started = time.time()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     arms = measure(args.sweep, args.reps, args.passes)
-    others = subprocess.run(["sh", "-c", "ps -eo pcpu= | awk '$1 > 50' | wc -l"], capture_output=True, text=True).stdout.strip()
+    load_at_end = [round(x, 2) for x in os.getloadavg()]  # ps's %CPU is a lifetime average: a stopped sweep looks busy
     doc = {"machine": f"{cpu_name()}, {platform.machine()}, torch {torch.__version__}, 1 thread",
            "command": "python experiments/cpu_fair_latency.py " + " ".join(sys.argv[1:]), "commit": source_commit(),
            "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(time.time() - started, 1),
-           "busy_processes_at_the_end": others, "reps": args.reps, "passes": args.passes, "arms": arms}
+           "load_average_1_5_15_min": {"start": load_at_start, "end": load_at_end}, "reps": args.reps, "passes": args.passes, "arms": arms}
     print(json.dumps({k: v for k, v in doc.items() if k != "arms"}))
     print("wrote", write_latency(args.sweep, doc))
     return 0
