@@ -15,19 +15,20 @@ the same numbers in another order, so it may differ in the last bits and, throug
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from dgconv.train.runs import read_metrics
+
 WALL_KEYS = ("time", "seconds", "wall")
 
 
 def metrics(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if not any(w in k for w in WALL_KEYS)} for r in rows]
+    """A run's metrics without its wall times (what a replay must reproduce)."""
+    return [{k: v for k, v in r.items() if not any(w in k for w in WALL_KEYS)} for r in read_metrics(run)]
 
 
 def replay(run: Path, out: Path, extra: list[str]) -> float:

@@ -84,7 +84,7 @@ def comparisons(s: SweepResult) -> list[Comparison]:
                 and _network(h.arm, p) == net]
         if not hand:  # a control without hand-set arms (the depth control): read elsewhere
             continue
-        ready = bool(hand) and len(a.rows) >= 2 and all(len(h.rows) >= 2 for h in hand)
+        ready = len(a.rows) >= 2 and all(len(h.rows) >= 2 for h in hand)
         strongest = max(hand, key=lambda h: h.acc.mean) if ready else None  # type: ignore[union-attr]
         diff = welch(a.accs, strongest.accs) if strongest is not None else None
         out.append(Comparison(a, strongest, hand, diff))
@@ -144,8 +144,7 @@ def _latency_note(s: SweepResult, c: Comparison) -> str:
             (m_lo, m_hi), (t_lo, t_hi) = _span(mine, key), _span(theirs, key)
             reading = ("**slower**" if m_lo > t_hi else "**faster**" if m_hi < t_lo
                        else "not told apart: the passes overlap")
-            reading = f" ({reading})"
-            parts.append(f"{label} {mine[key]:.2f}x vs {theirs[key]:.2f}x the uniform arm{reading}")
+            parts.append(f"{label} {mine[key]:.2f}x vs {theirs[key]:.2f}x the uniform arm ({reading})")
     return " Measured CPU inference time: " + "; ".join(parts) + "." if parts else ""
 
 
@@ -265,11 +264,11 @@ def fair_section(s: SweepResult, figures: Path | None = None) -> list[str]:
                    f"{_latency_cell(la, 'b1')} | {_latency_cell(la, 'b64')} | {'-' if wall is None else f'{wall / 60:.1f}'} |")
     out.append("")
     if figures is not None:
-        out += _figures(s, figures)
+        out += _figures(s, figures, lat)
     return out
 
 
-def _figures(s: SweepResult, figures: Path) -> list[str]:
+def _figures(s: SweepResult, figures: Path, lat: dict[str, Any] | None) -> list[str]:
     from .report import pyplot
 
     plt = pyplot()
@@ -294,7 +293,6 @@ def _figures(s: SweepResult, figures: Path) -> list[str]:
     fig.savefig(figures / name, dpi=110, bbox_inches="tight")
     plt.close(fig)
     out = [f"![Accuracy of every arm, {s.path.name}]({figures.name}/{name})", ""]
-    lat = read_latency(s.path)
     if lat:
         fig, ax = plt.subplots(figsize=(6.5, 4.8))
         against = list(dict.fromkeys(la.get("against", "?") for la in lat.get("arms", {}).values()))
