@@ -442,3 +442,62 @@ def test_the_cpu_fair_headline_against_scipy_from_the_committed_runs():
             f"n = {len(g)} vs {len(runs[best])})")
     words = "beats" if ci.low > 0 else "LOSES to" if ci.high < 0 else "are not told apart"
     assert want in line and hand[best] in line and words in line, line
+
+
+@pytest.mark.parametrize("learned_b64", [(1.00, 1.02), (0.50, 0.60)])
+def test_the_cpu_fair_comparison_at_equal_measured_time(tmp_path, learned_b64):
+    """At equal or lower measured time: among the hand-set arms whose fastest pass is no slower than the learned
+    arm's slowest, the most accurate, recomputed with SciPy from the committed runs' metrics.jsonl; with a synthetic
+    latency document (an arm slower at batch 64 drops out; when every hand-set arm is slower, none is compared)."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    stats = pytest.importorskip("scipy.stats")
+    from dgconv.lab.fair import fair_answer, write_latency
+    from dgconv.lab.sweepdata import load_sweep
+
+    root = Path(__file__).resolve().parents[2] / "results" / "cpu-fair"
+    sweep = tmp_path / "cpu-fair"
+    shutil.copytree(root, sweep, ignore=shutil.ignore_patterns("*.pt", "latency.json"))
+
+    def accs(name):
+        out = []
+        for d in sorted(sweep.glob(f"{name}*")):
+            if re.fullmatch(rf"{name}(-s\d+)?", d.name) and (d / "metrics.jsonl").is_file():
+                rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+                if rows and rows[-1]["epoch"] == 4:
+                    out.append(rows[-1]["test_acc"])
+        return np.array(out)
+
+    names = ["fastnet-g16", "fastnet_shuffle-g16", "fastnet_width-g16", "g-macs-b16"]
+    runs = {n: accs(n) for n in names}
+    if any(len(v) < 2 for v in runs.values()):
+        pytest.skip("cpu-fair's b = 16 arms have fewer than 2 finished seeds each")
+
+    def timed(b1, b64):
+        return {"b1": sum(b1) / 2, "range_b1": list(b1), "b64": sum(b64) / 2, "range_b64": list(b64)}
+
+    write_latency(sweep, {"machine": "test", "command": "test", "commit": "0" * 40, "arms": {
+        "fastnet-g16": timed((1.0, 1.0), (1.0, 1.0)),
+        "fastnet_shuffle-g16": timed((1.05, 1.08), (1.20, 1.25)),   # slower than the learned arm at batch 64
+        "fastnet_width-g16": timed((1.0, 1.0), (1.01, 1.03)),       # overlaps the learned arm at batch 64
+        "g-macs-b16": timed((1.09, 1.11), learned_b64)}})
+    line = next(ln for ln in fair_answer(load_sweep(sweep)) if ln.startswith("- **cpu-fair, learned under a macs budget b = 16**"))
+    assert "batch 1: the same arm and difference" in line, line  # every hand-set arm is as fast at batch 1
+    if learned_b64[1] < 1.0:
+        assert "batch 64: every hand-set arm is slower, so none is at equal time" in line, line
+        return
+    best = max(["fastnet-g16", "fastnet_width-g16"], key=lambda k: runs[k].mean())
+    g = runs["g-macs-b16"]
+    ci = stats.ttest_ind(g, runs[best], equal_var=False).confidence_interval(0.95)
+    want = (f"batch 64: vs {'fastnet, contiguous G = 16' if best == 'fastnet-g16' else 'fastnet with groups by the rule'}")
+    at64 = line.split("batch 64:")[1]
+    got = re.search(r"([+-]\d+\.\d+) points \(95 % CI \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\]; n = (\d+) vs (\d+)\)", at64)
+    assert got is not None, line
+    # two decimals as printed (a tie at the third decimal may round either way in another summation order)
+    assert np.allclose([float(x) for x in got.groups()[:3]], [100 * (g.mean() - runs[best].mean()), 100 * ci.low,
+                                                             100 * ci.high], atol=0.0051), line
+    assert (int(got.group(4)), int(got.group(5))) == (len(g), len(runs[best]))
+    words = "more accurate" if ci.low > 0 else "LESS accurate" if ci.high < 0 else "no difference resolved"
+    assert want in line and words in at64, line

@@ -6,6 +6,9 @@ For each learned arm (``g``, ``star``, ``struct``) the hand-set arms are the pla
 -- contiguous groups, the same groups with a channel shuffle (``<network>_shuffle``), a hand-set rule -- and the
 strongest is the one with the highest mean accuracy among those with at least 2 finished seeds. The difference is
 learned minus strongest, with its 95 % Welch interval; the verdict reads the interval (:func:`dgconv.lab.stats.verdict`).
+At equal measured time the same is done per batch size among the hand-set arms not measured slower than the learned
+arm (their fastest pass no slower than its slowest). The depth control's arms are the learned arms without hand-set
+arms (one width in every block).
 
 Measured CPU inference time is read from the sweep's ``latency.json`` (this module owns that file: written by
 :func:`write_latency`, from ``experiments/cpu_fair_latency.py``); the sweep's own wall time per run from its
@@ -14,6 +17,7 @@ Measured CPU inference time is read from the sweep's ``latency.json`` (this modu
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,17 +75,22 @@ class Comparison:
     diff: Difference | None
 
 
+def _hand(s: SweepResult, a: ArmResult) -> list[ArmResult]:
+    """The hand-set arms a learned arm is compared with: the grouped plain arms of its network and value."""
+    p, net = s.protocol, _network(a.arm, s.protocol)
+    return [h for h in s.arms if h.arm.kind == "plain" and h.arm.value == a.arm.value and h.arm.value > 1
+            and _network(h.arm, p) == net]
+
+
 def comparisons(s: SweepResult) -> list[Comparison]:
     """Every learned arm with finished runs, against the hand-set arms of its network and value. The strongest of
     those is chosen, and a difference taken, only when the learned arm and every one of them have at least 2 seeds
     (a hand-set arm still running could be the strongest)."""
-    p, out = s.protocol, []
+    out = []
     for a in s.arms:
         if a.arm.kind == "plain" or not a.rows:
             continue
-        net = _network(a.arm, p)
-        hand = [h for h in s.arms if h.arm.kind == "plain" and h.arm.value == a.arm.value and h.arm.value > 1
-                and _network(h.arm, p) == net]
+        hand = _hand(s, a)
         if not hand:  # a control without hand-set arms (the depth control): read elsewhere
             continue
         ready = len(a.rows) >= 2 and all(len(h.rows) >= 2 for h in hand)
@@ -105,17 +114,16 @@ def _what(arm: Arm, p: Protocol) -> str:
     return f"{what} under a {arm.cost} budget b = {arm.value:g}{net}"
 
 
-def _reading(c: Comparison) -> str:
-    assert c.diff is not None
-    v = verdict(c.diff, scale=100, unit=" points")
+def _reading(d: Difference) -> str:
+    v = verdict(d, scale=100, unit=" points")
     word = {"agrees": "learned groups are more accurate", "disagrees": "learned groups are LESS accurate",
             "not resolved at this n": "no difference resolved at this n"}.get(v.word, v.word)
     return f"**{word}** ({v.reason})"
 
 
-def _latency(s: SweepResult, arm: Arm) -> dict[str, float] | None:
-    doc = read_latency(s.path)
-    return None if doc is None else (doc.get("arms") or {}).get(arm_key(arm, s.protocol))
+def _timed(lat: dict[str, Any] | None, arm: Arm, p: Protocol) -> dict[str, Any]:
+    """An arm's entry in the sweep's latency document (empty when the arm, or the sweep, was not measured)."""
+    return ((lat or {}).get("arms") or {}).get(arm_key(arm, p)) or {}
 
 
 def _span(la: dict[str, Any], key: str) -> tuple[float, float]:
@@ -131,11 +139,11 @@ def _latency_cell(la: dict[str, Any], key: str) -> str:
     return f"{la[key]:.2f}x" + (f" ({lo:.2f}-{hi:.2f})" if lo != hi else "")
 
 
-def _latency_note(s: SweepResult, c: Comparison) -> str:
+def _latency_note(c: Comparison, lat: dict[str, Any] | None, p: Protocol) -> str:
     """Learned against the strongest hand-set arm in measured time: slower or faster only when the two arms' ranges
     over the measurement's passes do not overlap (the passes' spread is the measurement's own noise)."""
     assert c.strongest is not None
-    mine, theirs = _latency(s, c.learned.arm), _latency(s, c.strongest.arm)
+    mine, theirs = _timed(lat, c.learned.arm, p), _timed(lat, c.strongest.arm, p)
     if not mine or not theirs:
         return " Measured latency: not measured yet."
     parts = []
@@ -145,7 +153,34 @@ def _latency_note(s: SweepResult, c: Comparison) -> str:
             reading = ("**slower**" if m_lo > t_hi else "**faster**" if m_hi < t_lo
                        else "not told apart: the passes overlap")
             parts.append(f"{label} {mine[key]:.2f}x vs {theirs[key]:.2f}x the uniform arm ({reading})")
-    return " Measured CPU inference time: " + "; ".join(parts) + "." if parts else ""
+    return (" Measured CPU inference time: " + "; ".join(parts) + "." if parts else "") + _at_equal_time(c, lat, p)
+
+
+def _at_equal_time(c: Comparison, lat: dict[str, Any] | None, p: Protocol) -> str:
+    """Learned against the strongest hand-set arm *at equal or lower measured time*, per batch size: among the
+    hand-set arms not measured slower than the learned arm (their fastest pass no slower than its slowest), the most
+    accurate one, with its Welch interval. Said only when every hand-set arm was measured at that batch size (one
+    not measured could be the strongest)."""
+    mine = _timed(lat, c.learned.arm, p)
+    parts = []
+    for key, label in (("b1", "batch 1"), ("b64", "batch 64")):
+        if key not in mine or any(key not in _timed(lat, h.arm, p) for h in c.hand):
+            continue
+        slowest = _span(mine, key)[1]
+        as_fast = [h for h in c.hand if h.rows and _span(_timed(lat, h.arm, p), key)[0] <= slowest]
+        if not as_fast:
+            parts.append(f"{label}: every hand-set arm is slower, so none is at equal time")
+            continue
+        best = max(as_fast, key=lambda h: statistics.fmean(h.accs))
+        if best is c.strongest:
+            parts.append(f"{label}: the same arm and difference (it is not measured slower)")
+            continue
+        d = welch(c.learned.accs, best.accs)
+        parts.append(f"{label}: vs {_what(best.arm, p)} (the strongest not measured slower): {points(d)}: "
+                     f"{_reading(d)}")
+    if not parts:
+        return ""
+    return " At equal or lower measured time, " + "; ".join(parts) + "."
 
 
 def _wall(s: SweepResult) -> dict[str, float]:
@@ -154,15 +189,15 @@ def _wall(s: SweepResult) -> dict[str, float]:
 
 def fair_answer(s: SweepResult) -> list[str]:
     """The verdict lines of one equal-MACs sweep for "When does learning groups pay?", headline first."""
-    p = s.protocol
+    p, lat = s.protocol, read_latency(s.path)
     lines, controls = [], []
     for c in comparisons(s):
         if c.strongest is None or c.diff is None:
             continue
         ratio = c.learned.mean_of("macs") / c.strongest.mean_of("macs")
         line = (f"- **{s.path.name}, {_what(c.learned.arm, p)}** vs the strongest hand-set arm, "
-                f"{_what(c.strongest.arm, p)}: {points(c.diff)} at {ratio:.2f}x its MACs: {_reading(c)}."
-                + _latency_note(s, c))
+                f"{_what(c.strongest.arm, p)}: {points(c.diff)} at {ratio:.2f}x its MACs: {_reading(c.diff)}."
+                + _latency_note(c, lat, p))
         (controls if c.learned.arm.tag else lines).append(line)
     depth = _depth_lines(s)
     wall = _wall_line(s)
@@ -210,16 +245,22 @@ def _headline(s: SweepResult) -> str:
 
 
 def _depth_lines(s: SweepResult) -> list[str]:
-    out = []
+    """The depth control's arms (learned arms without hand-set arms: one width in every block) first; then, for
+    contrast, the other learned arms, whose networks widen with depth."""
+    control, contrast = [], []
     for a in s.arms:
-        if a.arm.kind != "g" or a.arm.tag is None:
+        if a.arm.kind != "g":
             continue
         rhos = [r.depth_rho for r in a.rows if r.depth_rho is not None]
         if len(rhos) < 2:
             continue
-        out.append(f"- **{s.path.name}, {_what(a.arm, s.protocol)}**: more groups higher up? Spearman(depth, log "
-                   f"groups) {correlation_reading(rhos)}.")
-    return out
+        line = (f"- **{s.path.name}, {_what(a.arm, s.protocol)}**: more groups higher up? Spearman(depth, log "
+                f"groups) {correlation_reading(rhos)}.")
+        if _hand(s, a):
+            contrast.append(line.replace("- **", "- For contrast (widths grow with depth): **", 1))
+        else:
+            control.append(line)
+    return control + contrast if control else []
 
 
 def _wall_line(s: SweepResult) -> str:
