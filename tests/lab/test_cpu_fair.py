@@ -184,7 +184,8 @@ def test_the_estimate_uses_finished_runs_first_and_says_when_it_exceeds_the_budg
 @pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 copy not present (set DGCONV_SHARED_DATA)")
 def test_cpu_fair_rehearses_every_arm_and_records_its_wall_times(tmp_path):
     """Every arm of cpu-fair runs (one seed, one tiny epoch): the controls' networks, the width rules, the learned
-    structure from its source run; the sweep records each run's wall time."""
+    structure from its source run; the sweep records each run's wall time; experiments/cpu_fair_latency.py times
+    every deployed arm against the uniform arm of its network and `dgconv results` puts the times in its table."""
     r = cli("sweep", "--protocol", "cpu-fair", "--data-dir", str(SHARED), "--out", str(tmp_path / "s"), "--epochs", "1",
             "--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--max-seeds", "1")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -195,3 +196,35 @@ def test_cpu_fair_rehearses_every_arm_and_records_its_wall_times(tmp_path):
     struct = torch.load(tmp_path / "s" / "struct-macs-b16" / "last.pt", weights_only=True)["frozen"]
     source = json.loads((tmp_path / "s" / "g-macs-b16" / "groups.json").read_text())["structure"]
     assert {k: {"factors": v["factors"], "gates": v["gates"]} for k, v in struct.items()} == source
+
+    # experiments/cpu_fair_latency.py times every deployed arm against the uniform arm of its network
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.helpers import ENV, PATIENCE
+
+    script = Path(__file__).resolve().parents[2] / "experiments" / "cpu_fair_latency.py"
+    r2 = subprocess.run([sys.executable, str(script), str(tmp_path / "s"), "--reps", "1", "--passes", "2"],
+                        capture_output=True, text=True, timeout=PATIENCE, env=ENV)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    lat = json.loads((tmp_path / "s" / "latency.json").read_text())
+    assert lat["format"] == "dgconv.arm-latency/1" and lat["passes"] == 2
+    from dgconv.lab.fair import arm_key
+
+    want = {arm_key(a, PROTOCOLS["cpu-fair"]) for a in PROTOCOLS["cpu-fair"].arms}
+    assert set(lat["arms"]) == want
+    against = {k: v["against"] for k, v in lat["arms"].items()}
+    assert against["fastnet-g1"] == against["struct-macs-b16"] == against["star-macs-b16"] == "fastnet-g16"
+    assert against["fastnet_mix_width-g16"] == against["mix-g-macs-b16"] == "fastnet_mix-g16"
+    assert against["depth-g-b16"] == "fastnet_const-g16" and against["g-macs-b4"] == "fastnet-g4"
+    for entry in lat["arms"].values():
+        for b in ("b1", "b64"):
+            lo, hi = entry[f"range_{b}"]
+            assert len(entry["per_pass"][b]) == 2 and 0 < lo <= entry[b] <= hi
+    r3 = cli("results", str(tmp_path / "s"), "--out", str(tmp_path / "results.md"))
+    assert r3.returncode == 0, r3.stderr[-2000:]
+    rows = {line.split("|")[1].strip(" `"): line for line in (tmp_path / "results.md").read_text().splitlines()
+            if line.startswith("| `")}
+    for key in ("struct-macs-b16", "star-macs-b16", "fastnet_mix-g16"):
+        assert f"| {lat['arms'][key]['b64']:.2f}x" in rows[key], rows[key]
