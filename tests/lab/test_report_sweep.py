@@ -33,6 +33,20 @@ def png_pixels(path):
     return np.asarray(image.imread(str(path)))
 
 
+def cpu_fair_accs(sweep, name: str) -> np.ndarray:
+    """Final test accuracies of an arm's finished runs (the protocol's 4 epochs), read from metrics.jsonl directly:
+    the independent side of the cpu-fair checks."""
+    import re
+
+    out = []
+    for d in sorted(sweep.glob(f"{name}*")):
+        if re.fullmatch(rf"{name}(-s\d+)?", d.name) and (d / "metrics.jsonl").is_file():
+            rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            if rows and rows[-1]["epoch"] == 4:  # finished runs only
+                out.append(rows[-1]["test_acc"])
+    return np.array(out)
+
+
 def test_report_of_two_runs(tmp_path):
     for name, budget in (("a", "4"), ("b", "16")):
         r = cli("train", "--epochs", "3", "--limit-train", "256", "--budget", budget, "--out", str(tmp_path / name))
@@ -411,7 +425,6 @@ def test_the_cpu_fair_headline_against_scipy_from_the_committed_runs():
     """docs/results.md's headline for results/cpu-fair: the learned arm (b = 16, MAC budget) against the hand-set arm
     with the highest mean accuracy at b = 16 (contiguous, shuffle, width rule), difference and Welch interval
     recomputed with SciPy from the run directories' metrics.jsonl, and the words the interval calls for."""
-    import re
     from pathlib import Path
 
     stats = pytest.importorskip("scipy.stats")
@@ -421,13 +434,7 @@ def test_the_cpu_fair_headline_against_scipy_from_the_committed_runs():
     root = Path(__file__).resolve().parents[2] / "results" / "cpu-fair"
 
     def accs(name):
-        out = []
-        for d in sorted(root.glob(f"{name}*")):
-            if re.fullmatch(rf"{name}(-s\d+)?", d.name) and (d / "metrics.jsonl").is_file():
-                rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
-                if rows and rows[-1]["epoch"] == 4:  # finished runs only (the protocol's 4 epochs)
-                    out.append(rows[-1]["test_acc"])
-        return np.array(out)
+        return cpu_fair_accs(root, name)
 
     hand = {"fastnet-g16": "fastnet, contiguous G = 16", "fastnet_shuffle-g16": "G = 16 with a channel shuffle",
             "fastnet_width-g16": "fastnet with groups by the rule 'width'"}
@@ -462,13 +469,7 @@ def test_the_cpu_fair_comparison_at_equal_measured_time(tmp_path, learned_b64):
     shutil.copytree(root, sweep, ignore=shutil.ignore_patterns("*.pt", "latency.json"))
 
     def accs(name):
-        out = []
-        for d in sorted(sweep.glob(f"{name}*")):
-            if re.fullmatch(rf"{name}(-s\d+)?", d.name) and (d / "metrics.jsonl").is_file():
-                rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
-                if rows and rows[-1]["epoch"] == 4:
-                    out.append(rows[-1]["test_acc"])
-        return np.array(out)
+        return cpu_fair_accs(sweep, name)
 
     names = ["fastnet-g16", "fastnet_shuffle-g16", "fastnet_width-g16", "g-macs-b16"]
     runs = {n: accs(n) for n in names}
