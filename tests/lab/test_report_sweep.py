@@ -38,13 +38,16 @@ def cpu_fair_accs(sweep, name: str) -> np.ndarray:
     the independent side of the cpu-fair checks."""
     import re
 
-    out = []
-    for d in sorted(sweep.glob(f"{name}*")):
-        if re.fullmatch(rf"{name}(-s\d+)?", d.name) and (d / "metrics.jsonl").is_file():
-            rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
-            if rows and rows[-1]["epoch"] == 4:  # finished runs only
-                out.append(rows[-1]["test_acc"])
-    return np.array(out)
+    runs = [d for d in sorted(sweep.glob(f"{name}*")) if re.fullmatch(rf"{name}(-s\d+)?", d.name)]
+    return np.array([acc for acc in map(finished_acc, runs) if acc is not None])
+
+
+def finished_acc(run) -> float | None:
+    """A cpu-fair run's final test accuracy, or None when it has not finished the protocol's 4 epochs."""
+    if not (run / "metrics.jsonl").is_file():
+        return None
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return rows[-1]["test_acc"] if rows and rows[-1]["epoch"] == 4 else None
 
 
 def test_report_of_two_runs(tmp_path):
@@ -502,3 +505,36 @@ def test_the_cpu_fair_comparison_at_equal_measured_time(tmp_path, learned_b64):
     assert (int(got.group(4)), int(got.group(5))) == (len(g), len(runs[best]))
     words = "more accurate" if ci.low > 0 else "LESS accurate" if ci.high < 0 else "no difference resolved"
     assert want in line and words in at64, line
+
+
+def test_the_cpu_fair_depth_control_against_scipy_from_the_committed_runs():
+    """The depth control (one width in every block) is read from its own arms: per finished run Spearman(depth,
+    groups) with SciPy from groups.json, their mean and 95 % t interval; the growing-width arms appear only as
+    labelled contrast."""
+    from pathlib import Path
+
+    stats = pytest.importorskip("scipy.stats")
+    from dgconv.lab.fair import fair_answer
+    from dgconv.lab.sweepdata import load_sweep
+
+    root = Path(__file__).resolve().parents[2] / "results" / "cpu-fair"
+    rhos = {}
+    for name in ("depth-g-b16", "depth-g-macs-b16"):
+        rs = []
+        for d in sorted(root.glob(f"{name}*")):
+            if (d.name == name or d.name.startswith(f"{name}-s")) and finished_acc(d) is not None:
+                groups = list(json.loads((d / "groups.json").read_text())["groups"].values())
+                rs.append(stats.spearmanr(range(len(groups)), groups).statistic)
+        rhos[name] = np.array(rs)
+    if any(len(r) < 2 or np.isnan(r).any() or np.std(r) == 0 for r in rhos.values()):
+        pytest.skip("the depth control has fewer than 2 finished seeds an arm (or an undefined correlation)")
+    text = "\n".join(fair_answer(load_sweep(root)))
+    section = text.split("**The depth control**")[1].split("\n\n**")[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("- ")]
+    for name, what, r in (("depth-g-b16", "connections budget", rhos["depth-g-b16"]),
+                          ("depth-g-macs-b16", "macs budget", rhos["depth-g-macs-b16"])):
+        lo, hi = stats.t.interval(0.95, len(r) - 1, loc=r.mean(), scale=stats.sem(r))
+        want = f"{r.mean():+.2f}, 95 % CI [{max(-1, lo):+.2f}, {min(1, hi):+.2f}] over {len(r)} runs"
+        assert any(f"learned under a {what} b = 16 (g_fastnet_const)" in ln and want in ln for ln in lines), section
+    assert all("g_fastnet_const" in ln or ln.startswith("- For contrast (widths grow with depth)") for ln in lines), section
+    assert lines[0].find("g_fastnet_const") > 0 and lines[1].find("g_fastnet_const") > 0
