@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,10 +20,11 @@ from dgconv.errors import ConfigError
 from dgconv.convert.freeze import freeze_structure, structure_record
 from dgconv.lab import arms as arms_module
 from dgconv.lab.arms import Arm, Protocol, arm_macs, arms_of, check_macs, estimate_seconds
+from dgconv.lab.fair import arm_key
 from dgconv.lab.names import RunName
 from dgconv.lab.protocols import PROTOCOLS, planned_runs
 from dgconv.convert.profile import profile
-from tests.helpers import cli, metrics, strip_time
+from tests.helpers import ENV, PATIENCE, cli, metrics, strip_time
 from tests.train.test_data import HAS_CIFAR, SHARED
 
 
@@ -198,20 +202,12 @@ def test_cpu_fair_rehearses_every_arm_and_records_its_wall_times(tmp_path):
     assert {k: {"factors": v["factors"], "gates": v["gates"]} for k, v in struct.items()} == source
 
     # experiments/cpu_fair_latency.py times every deployed arm against the uniform arm of its network
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from tests.helpers import ENV, PATIENCE
-
     script = Path(__file__).resolve().parents[2] / "experiments" / "cpu_fair_latency.py"
     r2 = subprocess.run([sys.executable, str(script), str(tmp_path / "s"), "--reps", "1", "--passes", "2"],
                         capture_output=True, text=True, timeout=PATIENCE, env=ENV)
     assert r2.returncode == 0, r2.stderr[-2000:]
     lat = json.loads((tmp_path / "s" / "latency.json").read_text())
     assert lat["format"] == "dgconv.arm-latency/1" and lat["passes"] == 2
-    from dgconv.lab.fair import arm_key
-
     want = {arm_key(a, PROTOCOLS["cpu-fair"]) for a in PROTOCOLS["cpu-fair"].arms}
     assert set(lat["arms"]) == want
     against = {k: v["against"] for k, v in lat["arms"].items()}

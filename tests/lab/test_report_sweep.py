@@ -33,13 +33,17 @@ def png_pixels(path):
     return np.asarray(image.imread(str(path)))
 
 
+def cpu_fair_runs(sweep, name: str) -> list:
+    """An arm's run directories (seed 0 unsuffixed, the others ``-sN``), finished or not."""
+    import re
+
+    return [d for d in sorted(sweep.glob(f"{name}*")) if re.fullmatch(rf"{name}(-s\d+)?", d.name)]
+
+
 def cpu_fair_accs(sweep, name: str) -> np.ndarray:
     """Final test accuracies of an arm's finished runs (the protocol's 4 epochs), read from metrics.jsonl directly:
     the independent side of the cpu-fair checks."""
-    import re
-
-    runs = [d for d in sorted(sweep.glob(f"{name}*")) if re.fullmatch(rf"{name}(-s\d+)?", d.name)]
-    return np.array([acc for acc in map(finished_acc, runs) if acc is not None])
+    return np.array([acc for acc in map(finished_acc, cpu_fair_runs(sweep, name)) if acc is not None])
 
 
 def finished_acc(run) -> float | None:
@@ -521,8 +525,8 @@ def test_the_cpu_fair_depth_control_against_scipy_from_the_committed_runs():
     rhos = {}
     for name in ("depth-g-b16", "depth-g-macs-b16"):
         rs = []
-        for d in sorted(root.glob(f"{name}*")):
-            if (d.name == name or d.name.startswith(f"{name}-s")) and finished_acc(d) is not None:
+        for d in cpu_fair_runs(root, name):
+            if finished_acc(d) is not None:
                 groups = list(json.loads((d / "groups.json").read_text())["groups"].values())
                 rs.append(stats.spearmanr(range(len(groups)), groups).statistic)
         rhos[name] = np.array(rs)

@@ -17,7 +17,6 @@ Measured CPU inference time is read from the sweep's ``latency.json`` (this modu
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ __all__ = ["Comparison", "comparisons", "fair_answer", "fair_section", "LATENCY"
 #: The sweep's measured inference times (``{"machine": ..., "arms": {arm key: {"b1": ratio, "b64": ratio}}}``).
 LATENCY = "latency.json"
 LATENCY_FORMAT = "dgconv.arm-latency/1"
+#: The batch sizes ``latency.json`` times, as (key, words).
+BATCHES = (("b1", "batch 1"), ("b64", "batch 64"))
 
 
 def arm_key(arm: Arm, p: Protocol) -> str:
@@ -147,7 +148,7 @@ def _latency_note(c: Comparison, lat: dict[str, Any] | None, p: Protocol) -> str
     if not mine or not theirs:
         return " Measured latency: not measured yet."
     parts = []
-    for key, label in (("b1", "batch 1"), ("b64", "batch 64")):
+    for key, label in BATCHES:
         if key in mine and key in theirs:
             (m_lo, m_hi), (t_lo, t_hi) = _span(mine, key), _span(theirs, key)
             reading = ("**slower**" if m_lo > t_hi else "**faster**" if m_hi < t_lo
@@ -162,16 +163,17 @@ def _at_equal_time(c: Comparison, lat: dict[str, Any] | None, p: Protocol) -> st
     accurate one, with its Welch interval. Said only when every hand-set arm was measured at that batch size (one
     not measured could be the strongest)."""
     mine = _timed(lat, c.learned.arm, p)
+    theirs = [(h, _timed(lat, h.arm, p)) for h in c.hand]
     parts = []
-    for key, label in (("b1", "batch 1"), ("b64", "batch 64")):
-        if key not in mine or any(key not in _timed(lat, h.arm, p) for h in c.hand):
+    for key, label in BATCHES:
+        if key not in mine or any(key not in la for _, la in theirs):
             continue
         slowest = _span(mine, key)[1]
-        as_fast = [h for h in c.hand if h.rows and _span(_timed(lat, h.arm, p), key)[0] <= slowest]
+        as_fast = [h for h, la in theirs if _span(la, key)[0] <= slowest]
         if not as_fast:
             parts.append(f"{label}: every hand-set arm is slower, so none is at equal time")
             continue
-        best = max(as_fast, key=lambda h: statistics.fmean(h.accs))
+        best = max(as_fast, key=lambda h: h.acc.mean)  # type: ignore[union-attr]  # every one has 2+ seeds
         if best is c.strongest:
             parts.append(f"{label}: the same arm and difference (it is not measured slower)")
             continue
@@ -254,12 +256,10 @@ def _depth_lines(s: SweepResult) -> list[str]:
         rhos = [r.depth_rho for r in a.rows if r.depth_rho is not None]
         if len(rhos) < 2:
             continue
-        line = (f"- **{s.path.name}, {_what(a.arm, s.protocol)}**: more groups higher up? Spearman(depth, log "
-                f"groups) {correlation_reading(rhos)}.")
-        if _hand(s, a):
-            contrast.append(line.replace("- **", "- For contrast (widths grow with depth): **", 1))
-        else:
-            control.append(line)
+        hand = _hand(s, a)
+        (contrast if hand else control).append(
+            f"- {'For contrast (widths grow with depth): ' if hand else ''}**{s.path.name}, {_what(a.arm, s.protocol)}**: "
+            f"more groups higher up? Spearman(depth, log groups) {correlation_reading(rhos)}.")
     return control + contrast if control else []
 
 
